@@ -1,0 +1,150 @@
+//! The `main` of every tool: argument parsing, exit codes, error printing, closed pipes.
+//!
+//! Exit status: 0 success (also when stdout was closed early, as by `| head`), 1 failure,
+//! 2 usage error (from clap, or a [`Usage`] error returned by the tool after parsing).
+
+use clap::{Args, Parser, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::OnceLock;
+
+static TOOL: OnceLock<&'static str> = OnceLock::new();
+
+/// The running tool's name (`ft-chunk`), for messages.
+pub fn tool_name() -> &'static str {
+    TOOL.get().copied().unwrap_or("ftkit")
+}
+
+/// Prints `ft-<tool>: {message}` on stderr.
+pub fn warn(message: impl std::fmt::Display) {
+    eprintln!("{}: {message}", tool_name());
+}
+
+/// A usage error found after parsing (conflicting values and the like): exit status 2.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for Usage {}
+
+/// Returns a [`Usage`] error from the enclosing function.
+#[macro_export]
+macro_rules! usage {
+    ($($arg:tt)*) => { return Err(anyhow::Error::new($crate::cli::Usage(format!($($arg)*)))) };
+}
+
+/// What to do with a line that cannot be processed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum OnError {
+    /// Stop at the first bad line with exit status 1.
+    #[default]
+    Fail,
+    /// Report the line on stderr (and in --rejects), go on, exit 0.
+    Skip,
+}
+
+/// Options shared by every JSONL filter; flatten them into a tool's Args.
+#[derive(Args, Clone, Debug, Default)]
+pub struct CommonArgs {
+    /// Input JSONL files; none or `-` reads stdin. zstd input is detected automatically.
+    #[arg(value_name = "FILE")]
+    pub files: Vec<String>,
+
+    /// Write output here instead of stdout (written atomically; `.zst` compresses).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// What to do with a bad input line.
+    #[arg(long, value_enum, default_value_t = OnError::Fail, value_name = "POLICY")]
+    pub on_error: OnError,
+
+    /// Append every rejected input line, verbatim, to this file.
+    #[arg(long, value_name = "FILE")]
+    pub rejects: Option<PathBuf>,
+
+    /// Worker threads (default: all cores). Output is identical for any value.
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+
+    /// No progress or summary on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+impl CommonArgs {
+    /// The input list, with stdin standing in for an empty one.
+    pub fn inputs(&self) -> Vec<String> {
+        if self.files.is_empty() { vec!["-".to_string()] } else { self.files.clone() }
+    }
+
+    /// A rayon pool of `--threads` workers.
+    pub fn pool(&self) -> anyhow::Result<rayon::ThreadPool> {
+        let mut b = rayon::ThreadPoolBuilder::new();
+        if let Some(n) = self.threads {
+            if n == 0 {
+                usage!("--threads must be at least 1");
+            }
+            b = b.num_threads(n);
+        }
+        Ok(b.build()?)
+    }
+}
+
+/// Parses `A`, runs `run`, and maps the outcome to an exit status (see the module docs).
+pub fn run_main<A: Parser>(name: &'static str, run: fn(A) -> anyhow::Result<()>) -> ExitCode {
+    let _ = TOOL.set(name);
+    let args = match A::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<Usage>().is_some() => {
+            eprintln!("{name}: {e:#}");
+            eprintln!("Try '{name} --help' for more information.");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// True when the error comes from writing to a closed pipe, even when serde_json wraps the io::Error.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::BrokenPipe;
+        }
+        if let Some(js) = cause.downcast_ref::<serde_json::Error>() {
+            return js.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe);
+        }
+        false
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn broken_pipe_is_found_through_context_and_serde() {
+        let io = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        let e = anyhow::Error::new(io).context("writing");
+        assert!(is_broken_pipe(&e));
+        let js = serde_json::Error::io(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        let e: anyhow::Error = Err::<(), _>(js).context("x").unwrap_err();
+        assert!(is_broken_pipe(&e));
+        assert!(!is_broken_pipe(&anyhow::anyhow!("other")));
+    }
+}

@@ -1,0 +1,19 @@
+//! The streaming core every ftkit tool is built on.
+//!
+//! - [`io`]: inputs (`FILE`, `-`, zstd sniffed by magic bytes) and atomic outputs.
+//! - [`jsonl`]: a line reader that knows `path:line`, order-preserving raw records, JSON writing helpers.
+//! - [`engine`]: the per-line driver (ordered parallel map, `--on-error`, `--rejects`, progress).
+//! - [`cli`]: `run_main`, exit codes, the options every tool shares.
+//! - [`id`]: stable content ids.
+
+pub mod cli;
+pub mod engine;
+pub mod id;
+pub mod io;
+pub mod jsonl;
+pub mod progress;
+
+pub use cli::{CommonArgs, OnError, Usage, run_main};
+pub use engine::{Engine, Summary};
+pub use id::stable_id;
+pub use jsonl::{Loc, ObjectWriter, RawRecord};

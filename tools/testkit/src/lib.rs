@@ -1,0 +1,188 @@
+//! Test helpers for the ftkit tools.
+//!
+//! - [`Run`]: runs a tool binary with arguments and stdin, capturing status, stdout and stderr.
+//! - [`contract`]: the behaviour every JSONL filter shares (stdin, `-`, `.zst`, exit codes, `path:line`
+//!   errors, closed pipes, thread-count independence, atomic `-o`).
+//! - [`golden`]: compare with a file under `testdata/`, rewritten when `FTKIT_BLESS=1`.
+//! - [`man`]: the man page generated from a tool's clap definition must match `man/<tool>.1`.
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+pub mod contract;
+
+/// The workspace root (tests run with the crate folder `tools/<tool>` as CARGO_MANIFEST_DIR).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// `testdata/<tool>/<name>`.
+pub fn testdata(tool: &str, name: &str) -> PathBuf {
+    workspace_root().join("testdata").join(tool).join(name)
+}
+
+/// The outcome of one run.
+#[derive(Debug)]
+pub struct Outcome {
+    pub code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl Outcome {
+    pub fn stdout_str(&self) -> &str {
+        std::str::from_utf8(&self.stdout).unwrap()
+    }
+
+    /// Every stdout line parsed as JSON.
+    pub fn records(&self) -> Vec<serde_json::Value> {
+        self.stdout_str()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {l}")))
+            .collect()
+    }
+
+    /// Panics with stderr unless the exit status is `code`.
+    pub fn expect_code(self, code: i32) -> Self {
+        assert_eq!(self.code, code, "exit status; stderr:\n{}", self.stderr);
+        self
+    }
+}
+
+/// A tool invocation being built.
+pub struct Run {
+    cmd: Command,
+    stdin: Vec<u8>,
+}
+
+impl Run {
+    pub fn new(bin: &str) -> Self {
+        let mut cmd = Command::new(bin);
+        cmd.env_remove("RAYON_NUM_THREADS");
+        Self { cmd, stdin: Vec::new() }
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        self.cmd.args(args);
+        self
+    }
+
+    pub fn arg(mut self, arg: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.cmd.arg(arg);
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.cmd.env(key, value);
+        self
+    }
+
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.cmd.current_dir(dir);
+        self
+    }
+
+    pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Self {
+        self.stdin = bytes.into();
+        self
+    }
+
+    pub fn run(mut self) -> Outcome {
+        let mut child = self
+            .cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let input = std::mem::take(&mut self.stdin);
+        let feeder = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let out = child.wait_with_output().unwrap();
+        feeder.join().unwrap();
+        Outcome {
+            code: out.status.code().unwrap_or(-1),
+            stdout: out.stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Reads only the first stdout line, then closes the pipe, like `| head -1`.
+    pub fn run_head1(mut self) -> Outcome {
+        let mut child = self
+            .cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let input = std::mem::take(&mut self.stdin);
+        let feeder = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let mut stdout = child.stdout.take().unwrap();
+        let mut first = Vec::new();
+        let mut byte = [0u8; 1];
+        while stdout.read(&mut byte).unwrap_or(0) == 1 {
+            first.push(byte[0]);
+            if byte[0] == b'\n' {
+                break;
+            }
+        }
+        drop(stdout);
+        let mut stderr = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+        let status = child.wait().unwrap();
+        feeder.join().unwrap();
+        Outcome { code: status.code().unwrap_or(-1), stdout: first, stderr }
+    }
+}
+
+pub mod golden {
+    use super::*;
+
+    /// Asserts that `actual` equals the file at `path`; with `FTKIT_BLESS=1` rewrites the file instead.
+    pub fn check(path: &Path, actual: &[u8]) {
+        if std::env::var_os("FTKIT_BLESS").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, actual).unwrap();
+            return;
+        }
+        let expected = std::fs::read(path)
+            .unwrap_or_else(|e| panic!("{}: {e} (run with FTKIT_BLESS=1 to create it)", path.display()));
+        if expected != actual {
+            panic!(
+                "{} differs from the output (run with FTKIT_BLESS=1 to accept)\n--- expected\n{}\n--- actual\n{}",
+                path.display(),
+                String::from_utf8_lossy(&expected),
+                String::from_utf8_lossy(actual)
+            );
+        }
+    }
+}
+
+pub mod man {
+    use super::*;
+
+    /// The page rendered from `cmd` must equal `man/<name>.1`; `FTKIT_BLESS=1` rewrites it.
+    pub fn check(cmd: clap::Command) {
+        let name = cmd.get_name().to_string();
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut page).unwrap();
+        golden::check(&workspace_root().join("man").join(format!("{name}.1")), &page);
+    }
+}
+
+/// zstd-compresses bytes (for `.zst` inputs in tests).
+pub fn zstd(bytes: &[u8]) -> Vec<u8> {
+    zstd::encode_all(bytes, 3).unwrap()
+}
