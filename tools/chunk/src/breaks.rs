@@ -25,6 +25,8 @@ pub const WORD: u8 = 2;
 pub const SENTENCE: u8 = 3;
 pub const LINE: u8 = 4;
 pub const PARAGRAPH: u8 = 5;
+/// The lowest heading level (`######`).
+pub const HEADING: u8 = 6;
 /// Level of an ATX heading of depth `d` (1..=6): `#` is 11, `######` is 6.
 pub const fn heading(depth: u8) -> u8 {
     12 - depth

@@ -69,12 +69,12 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub overlap: Option<usize>,
 
-    /// Avoid chunks shorter than this: pass over a break that would leave this chunk, or the rest of
-    /// the document, shorter than N units while a sentence-or-better break exists elsewhere in the
-    /// window. Short documents and sections with no such alternative still give short chunks
-    /// (nothing is dropped).
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    pub min_size: usize,
+    /// Avoid short chunks: pass over a break that would give a chunk fewer than N units of new text
+    /// (beyond the previous chunk) or leave fewer than N units after it, while a sentence-or-better
+    /// break exists elsewhere in the window. Short documents and sections with no such alternative
+    /// still give short chunks: nothing is dropped. 0 turns it off [default: a tenth of --size].
+    #[arg(long, value_name = "N")]
+    pub min_size: Option<usize>,
 
     /// Field holding the document text.
     #[arg(long, default_value = "text", value_name = "NAME")]
@@ -202,10 +202,10 @@ pub fn run(args: Args) -> Result<()> {
             args.size
         );
     }
-    if args.min_size > args.size {
+    let min_size = args.min_size.unwrap_or(args.size / 10);
+    if min_size > args.size {
         usage!(
-            "--min-size ({}) must not exceed --size ({})",
-            args.min_size,
+            "--min-size ({min_size}) must not exceed --size ({})",
             args.size
         );
     }
@@ -219,7 +219,7 @@ pub fn run(args: Args) -> Result<()> {
         config: split::Config {
             size: args.size,
             overlap,
-            min_size: args.min_size,
+            min_size,
         },
         tokenizer,
         text_field: args.text_field,

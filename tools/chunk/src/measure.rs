@@ -121,6 +121,9 @@ impl Measure for Tokens<'_> {
     const EXACT: bool = false;
 
     fn advance(&self, text: &str, from: usize, n: usize) -> usize {
+        if n == 0 {
+            return from;
+        }
         let i = self.starts.partition_point(|&s| s < from);
         match self.starts.get(i + n) {
             None => text.len(),
@@ -129,6 +132,9 @@ impl Measure for Tokens<'_> {
     }
 
     fn retreat(&self, text: &str, to: usize, n: usize) -> usize {
+        if n == 0 {
+            return to;
+        }
         let i = self.starts.partition_point(|&s| s < to);
         let p = if i >= n { self.starts[i - n] } else { 0 };
         ceil_boundary(text, p.min(to))

@@ -6,17 +6,18 @@
 //! 2. Otherwise the chunk ends at the best break inside the window after the previous chunk's end:
 //!    the highest level present (heading > paragraph > line > sentence > word > grapheme > char),
 //!    and of that level the last one, so a chunk holds as many whole units of that level as fit.
-//!    With `min_size`, breaks that would leave this chunk or the rest of the text shorter than
-//!    `min_size` units are passed over while a break of sentence level or better exists elsewhere
-//!    in the window.
+//!    With `min_size`, breaks that would give this chunk fewer than `min_size` units of new text
+//!    (beyond the previous chunk's end) or leave fewer than `min_size` units after it are passed
+//!    over while a break of sentence level or better exists elsewhere in the window.
 //! 3. The next chunk starts inside the previous one so that they share at most `overlap` units:
 //!    at the earliest sentence-or-better start in that tail, else the earliest word start, else
-//!    the earliest grapheme boundary. It repeats nothing when `overlap` is 0.
+//!    the earliest grapheme boundary. It repeats nothing when `overlap` is 0, and never reaches
+//!    back over a heading (a chunk that ends where a section begins is followed without overlap).
 //!
 //! Chunks are never empty, every byte of the text lies in a chunk, each chunk ends after the
 //! previous one, and consecutive chunks overlap by at most `overlap` units.
 
-use crate::breaks::{self, Break, CHAR, SENTENCE};
+use crate::breaks::{self, Break, CHAR, HEADING, SENTENCE};
 use crate::measure::Measure;
 use anyhow::Result;
 
@@ -100,8 +101,17 @@ pub fn split<M: Measure>(
             } else {
                 choose_end(text, structure, m, cfg, start, lo, limit)
             };
-            let smallest = next_char(text, lo);
-            if M::EXACT || end <= smallest || m.size(text, start, end)? <= cfg.size {
+            if M::EXACT || m.size(text, start, end)? <= cfg.size {
+                break end;
+            }
+            if end <= next_char(text, lo) {
+                // Even one new char does not fit after the overlap: drop the overlap, and past
+                // that emit the char alone (a token sequence longer than --size for one char).
+                if start < lo {
+                    start = lo;
+                    limit = m.advance(text, start, cfg.size);
+                    continue;
+                }
                 break end;
             }
             limit = prev_char(text, end);
@@ -132,7 +142,8 @@ fn choose_end<M: Measure>(
     limit: usize,
 ) -> usize {
     if cfg.min_size > 0 {
-        let lo_min = lo.max(m.advance(text, start, cfg.min_size - 1));
+        // New text (after the previous chunk's end) of at least min_size units.
+        let lo_min = lo.max(m.advance(text, lo.max(start), cfg.min_size - 1));
         let hi_min = limit.min(
             m.retreat(text, text.len(), cfg.min_size - 1)
                 .saturating_sub(1),
@@ -156,6 +167,13 @@ fn overlap_start<M: Measure>(
     let mut from = m
         .retreat(text, end, cfg.overlap)
         .max(next_char(text, start));
+    // The overlap stays within the section the next chunk starts in: it never reaches back over a
+    // heading (and there is none when the chunk ended where a section begins).
+    let i = structure.partition_point(|b| b.pos <= end);
+    let mut tail = structure[..i].iter().rev().take_while(|b| b.pos >= from);
+    if let Some(h) = tail.find(|b| b.level >= HEADING) {
+        from = h.pos;
+    }
     while from < end {
         let Some(s) = first_start(text, structure, from, end) else {
             break;
