@@ -1,12 +1,13 @@
 //! ft-chunk: documents in, chunks out, cut at the best semantic boundaries that fit.
 
 pub mod breaks;
+pub mod jsonstr;
 pub mod measure;
 pub mod split;
 
 use anyhow::{Result, bail};
 use clap::{Parser, ValueEnum};
-use ftkit_core::jsonl::{ObjectWriter, RawRecord};
+use ftkit_core::jsonl::{RawRecord, write_json_str};
 use ftkit_core::{CommonArgs, Engine, id::stable_id, io::Output, usage};
 use std::borrow::Cow;
 use std::path::PathBuf;
@@ -96,15 +97,27 @@ pub struct Chunker {
     pub id_field: String,
 }
 
-/// Per-thread buffers reused across documents: structural breaks and chunk ranges.
-type Scratch = (Vec<breaks::Break>, Vec<(usize, usize)>);
+/// Buffers reused across the documents a thread handles.
+#[derive(Default)]
+struct Scratch {
+    /// Structural breaks of the text.
+    breaks: Vec<breaks::Break>,
+    /// Chunk byte ranges.
+    spans: Vec<(usize, usize)>,
+    /// Escapes of the text literal ([`jsonstr::decode`]).
+    escapes: Vec<(usize, usize)>,
+    /// `,"doc_id":"..","chunk_index":` of the current document.
+    head: Vec<u8>,
+    /// The pass-through fields and `}\n`.
+    tail: Vec<u8>,
+}
 
 thread_local! {
-    static SCRATCH: std::cell::RefCell<Scratch> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
 impl Chunker {
-    /// Chunks of `text` as byte ranges.
+    /// Chunks of `text` as byte ranges (none for a blank text).
     pub fn ranges(
         &self,
         text: &str,
@@ -116,65 +129,84 @@ impl Chunker {
             return Ok(());
         }
         breaks::structure(text, st);
+        let cfg = &self.config;
         match &self.tokenizer {
-            None => split::split(text, st, &measure::Chars, &self.config, spans),
-            Some(tok) => split::split(
-                text,
-                st,
-                &measure::Tokens::new(tok, text)?,
-                &self.config,
-                spans,
-            ),
+            None if text.is_ascii() => split::split(text, st, &measure::AsciiChars, cfg, spans),
+            None => split::split(text, st, &measure::Chars, cfg, spans),
+            Some(tok) => split::split(text, st, &measure::Tokens::new(tok, text)?, cfg, spans),
         }
     }
 
     /// Appends the chunk records of one document line to `out`.
     pub fn process(&self, line: &str, out: &mut Vec<u8>) -> Result<()> {
         let rec = RawRecord::parse(line)?;
-        let text = rec.require_str(&self.text_field)?;
-        let doc_id: Cow<str> = match rec.get(&self.id_field) {
-            None => Cow::Owned(stable_id(&[text.as_bytes()])),
-            Some(raw) if raw.get() == "null" => Cow::Owned(stable_id(&[text.as_bytes()])),
-            Some(raw) if raw.get().starts_with('"') => rec.require_str(&self.id_field)?,
-            Some(raw)
-                if raw
-                    .get()
-                    .starts_with(|c: char| c == '-' || c.is_ascii_digit()) =>
-            {
-                Cow::Borrowed(raw.get())
-            }
-            Some(_) => bail!("field \"{}\" is not a string or a number", self.id_field),
+        let literal = match rec.get(&self.text_field).map(|v| v.get()) {
+            None | Some("null") => bail!("missing field \"{}\"", self.text_field),
+            Some(v) if v.starts_with('"') => v,
+            Some(_) => bail!("field \"{}\" is not a string", self.text_field),
         };
-        SCRATCH.with_borrow_mut(|(st, spans)| {
-            self.ranges(&text, spans, st)?;
-            let skip = [self.text_field.as_str(), self.id_field.as_str()];
-            let mut start_s = itoa_buf();
-            let mut end_s = itoa_buf();
-            for (i, &(start, end)) in spans.iter().enumerate() {
-                let s = fmt_u64(&mut start_s, start as u64);
-                let e = fmt_u64(&mut end_s, end as u64);
-                let id = stable_id(&[doc_id.as_bytes(), s, e]);
-                let mut w = ObjectWriter::new(out);
-                w.str("id", &id)
-                    .str("doc_id", &doc_id)
-                    .u64("chunk_index", i as u64)
-                    .str("text", &text[start..end])
-                    .u64("start", start as u64)
-                    .u64("end", end as u64);
-                for (k, v) in rec.others(&skip) {
-                    if !OWN_KEYS.contains(&k) {
-                        w.raw(k, v);
-                    }
+        let body = &literal[1..literal.len() - 1];
+        SCRATCH.with_borrow_mut(|scratch| {
+            let Scratch {
+                breaks,
+                spans,
+                escapes,
+                head,
+                tail,
+            } = scratch;
+            let text = jsonstr::decode(body, escapes)?;
+            let doc_id: Cow<str> = match rec.get(&self.id_field).map(|v| v.get()) {
+                None | Some("null") => Cow::Owned(stable_id(&[text.as_bytes()])),
+                Some(v) if v.starts_with('"') => rec.require_str(&self.id_field)?,
+                Some(v) if v.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => {
+                    Cow::Borrowed(v)
                 }
-                w.end();
+                Some(_) => bail!("field \"{}\" is not a string or a number", self.id_field),
+            };
+            self.ranges(&text, spans, breaks)?;
+            if spans.is_empty() {
+                return Ok(());
+            }
+            head.clear();
+            head.extend_from_slice(b",\"doc_id\":");
+            write_json_str(head, &doc_id);
+            head.extend_from_slice(b",\"chunk_index\":");
+            tail.clear();
+            let skip = [self.text_field.as_str(), self.id_field.as_str()];
+            for (k, v) in rec.others(&skip).filter(|(k, _)| !OWN_KEYS.contains(k)) {
+                tail.push(b',');
+                write_json_str(tail, k);
+                tail.push(b':');
+                tail.extend_from_slice(v.get().as_bytes());
+            }
+            tail.extend_from_slice(b"}\n");
+            let mut num = [0u8; 20];
+            for (i, &(start, end)) in spans.iter().enumerate() {
+                let id = stable_id(&[
+                    doc_id.as_bytes(),
+                    fmt_u64(&mut num, start as u64),
+                    fmt_u64(&mut [0u8; 20], end as u64),
+                ]);
+                out.extend_from_slice(b"{\"id\":\"");
+                out.extend_from_slice(id.as_bytes());
+                out.push(b'"');
+                out.extend_from_slice(head);
+                out.extend_from_slice(fmt_u64(&mut num, i as u64));
+                out.extend_from_slice(b",\"text\":\"");
+                let (a, b) = (
+                    jsonstr::body_offset(escapes, start),
+                    jsonstr::body_offset(escapes, end),
+                );
+                out.extend_from_slice(&body.as_bytes()[a..b]);
+                out.extend_from_slice(b"\",\"start\":");
+                out.extend_from_slice(fmt_u64(&mut num, start as u64));
+                out.extend_from_slice(b",\"end\":");
+                out.extend_from_slice(fmt_u64(&mut num, end as u64));
+                out.extend_from_slice(tail);
             }
             Ok(())
         })
     }
-}
-
-fn itoa_buf() -> [u8; 20] {
-    [0; 20]
 }
 
 /// Decimal digits of `v` in `buf`.

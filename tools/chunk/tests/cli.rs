@@ -258,3 +258,32 @@ fn contract() {
 fn man_page() {
     ftkit_testkit::man::check(ft_chunk::Args::command());
 }
+
+#[test]
+fn escaped_input_gives_exact_chunks() {
+    // \u escapes (as Python's json.dumps writes by default), surrogate pairs, quotes and backslashes.
+    let line =
+        r#"{"text":"caf\u00e9 \ud83d\ude00 \"q\" a\\b.\tNext sentence here.\n\nPara two \/ end."}"#;
+    let text: String = serde_json::from_str::<Value>(line).unwrap()["text"]
+        .as_str()
+        .unwrap()
+        .into();
+    for size in [5, 12, 30] {
+        let out = Run::new(BIN)
+            .args(["--size", &size.to_string()])
+            .stdin(line)
+            .run()
+            .expect_code(0);
+        let mut covered = 0;
+        for c in out.records() {
+            let (s, e) = (
+                c["start"].as_u64().unwrap() as usize,
+                c["end"].as_u64().unwrap() as usize,
+            );
+            assert_eq!(c["text"].as_str().unwrap(), &text[s..e]);
+            assert!(s <= covered && e > covered);
+            covered = e;
+        }
+        assert_eq!(covered, text.len());
+    }
+}
