@@ -11,12 +11,23 @@ use std::borrow::Cow;
 /// Decoded text of a JSON string body (the literal without its quotes), with, after each escape
 /// sequence, the pair (decoded length, literal length) so far.
 pub fn decode<'a>(body: &'a str, map: &mut Vec<(usize, usize)>) -> Result<Cow<'a, str>> {
+    let mut buf = String::new();
+    Ok(match decode_into(body, &mut buf, map)? {
+        true => Cow::Owned(buf),
+        false => Cow::Borrowed(body),
+    })
+}
+
+/// As [`decode`], into a reused buffer: returns false, leaving `out` empty, when `body` has no
+/// escapes and is its own text.
+pub fn decode_into(body: &str, out: &mut String, map: &mut Vec<(usize, usize)>) -> Result<bool> {
     map.clear();
+    out.clear();
     let b = body.as_bytes();
     let Some(first) = memchr::memchr(b'\\', b) else {
-        return Ok(Cow::Borrowed(body));
+        return Ok(false);
     };
-    let mut out = String::with_capacity(body.len());
+    out.reserve(body.len());
     let (mut i, mut k) = (0, first);
     loop {
         out.push_str(&body[i..k]);
@@ -41,7 +52,7 @@ pub fn decode<'a>(body: &'a str, map: &mut Vec<(usize, usize)>) -> Result<Cow<'a
         }
     }
     out.push_str(&body[i..]);
-    Ok(Cow::Owned(out))
+    Ok(true)
 }
 
 fn hex4(b: &[u8], at: usize) -> Result<u32> {

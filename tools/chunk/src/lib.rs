@@ -110,6 +110,8 @@ struct Scratch {
     head: Vec<u8>,
     /// The pass-through fields and `}\n`.
     tail: Vec<u8>,
+    /// The decoded text, when its literal has escapes.
+    text: String,
 }
 
 thread_local! {
@@ -153,8 +155,12 @@ impl Chunker {
                 escapes,
                 head,
                 tail,
+                text: decoded,
             } = scratch;
-            let text = jsonstr::decode(body, escapes)?;
+            let text: &str = match jsonstr::decode_into(body, decoded, escapes)? {
+                true => decoded,
+                false => body,
+            };
             let doc_id: Cow<str> = match rec.get(&self.id_field).map(|v| v.get()) {
                 None | Some("null") => Cow::Owned(stable_id(&[text.as_bytes()])),
                 Some(v) if v.starts_with('"') => rec.require_str(&self.id_field)?,
