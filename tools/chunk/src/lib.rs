@@ -169,7 +169,7 @@ impl Chunker {
                 }
                 Some(_) => bail!("field \"{}\" is not a string or a number", self.id_field),
             };
-            self.ranges(&text, spans, breaks)?;
+            self.ranges(text, spans, breaks)?;
             if spans.is_empty() {
                 return Ok(());
             }
