@@ -26,14 +26,19 @@ Reads document records ({\"id\",\"text\",...}, as ft-ingest writes them) and wri
 {\"id\",\"doc_id\",\"chunk_index\",\"text\",\"start\",\"end\", ...the document's other fields}.
 
 start and end are byte offsets into the document text: text == doc.text[start..end] (Python:
-doc.text.encode()[start:end].decode()). The chunk id is the hash of doc_id, start and end.
-A document without an id gets the hash of its text as doc_id (as ft-ingest's id).
+doc.text.encode()[start:end].decode()). chunk_index counts from 0 within a document. The chunk id
+is the stable id of (doc_id, start, end) in decimal: hex of the first 16 bytes of
+sha256(doc_id 0x1F start 0x1F end 0x1F). A document without an id gets the stable id of its text
+as doc_id (as ft-ingest's id). The document's text and id fields are not copied; its other fields
+follow in their order, verbatim, except those named like a chunk field. The chunk text keeps the
+escapes of the input (\\u00e9 stays \\u00e9).
 
 Chunks end at the best boundary that fits: markdown and reStructuredText headings, then blank-line
 paragraphs (fenced code blocks kept whole where they fit), then lines, then sentences, then words,
 then grapheme clusters. Within the chosen level, a chunk takes as many whole units as fit.
 Each chunk after the first starts inside the previous one so that they share up to --overlap units,
-starting at a sentence (or better) boundary where possible, else at a word. Nothing is trimmed:
+starting at a sentence (or better) boundary where possible, else at a word; the overlap never
+reaches back over a heading, so a chunk that starts a section repeats nothing. Nothing is trimmed:
 every byte of a document lies in some chunk; separating whitespace stays at the end of a chunk.
 Documents whose text is empty or only whitespace give no chunks.";
 
@@ -62,7 +67,8 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub tokenizer: Option<PathBuf>,
 
-    /// Largest chunk, in units. A single grapheme or token larger than this is still emitted alone.
+    /// Largest chunk, in units. (--by tokens: a character that alone takes more tokens is still
+    /// emitted, alone.)
     #[arg(long, default_value_t = 1000, value_name = "N")]
     pub size: usize,
 
