@@ -107,7 +107,9 @@ struct LineInfo {
     adornment: Option<u8>,
 }
 
-/// Heading, paragraph and line breaks of `text`, in ascending position (never 0 or `text.len()`).
+/// Heading, paragraph and line breaks of `text`, in ascending position, below `text.len()`.
+/// The first line gets one at 0 too when it starts the text (it tells whether the text opens with a
+/// heading; no chunk ends at 0).
 pub fn structure(text: &str, out: &mut Vec<Break>) {
     out.clear();
     let b = text.as_bytes();
@@ -129,7 +131,11 @@ pub fn structure(text: &str, out: &mut Vec<Break>) {
             line_start = next;
             continue;
         }
-        let mut level = if blank_before { PARAGRAPH } else { LINE };
+        let mut level = if blank_before || line_start == 0 {
+            PARAGRAPH
+        } else {
+            LINE
+        };
         let mut keep = true;
         let mut adorned = None;
         if let Some((c, n)) = in_fence {
@@ -168,7 +174,7 @@ pub fn structure(text: &str, out: &mut Vec<Break>) {
                 }
             }
         }
-        let brk = if line_start > 0 && keep {
+        let brk = if keep {
             out.push(Break {
                 pos: line_start,
                 level,
@@ -341,6 +347,7 @@ mod tests {
         assert_eq!(
             levels(text),
             vec![
+                ("# Title", heading(1)),
                 ("Intro line", PARAGRAPH),
                 ("second line", LINE),
                 ("## Part", heading(2)),
@@ -359,6 +366,7 @@ mod tests {
         assert_eq!(
             levels(text),
             vec![
+                ("Intro", PARAGRAPH),
                 ("Title", heading(1)),
                 ("Body", PARAGRAPH),
                 ("-----", heading(2)),

@@ -174,6 +174,11 @@ fn overlap_start<M: Measure>(
     if let Some(h) = tail.find(|b| b.level >= HEADING) {
         from = h.pos;
     }
+    // Nor does it start inside a heading (its line, and a title's underline): it starts after it.
+    let j = structure.partition_point(|b| b.pos <= from);
+    if j > 0 && structure[j - 1].level >= HEADING && structure[j - 1].pos < from {
+        from = structure.get(j).map_or(end, |b| b.pos.min(end));
+    }
     while from < end {
         let Some(s) = first_start(text, structure, from, end) else {
             break;
