@@ -62,7 +62,7 @@ fn overlap_possible(text: &str, st: &[Break], a: usize, b: usize, overlap: usize
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
 
     #[test]
     fn chars_invariants(text in text(), (size, overlap, min_size) in params()) {
