@@ -194,13 +194,8 @@ impl Chunker {
             tail.extend_from_slice(b"}\n");
             let mut num = [0u8; 20];
             for (i, &(start, end)) in spans.iter().enumerate() {
-                let id = stable_id(&[
-                    doc_id.as_bytes(),
-                    fmt_u64(&mut num, start as u64),
-                    fmt_u64(&mut [0u8; 20], end as u64),
-                ]);
                 out.extend_from_slice(b"{\"id\":\"");
-                out.extend_from_slice(id.as_bytes());
+                chunk_id(out, doc_id.as_bytes(), start, end);
                 out.push(b'"');
                 out.extend_from_slice(head);
                 out.extend_from_slice(fmt_u64(&mut num, i as u64));
@@ -218,6 +213,25 @@ impl Chunker {
             }
             Ok(())
         })
+    }
+}
+
+/// Appends the chunk id: `ftkit_core::stable_id(&[doc_id, start, end])` with the offsets in
+/// decimal, computed without allocating.
+pub fn chunk_id(out: &mut Vec<u8>, doc_id: &[u8], start: usize, end: usize) {
+    use sha2::{Digest, Sha256};
+    let mut num = [0u8; 20];
+    let mut h = Sha256::new();
+    h.update(doc_id);
+    h.update([0x1f]);
+    h.update(fmt_u64(&mut num, start as u64));
+    h.update([0x1f]);
+    h.update(fmt_u64(&mut num, end as u64));
+    h.update([0x1f]);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for &b in &h.finalize()[..16] {
+        out.push(HEX[usize::from(b >> 4)]);
+        out.push(HEX[usize::from(b & 15)]);
     }
 }
 
@@ -274,4 +288,23 @@ pub fn run(args: Args) -> Result<()> {
     engine.map(&mut out, |_, line, buf| chunker.process(line, buf))?;
     engine.finish()?;
     out.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_id_is_the_stable_id_of_doc_id_start_end() {
+        for (doc, s, e) in [
+            ("d", 0, 1),
+            ("0123456789abcdef0123456789abcdef", 12345, 67890),
+            ("", 0, 0),
+        ] {
+            let mut out = Vec::new();
+            chunk_id(&mut out, doc.as_bytes(), s, e);
+            let expected = stable_id(&[doc.to_string(), s.to_string(), e.to_string()]);
+            assert_eq!(String::from_utf8_lossy(&out), expected);
+        }
+    }
 }
