@@ -113,3 +113,41 @@ proptest! {
         }
     }
 }
+
+/// JSON string body of `s` with every non-ASCII char as `\uXXXX` escapes (Python's json.dumps default).
+fn ascii_escaped_body(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        if c.is_ascii() {
+            let lit = serde_json::to_string(&c.to_string()).unwrap();
+            out.push_str(&lit[1..lit.len() - 1]);
+        } else {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{u:04x}"));
+            }
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+    /// Chunk text is copied from the input literal: every char boundary of the decoded text maps to
+    /// a place in the literal where the same suffix starts, for serde's and Python's escaping.
+    #[test]
+    fn literal_slices_decode_to_text_slices(s in "\\PC{0,40}|[\"\\\\\n\t\u{0}-\u{1f}a-zé😀]{0,40}") {
+        let serde_lit = serde_json::to_string(&s).unwrap();
+        for body in [serde_lit[1..serde_lit.len() - 1].to_string(), ascii_escaped_body(&s)] {
+            let mut map = Vec::new();
+            let text = ft_chunk::jsonstr::decode(&body, &mut map).unwrap();
+            prop_assert_eq!(&*text, s.as_str());
+            for d in (0..=s.len()).filter(|&d| s.is_char_boundary(d)) {
+                let r = ft_chunk::jsonstr::body_offset(&map, d);
+                let rest: String = serde_json::from_str(&format!("\"{}\"", &body[r..])).unwrap();
+                prop_assert_eq!(rest.as_str(), &s[d..]);
+            }
+        }
+    }
+}
