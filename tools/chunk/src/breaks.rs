@@ -138,7 +138,17 @@ pub fn structure(text: &str, out: &mut Vec<Break>) {
         };
         let mut keep = true;
         let mut adorned = None;
-        if let Some((c, n)) = in_fence {
+        // Fences, headings and adornments start with punctuation: most lines need no closer look.
+        let plain = line
+            .iter()
+            .find(|&&b| b != b' ')
+            .is_some_and(u8::is_ascii_alphanumeric);
+        if plain && in_fence.is_none() {
+            if after_fence {
+                level = PARAGRAPH;
+                after_fence = false;
+            }
+        } else if let Some((c, n)) = in_fence {
             if fence(line).is_some_and(|(c2, n2)| c2 == c && n2 >= n) {
                 in_fence = None;
                 after_fence = true;
