@@ -16,6 +16,7 @@ use ftkit_core::OnError;
 use ftkit_core::jsonl::{LineReader, RawRecord, write_json_str};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
+use std::io::BufRead;
 
 /// Settings shared by every source.
 #[derive(Debug)]
@@ -113,54 +114,97 @@ struct At {
     index: u64,
 }
 
-/// Reads and converts one source; `source` is a path or `-`.
+/// Output bytes a streaming conversion holds before handing them to its flush callback.
+const FLUSH_BYTES: usize = 4 << 20;
+
+/// Called with the output so far; it writes and clears `bytes` and `rejects`. An error ends the source.
+pub type Flush<'f> = &'f mut dyn FnMut(&mut FileOut) -> Result<()>;
+
+/// The kind `source` is read as (`None`: unknown extension, the file is skipped).
+pub fn kind_of(source: &str, opts: &Opts) -> Option<Kind> {
+    match opts.kind {
+        Some(k) => Some(k),
+        None if source == "-" => Some(Kind::Text),
+        None => Kind::from_path(std::path::Path::new(source)),
+    }
+}
+
+/// Reads and converts one source (a path or `-`), keeping all its output in memory.
 pub fn process(source: &str, opts: &Opts) -> FileOut {
+    let mut keep = |_: &mut FileOut| Ok(());
+    process_streaming(source, opts, &mut keep)
+}
+
+/// Reads and converts one source; `flush` receives the output every few MiB (JSONL is read as a
+/// stream, so a `--max-records` cap stops reading early). Whatever is left is returned.
+pub fn process_streaming(source: &str, opts: &Opts, flush: Flush<'_>) -> FileOut {
     let shown = if source == "-" { "<stdin>" } else { source };
-    let kind = match opts.kind {
-        Some(k) => k,
-        None if source == "-" => Kind::Text,
-        None => match Kind::from_path(std::path::Path::new(source)) {
-            Some(k) => k,
-            None => return FileOut::skip(Skip::UnknownType, "unknown file type; see --format"),
-        },
+    let Some(kind) = kind_of(source, opts) else {
+        return FileOut::skip(Skip::UnknownType, "unknown file type; see --format");
     };
+    let fatal = |e: anyhow::Error| FileOut {
+        fatal: Some((0, e)),
+        ..FileOut::default()
+    };
+    if kind == Kind::Jsonl {
+        let mut input = match ftkit_core::io::open_input(source) {
+            Ok(i) => i,
+            Err(e) => return fatal(e),
+        };
+        match input.reader.fill_buf() {
+            Ok(head) if looks_binary(head) => {
+                return FileOut::skip(Skip::Binary, "binary: a NUL byte in the first 8 KiB");
+            }
+            Ok(_) => {}
+            Err(e) => return fatal(anyhow::Error::new(e).context(format!("{shown}: cannot read"))),
+        }
+        let mut out = FileOut::default();
+        jsonl(&mut out, shown, input.reader, opts, flush);
+        return out;
+    }
     let bytes = match ftkit_core::io::read_all(source) {
         Ok(b) => b,
-        Err(e) => {
-            return FileOut {
-                fatal: Some((0, e)),
-                ..FileOut::default()
-            };
-        }
+        Err(e) => return fatal(e),
     };
     if looks_binary(&bytes) {
         return FileOut::skip(Skip::Binary, "binary: a NUL byte in the first 8 KiB");
     }
     let mut out = FileOut::default();
     match kind {
-        Kind::Text | Kind::Html | Kind::Json => {
+        Kind::Csv { delimiter } => csv(&mut out, shown, &bytes, delimiter, opts, flush),
+        _ => {
             let text = match std::str::from_utf8(&bytes) {
                 Ok(t) => t.strip_prefix('\u{feff}').unwrap_or(t),
                 Err(e) => {
-                    return FileOut::skip(
-                        Skip::InvalidUtf8,
-                        format!("invalid UTF-8 at byte {}", e.valid_up_to()),
-                    );
+                    let msg = format!("invalid UTF-8 at byte {}", e.valid_up_to());
+                    return FileOut::skip(Skip::InvalidUtf8, msg);
                 }
             };
             match kind {
-                Kind::Text => emit(&mut out, shown, text, None, &[]),
                 Kind::Html => match html::to_text(text) {
                     Ok(t) => emit(&mut out, shown, &t, None, &[]),
                     Err(e) => out.fatal = Some((0, e.context(shown.to_string()))),
                 },
-                _ => json(&mut out, shown, text, opts),
+                Kind::Json => json(&mut out, shown, text, opts),
+                _ => emit(&mut out, shown, text, None, &[]),
             }
         }
-        Kind::Jsonl => jsonl(&mut out, shown, &bytes, opts),
-        Kind::Csv { delimiter } => csv(&mut out, shown, &bytes, delimiter, opts),
     }
     out
+}
+
+/// Hands the output to `flush` once it is big; false when the source must stop.
+fn maybe_flush(out: &mut FileOut, flush: Flush<'_>) -> bool {
+    if out.bytes.len() < FLUSH_BYTES {
+        return true;
+    }
+    match flush(out) {
+        Ok(()) => true,
+        Err(e) => {
+            out.fatal = Some((out.bytes.len(), e));
+            false
+        }
+    }
 }
 
 /// Appends one document record (or counts an empty text).
@@ -255,14 +299,25 @@ fn raw_fields<'a>(rec: &RawRecord<'a>) -> Vec<(Cow<'a, str>, Cow<'a, str>)> {
         .collect()
 }
 
-fn jsonl(out: &mut FileOut, source: &str, bytes: &[u8], opts: &Opts) {
-    let mut reader = LineReader::new(bytes);
+fn jsonl(
+    out: &mut FileOut,
+    source: &str,
+    input: impl std::io::BufRead,
+    opts: &Opts,
+    flush: Flush<'_>,
+) {
+    let mut reader = LineReader::new(input);
     let mut line = Vec::new();
     let mut index = 0;
-    while !out.full(opts) {
+    while !out.full(opts) && maybe_flush(out, flush) {
         let line_no = match reader.next_line(&mut line) {
             Ok(Some(n)) => n,
-            Ok(None) | Err(_) => break, // reading from memory cannot fail
+            Ok(None) => break,
+            Err(e) => {
+                let e = anyhow::Error::new(e).context(format!("{source}: cannot read"));
+                out.fatal = Some((out.bytes.len(), e));
+                return;
+            }
         };
         let at = At {
             line: line_no,
@@ -334,7 +389,14 @@ fn malformed(out: &mut FileOut, opts: &Opts, e: serde_json::Error) {
     }
 }
 
-fn csv(out: &mut FileOut, source: &str, bytes: &[u8], delimiter: u8, opts: &Opts) {
+fn csv(
+    out: &mut FileOut,
+    source: &str,
+    bytes: &[u8],
+    delimiter: u8,
+    opts: &Opts,
+    flush: Flush<'_>,
+) {
     let mut reader = ::csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .has_headers(true)
@@ -374,7 +436,7 @@ fn csv(out: &mut FileOut, source: &str, bytes: &[u8], delimiter: u8, opts: &Opts
     }
     let mut row = ::csv::ByteRecord::new();
     let mut index = 0;
-    while !out.full(opts) {
+    while !out.full(opts) && maybe_flush(out, flush) {
         let start = reader.position().clone();
         let more = reader.read_byte_record(&mut row);
         let line = row.position().map_or(start.line(), |p| p.line());

@@ -158,6 +158,8 @@ pub struct Args {
 /// Input bytes per parallel batch: files in a batch are converted together, then written in order.
 const BATCH_BYTES: u64 = 64 << 20;
 const BATCH_FILES: usize = 1024;
+/// JSONL and CSV sources bigger than this are converted as streams (and stdin always is).
+const STREAM_BYTES: u64 = 16 << 20;
 
 /// Counts for the summary line.
 #[derive(Debug, Default)]
@@ -207,20 +209,45 @@ pub fn run(args: Args) -> Result<()> {
     };
 
     let found = walk::collect(&args.paths, &filter)?;
-    let mut out = Output::create(args.output.as_deref())?;
-    let mut rejects = args
-        .rejects
-        .as_deref()
-        .map(AtomicFile::create)
-        .transpose()?;
-    let mut stats = Stats::default();
+    let mut w = Writer {
+        out: Output::create(args.output.as_deref())?,
+        rejects: args
+            .rejects
+            .as_deref()
+            .map(AtomicFile::create)
+            .transpose()?,
+        stats: Stats::default(),
+        on_error: args.on_error,
+        quiet: args.quiet,
+    };
     let progress = Progress::items(args.quiet, "files", Some(found.len() as u64));
 
+    // Big record files (and stdin) are converted as streams on this thread, writing as they go;
+    // everything else is converted in parallel batches, written in list order.
+    let streams = |f: &Found| match f {
+        Found::File { source, size } => {
+            let records = extract::kind_of(source, &opts).is_some_and(Kind::has_records);
+            records && (source == "-" || *size > STREAM_BYTES)
+        }
+        Found::Unwalkable { .. } => false,
+    };
     let mut start = 0;
     while start < found.len() {
+        if streams(&found[start]) {
+            if let Found::File { source, .. } = &found[start] {
+                let shown = shown(source);
+                let mut flush = |part: &mut FileOut| w.drain(shown, part);
+                let file = extract::process_streaming(source, &opts, &mut flush);
+                w.finish_file(shown, file)?;
+            }
+            progress.inc(1);
+            start += 1;
+            continue;
+        }
         let mut end = start;
         let mut bytes = 0;
         while end < found.len()
+            && !streams(&found[end])
             && (end == start || (bytes < BATCH_BYTES && end - start < BATCH_FILES))
         {
             if let Found::File { size, .. } = &found[end] {
@@ -242,74 +269,92 @@ pub fn run(args: Args) -> Result<()> {
             progress.inc(1);
             match (found, result) {
                 (Found::Unwalkable { source, reason }, _) => {
-                    *stats.skipped.entry(Skip::Unreadable).or_default() += 1;
+                    *w.stats.skipped.entry(Skip::Unreadable).or_default() += 1;
                     if !args.quiet {
                         warn(format!("{source}: skipped ({reason})"));
                     }
                 }
-                (Found::File { source, .. }, Some(file)) => {
-                    write_file(source, file, &args, &mut out, &mut rejects, &mut stats)?;
-                }
+                (Found::File { source, .. }, Some(file)) => w.finish_file(shown(source), file)?,
                 (Found::File { .. }, None) => {}
             }
         }
         start = end;
     }
     progress.finish();
-    out.finish()?;
-    if let Some(file) = rejects {
+    w.out.finish()?;
+    if let Some(file) = w.rejects {
         file.commit()?;
     }
     if !args.quiet {
-        warn(summary(&stats));
+        warn(summary(&w.stats));
     }
     Ok(())
 }
 
-/// Writes one source's output in order, applying the error policy to its rejected records.
-fn write_file(
-    source: &str,
-    file: FileOut,
-    args: &Args,
-    out: &mut Output,
-    rejects: &mut Option<AtomicFile>,
-    stats: &mut Stats,
-) -> Result<()> {
-    let shown = if source == "-" { "<stdin>" } else { source };
-    if let Some((reason, message)) = &file.skipped {
-        *stats.skipped.entry(*reason).or_default() += 1;
-        if !args.quiet {
-            warn(format!("{shown}: skipped ({message})"));
+fn shown(source: &str) -> &str {
+    if source == "-" { "<stdin>" } else { source }
+}
+
+/// The output side: documents, rejected records, counts.
+struct Writer {
+    out: Output,
+    rejects: Option<AtomicFile>,
+    stats: Stats,
+    on_error: OnError,
+    quiet: bool,
+}
+
+impl Writer {
+    /// Writes a source's output so far, in order, applying the error policy to its rejected
+    /// records; leaves `file.bytes` and `file.rejects` empty.
+    fn drain(&mut self, shown: &str, file: &mut FileOut) -> Result<()> {
+        let bytes = std::mem::take(&mut file.bytes);
+        let mut written = 0;
+        for reject in std::mem::take(&mut file.rejects) {
+            self.out.write_all(&bytes[written..reject.at])?;
+            written = reject.at;
+            self.stats.rejected += 1;
+            if let Some(r) = self.rejects.as_mut()
+                && !reject.raw.is_empty()
+            {
+                r.write_all(&reject.raw)?;
+                r.write_all(b"\n")?;
+            }
+            let loc = format!("{shown}:{}", reject.line);
+            match self.on_error {
+                OnError::Fail => return Err(reject.error.context(loc)),
+                OnError::Skip => warn(format!("{loc}: {:#} (skipped)", reject.error)),
+            }
         }
-        return Ok(());
+        let end = file
+            .fatal
+            .as_ref()
+            .map_or(bytes.len(), |(at, _)| *at)
+            .clamp(written, bytes.len());
+        self.out
+            .write_all(&bytes[written..end])
+            .context("cannot write output")?;
+        Ok(())
     }
-    stats.read += 1;
-    let mut written = 0;
-    for reject in file.rejects {
-        out.write_all(&file.bytes[written..reject.at])?;
-        written = reject.at;
-        stats.rejected += 1;
-        if let Some(r) = rejects.as_mut()
-            && !reject.raw.is_empty()
-        {
-            r.write_all(&reject.raw)?;
-            r.write_all(b"\n")?;
+
+    /// Writes what is left of a finished source and counts it.
+    fn finish_file(&mut self, shown: &str, mut file: FileOut) -> Result<()> {
+        if let Some((reason, message)) = &file.skipped {
+            *self.stats.skipped.entry(*reason).or_default() += 1;
+            if !self.quiet {
+                warn(format!("{shown}: skipped ({message})"));
+            }
+            return Ok(());
         }
-        let loc = format!("{shown}:{}", reject.line);
-        match args.on_error {
-            OnError::Fail => return Err(reject.error.context(loc)),
-            OnError::Skip => warn(format!("{loc}: {:#} (skipped)", reject.error)),
+        self.stats.read += 1;
+        self.drain(shown, &mut file)?;
+        if let Some((_, error)) = file.fatal {
+            return Err(error);
         }
+        self.stats.docs += file.docs;
+        self.stats.empty += file.empty;
+        Ok(())
     }
-    if let Some((at, error)) = file.fatal {
-        out.write_all(&file.bytes[written..at])?;
-        return Err(error);
-    }
-    out.write_all(&file.bytes[written..])
-        .context("cannot write output")?;
-    stats.docs += file.docs;
-    stats.empty += file.empty;
-    Ok(())
 }
 
 fn summary(stats: &Stats) -> String {

@@ -530,3 +530,94 @@ fn output_file_is_atomic_and_may_be_zst() {
 fn man_page_is_current() {
     ftkit_testkit::man::check(ft_ingest::Args::command());
 }
+
+#[test]
+fn stdin_jsonl_streams_like_a_file() {
+    // stdin is converted as a stream, flushed every few MiB; a small file in memory: same records.
+    let dir = tempfile::tempdir().unwrap();
+    let mut input = String::new();
+    for i in 0..60_000 {
+        input.push_str(&format!(
+            "{{\"text\":\"record {i} {}\",\"i\":{i}}}\n",
+            "x".repeat(i % 90)
+        ));
+        if i == 40_000 {
+            input.push_str("{\"no_text\":true}\n");
+        }
+    }
+    let file = dir.path().join("big.jsonl");
+    write(&file, &input);
+    let skip = ["--on-error", "skip", "-q"];
+    let from_file = Run::new(BIN).arg(&file).args(skip).run().expect_code(0);
+    let from_stdin = Run::new(BIN)
+        .args(["-", "--format", "jsonl"])
+        .args(skip)
+        .stdin(input.clone())
+        .run();
+    let from_stdin = from_stdin.expect_code(0);
+    assert!(
+        from_stdin.stdout.len() > 8 << 20,
+        "output spans several flushes"
+    );
+    let strip = |out: &Outcome| {
+        out.records()
+            .into_iter()
+            .map(|mut r| {
+                r.as_object_mut().unwrap().remove("source");
+                r
+            })
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (strip(&from_file), strip(&from_stdin));
+    assert_eq!(a.len(), 60_000);
+    assert!(a == b, "stdin stream and file differ");
+    assert_eq!(b[40_001]["source_line"], 40_003);
+    assert_eq!(b[40_001]["record_index"], 40_002);
+
+    // Fail policy in a stream: the documents before the bad line are written, then path:line.
+    let out = Run::new(BIN)
+        .args(["-", "--format", "jsonl"])
+        .stdin(input.clone())
+        .run();
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("ft-ingest: <stdin>:40002: missing field \"text\""),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.records().len(), 40_001);
+
+    let out = Run::new(BIN)
+        .args(["-", "--format", "jsonl", "--max-records", "3"])
+        .stdin(input)
+        .run();
+    assert_eq!(
+        texts(&out.expect_code(0)),
+        ["record 0 ", "record 1 x", "record 2 xx"]
+    );
+}
+
+#[test]
+fn bundled_docs_are_ingested() {
+    let out = ingest().arg("testdata/docs").run().expect_code(0);
+    let records = out.records();
+    assert!(
+        (6..=10).contains(&records.len()),
+        "{} documents",
+        records.len()
+    );
+    for r in &records {
+        let text = r["text"].as_str().unwrap();
+        assert!(text.len() > 1500, "{}: {} bytes", r["source"], text.len());
+        assert!(r["source"].as_str().unwrap().starts_with("testdata/docs/"));
+    }
+    assert!(
+        out.stderr.ends_with(&format!(
+            "{0} files read, {0} documents written\n",
+            records.len()
+        )),
+        "{}",
+        out.stderr
+    );
+}
