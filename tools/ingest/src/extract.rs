@@ -319,6 +319,9 @@ fn jsonl(
                 return;
             }
         };
+        if index == 0 && line.starts_with(b"\xef\xbb\xbf") {
+            line.drain(..3); // a UTF-8 byte-order mark
+        }
         let at = At {
             line: line_no,
             index,
@@ -601,6 +604,24 @@ mod tests {
                     .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
             ]
         })
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_record() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        for (name, body) in [
+            ("a.jsonl", "\u{feff}{\"text\":\"x\"}\n"),
+            ("a.json", "\u{feff}[{\"text\":\"x\"}]"),
+            ("a.csv", "\u{feff}text\nx\n"),
+            ("a.md", "\u{feff}x"),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, body)?;
+            let out = process(&path.display().to_string(), &opts(OnError::Fail));
+            assert!(out.rejects.is_empty(), "{name}: {:?}", out.rejects);
+            assert_eq!(docs(&out)[0]["text"], "x", "{name}");
+        }
+        Ok(())
     }
 
     #[test]
