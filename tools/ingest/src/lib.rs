@@ -237,7 +237,7 @@ pub fn run(args: Args) -> Result<()> {
             if let Found::File { source, .. } = &found[start] {
                 let shown = shown(source);
                 let mut flush = |part: &mut FileOut| w.drain(shown, part);
-                let file = extract::process_streaming(source, &opts, &mut flush);
+                let file = pool.install(|| extract::process_streaming(source, &opts, &mut flush));
                 w.finish_file(shown, file)?;
             }
             progress.inc(1);

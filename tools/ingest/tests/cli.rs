@@ -568,6 +568,16 @@ fn stdin_jsonl_streams_like_a_file() {
             })
             .collect::<Vec<_>>()
     };
+    for threads in ["1", "3"] {
+        let again = Run::new(BIN)
+            .args(["-", "--format", "jsonl", "--threads", threads])
+            .args(skip);
+        let again = again.stdin(input.clone()).run().expect_code(0);
+        assert!(
+            again.stdout == from_stdin.stdout,
+            "--threads {threads} differs"
+        );
+    }
     let (a, b) = (strip(&from_file), strip(&from_stdin));
     assert_eq!(a.len(), 60_000);
     assert!(a == b, "stdin stream and file differ");
