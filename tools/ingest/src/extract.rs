@@ -142,21 +142,19 @@ pub fn process_streaming(source: &str, opts: &Opts, flush: Flush<'_>) -> FileOut
     let Some(kind) = kind_of(source, opts) else {
         return FileOut::skip(Skip::UnknownType, "unknown file type; see --format");
     };
-    let fatal = |e: anyhow::Error| FileOut {
-        fatal: Some((0, e)),
-        ..FileOut::default()
-    };
+    // A file that cannot be opened or decompressed, before anything of it was written: skipped.
+    let unreadable = |e: anyhow::Error| FileOut::skip(Skip::Unreadable, e.root_cause().to_string());
     if kind == Kind::Jsonl {
         let mut input = match ftkit_core::io::open_input(source) {
             Ok(i) => i,
-            Err(e) => return fatal(e),
+            Err(e) => return unreadable(e),
         };
         match input.reader.fill_buf() {
             Ok(head) if looks_binary(head) => {
                 return FileOut::skip(Skip::Binary, "binary: a NUL byte in the first 8 KiB");
             }
             Ok(_) => {}
-            Err(e) => return fatal(anyhow::Error::new(e).context(format!("{shown}: cannot read"))),
+            Err(e) => return unreadable(anyhow::Error::new(e)),
         }
         let mut out = FileOut::default();
         jsonl(&mut out, shown, input.reader, opts, flush);
@@ -164,7 +162,7 @@ pub fn process_streaming(source: &str, opts: &Opts, flush: Flush<'_>) -> FileOut
     }
     let bytes = match ftkit_core::io::read_all(source) {
         Ok(b) => b,
-        Err(e) => return fatal(e),
+        Err(e) => return unreadable(e),
     };
     if looks_binary(&bytes) {
         return FileOut::skip(Skip::Binary, "binary: a NUL byte in the first 8 KiB");

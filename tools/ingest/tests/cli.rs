@@ -280,6 +280,28 @@ fn stdin_dash_and_zst_sources() {
 }
 
 #[test]
+fn corrupt_zst_is_skipped_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bad = zstd(b"# title\n\nsome text that compresses\n");
+    let n = bad.len();
+    bad.truncate(n - 6);
+    write(&dir.path().join("a.md.zst"), &bad);
+    write(&dir.path().join("b.md"), "fine\n");
+    let out = Run::new(BIN).arg(dir.path()).run().expect_code(0);
+    assert_eq!(texts(&out), ["fine\n"]);
+    let warning = format!(
+        "ft-ingest: {}: skipped (",
+        dir.path().join("a.md.zst").display()
+    );
+    assert!(out.stderr.starts_with(&warning), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("1 file read, 1 skipped (1 unreadable)"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
 fn usage_errors_exit_2() {
     let out = Run::new(BIN).args([TREE, "--no-such-flag"]).run();
     assert_eq!(out.code, 2, "{}", out.stderr);
