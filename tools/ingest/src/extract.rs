@@ -142,21 +142,19 @@ pub fn process_streaming(source: &str, opts: &Opts, flush: Flush<'_>) -> FileOut
     let Some(kind) = kind_of(source, opts) else {
         return FileOut::skip(Skip::UnknownType, "unknown file type; see --format");
     };
-    let fatal = |e: anyhow::Error| FileOut {
-        fatal: Some((0, e)),
-        ..FileOut::default()
-    };
+    // A file that cannot be opened or decompressed, before anything of it was written: skipped.
+    let unreadable = |e: anyhow::Error| FileOut::skip(Skip::Unreadable, e.root_cause().to_string());
     if kind == Kind::Jsonl {
         let mut input = match ftkit_core::io::open_input(source) {
             Ok(i) => i,
-            Err(e) => return fatal(e),
+            Err(e) => return unreadable(e),
         };
         match input.reader.fill_buf() {
             Ok(head) if looks_binary(head) => {
                 return FileOut::skip(Skip::Binary, "binary: a NUL byte in the first 8 KiB");
             }
             Ok(_) => {}
-            Err(e) => return fatal(anyhow::Error::new(e).context(format!("{shown}: cannot read"))),
+            Err(e) => return unreadable(anyhow::Error::new(e)),
         }
         let mut out = FileOut::default();
         jsonl(&mut out, shown, input.reader, opts, flush);
@@ -164,7 +162,7 @@ pub fn process_streaming(source: &str, opts: &Opts, flush: Flush<'_>) -> FileOut
     }
     let bytes = match ftkit_core::io::read_all(source) {
         Ok(b) => b,
-        Err(e) => return fatal(e),
+        Err(e) => return unreadable(e),
     };
     if looks_binary(&bytes) {
         return FileOut::skip(Skip::Binary, "binary: a NUL byte in the first 8 KiB");
@@ -299,39 +297,107 @@ fn raw_fields<'a>(rec: &RawRecord<'a>) -> Vec<(Cow<'a, str>, Cow<'a, str>)> {
         .collect()
 }
 
-fn jsonl(
-    out: &mut FileOut,
-    source: &str,
-    input: impl std::io::BufRead,
-    opts: &Opts,
-    flush: Flush<'_>,
-) {
+/// JSONL lines read per parallel batch, and per task within a batch.
+const JSONL_BATCH_BYTES: usize = 4 << 20;
+const JSONL_TASK_BYTES: usize = 256 << 10;
+
+/// One JSONL line → a document in `out`, or a rejected record; true when the source must stop.
+fn jsonl_line(out: &mut FileOut, source: &str, line: &[u8], at: At, opts: &Opts) -> bool {
+    let outcome = std::str::from_utf8(line)
+        .map_err(|e| anyhow!("invalid UTF-8 at byte {}", e.valid_up_to()))
+        .and_then(|s| record(out, source, &raw_fields(&RawRecord::parse(s)?), at, opts));
+    match outcome {
+        Ok(()) => false,
+        Err(e) => out.reject(opts, at.line, line, e),
+    }
+}
+
+/// Converts JSONL lines in batches: the lines of a batch in parallel (on the current rayon pool),
+/// their output appended in line order. With `--max-records` the lines go one by one instead, so
+/// that reading stops at the cap and the counts stay exact.
+fn jsonl(out: &mut FileOut, source: &str, input: impl BufRead, opts: &Opts, flush: Flush<'_>) {
+    use rayon::prelude::*;
     let mut reader = LineReader::new(input);
-    let mut line = Vec::new();
+    let mut data = Vec::new();
+    let mut spans: Vec<(usize, usize, u64)> = Vec::new();
     let mut index = 0;
+    let batch_bytes = if opts.max_records.is_some() {
+        0
+    } else {
+        JSONL_BATCH_BYTES
+    };
     while !out.full(opts) && maybe_flush(out, flush) {
-        let line_no = match reader.next_line(&mut line) {
-            Ok(Some(n)) => n,
-            Ok(None) => break,
-            Err(e) => {
-                let e = anyhow::Error::new(e).context(format!("{source}: cannot read"));
-                out.fatal = Some((out.bytes.len(), e));
+        data.clear();
+        spans.clear();
+        loop {
+            let start = data.len();
+            match reader.append_line(&mut data) {
+                Ok(Some(line_no)) => spans.push((start, data.len(), line_no)),
+                Ok(None) => break,
+                Err(e) => {
+                    let e = anyhow::Error::new(e).context(format!("{source}: cannot read"));
+                    out.fatal = Some((out.bytes.len(), e));
+                    return;
+                }
+            }
+            if data.len() >= batch_bytes {
+                break;
+            }
+        }
+        if spans.is_empty() {
+            break;
+        }
+        if index == 0 && data.starts_with(b"\xef\xbb\xbf") {
+            spans[0].0 += 3; // a UTF-8 byte-order mark
+        }
+        let at = |i: usize| At {
+            line: spans[i].2,
+            index: index + i as u64,
+        };
+        if spans.len() == 1 {
+            let (s, e, _) = spans[0];
+            if jsonl_line(out, source, &data[s..e], at(0), opts) {
                 return;
             }
-        };
-        let at = At {
-            line: line_no,
-            index,
-        };
-        index += 1;
-        let outcome = std::str::from_utf8(&line)
-            .map_err(|e| anyhow!("invalid UTF-8 at byte {}", e.valid_up_to()))
-            .and_then(|s| record(out, source, &raw_fields(&RawRecord::parse(s)?), at, opts));
-        if let Err(e) = outcome
-            && out.reject(opts, line_no, &line, e)
-        {
-            return;
+        } else {
+            let mut tasks = Vec::new();
+            let (mut begin, mut bytes) = (0, 0);
+            for (i, &(s, e, _)) in spans.iter().enumerate() {
+                bytes += e - s;
+                if bytes >= JSONL_TASK_BYTES || i + 1 == spans.len() {
+                    tasks.push(begin..i + 1);
+                    (begin, bytes) = (i + 1, 0);
+                }
+            }
+            let parts: Vec<FileOut> = tasks
+                .into_par_iter()
+                .map(|range| {
+                    let mut part = FileOut::default();
+                    for i in range {
+                        let (s, e, _) = spans[i];
+                        if jsonl_line(&mut part, source, &data[s..e], at(i), opts) {
+                            break;
+                        }
+                    }
+                    part
+                })
+                .collect();
+            for part in parts {
+                let base = out.bytes.len();
+                let stop = opts.on_error == OnError::Fail && !part.rejects.is_empty();
+                out.bytes.extend_from_slice(&part.bytes);
+                out.rejects.extend(part.rejects.into_iter().map(|r| Reject {
+                    at: r.at + base,
+                    ..r
+                }));
+                out.docs += part.docs;
+                out.empty += part.empty;
+                if stop {
+                    return;
+                }
+            }
         }
+        index += spans.len() as u64;
     }
 }
 
@@ -601,6 +667,24 @@ mod tests {
                     .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
             ]
         })
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_record() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        for (name, body) in [
+            ("a.jsonl", "\u{feff}{\"text\":\"x\"}\n"),
+            ("a.json", "\u{feff}[{\"text\":\"x\"}]"),
+            ("a.csv", "\u{feff}text\nx\n"),
+            ("a.md", "\u{feff}x"),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, body)?;
+            let out = process(&path.display().to_string(), &opts(OnError::Fail));
+            assert!(out.rejects.is_empty(), "{name}: {:?}", out.rejects);
+            assert_eq!(docs(&out)[0]["text"], "x", "{name}");
+        }
+        Ok(())
     }
 
     #[test]

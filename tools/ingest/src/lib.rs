@@ -31,20 +31,20 @@ Turns files and folders into JSONL document records, one per line on stdout:
 
 Folders are walked recursively in sorted order. By extension (a trailing .zst is decompressed):
   .txt .text .md .markdown .rst .tex   the whole file is one document
-  .html .htm .xhtml                    the page's visible text is one document (no head, script, style)
+  .html .htm .xhtml                    the visible text is one document (no head, script, style)
   .json                                an array of objects (or one object): a document per object
   .jsonl .ndjson                       a document per line (one JSON object each)
   .csv .tsv                            a document per row; the header row names the fields
 
-For records (JSON, JSONL, CSV) the text is --text-field (default: text) or --template; every other
-field is kept, raw and in order, under \"meta\", and \"source_line\" (1-based line where the record
-starts) and \"record_index\" (0-based among the file's records) are added. \"id\" is the stable hash
-of the text alone (ftkit_core::stable_id: sha256 of the text and a 0x1F byte, first 16 bytes in
-hex), so equal texts share an id.
+For records (JSON, JSONL, CSV) the text is --text-field (default: text) or --template; every
+other field is kept, raw and in order, under \"meta\" (CSV values as strings), and
+\"source_line\" (1-based line where the record starts) and \"record_index\" (0-based among the
+file's records) are added. \"id\" is the stable hash of the text alone (sha256 of the text and
+a 0x1F byte, first 16 bytes in hex), so equal texts share an id.
 
-Binary files (a NUL byte in the first 8 KiB), files of unknown type and text that is not UTF-8 are
-skipped with a warning. Empty texts are skipped and counted. A bad record (malformed JSON line,
-missing text field) stops the run with path:line (exit 1) unless --on-error skip.";
+Binary files (a NUL byte in the first 8 KiB), files of unknown type and text that is not UTF-8
+are skipped with a warning. Empty texts are skipped and counted. A bad record (malformed JSON
+line, missing text field) stops the run with path:line (exit 1) unless --on-error skip.";
 
 const AFTER_LONG_HELP: &str = "\
 Examples:
@@ -237,7 +237,7 @@ pub fn run(args: Args) -> Result<()> {
             if let Found::File { source, .. } = &found[start] {
                 let shown = shown(source);
                 let mut flush = |part: &mut FileOut| w.drain(shown, part);
-                let file = extract::process_streaming(source, &opts, &mut flush);
+                let file = pool.install(|| extract::process_streaming(source, &opts, &mut flush));
                 w.finish_file(shown, file)?;
             }
             progress.inc(1);

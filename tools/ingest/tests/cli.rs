@@ -280,6 +280,28 @@ fn stdin_dash_and_zst_sources() {
 }
 
 #[test]
+fn corrupt_zst_is_skipped_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bad = zstd(b"# title\n\nsome text that compresses\n");
+    let n = bad.len();
+    bad.truncate(n - 6);
+    write(&dir.path().join("a.md.zst"), &bad);
+    write(&dir.path().join("b.md"), "fine\n");
+    let out = Run::new(BIN).arg(dir.path()).run().expect_code(0);
+    assert_eq!(texts(&out), ["fine\n"]);
+    let warning = format!(
+        "ft-ingest: {}: skipped (",
+        dir.path().join("a.md.zst").display()
+    );
+    assert!(out.stderr.starts_with(&warning), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("1 file read, 1 skipped (1 unreadable)"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
 fn usage_errors_exit_2() {
     let out = Run::new(BIN).args([TREE, "--no-such-flag"]).run();
     assert_eq!(out.code, 2, "{}", out.stderr);
@@ -568,6 +590,16 @@ fn stdin_jsonl_streams_like_a_file() {
             })
             .collect::<Vec<_>>()
     };
+    for threads in ["1", "3"] {
+        let again = Run::new(BIN)
+            .args(["-", "--format", "jsonl", "--threads", threads])
+            .args(skip);
+        let again = again.stdin(input.clone()).run().expect_code(0);
+        assert!(
+            again.stdout == from_stdin.stdout,
+            "--threads {threads} differs"
+        );
+    }
     let (a, b) = (strip(&from_file), strip(&from_stdin));
     assert_eq!(a.len(), 60_000);
     assert!(a == b, "stdin stream and file differ");
