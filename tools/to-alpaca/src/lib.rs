@@ -44,7 +44,7 @@ into one training format per line.
 
 Fields: the instruction is --instruction-field (default question) or --template with {field} \
 placeholders (dotted paths; {{ and }} for literal braces); the input is --input-field (default context; \
-empty when absent) or --input-template; the output is --output-field (default answer). A field may be \
+empty when absent; --input-field '' for none) or --input-template; the output is --output-field (default answer). A field may be \
 a string or a list of strings (joined by blank lines). A missing instruction or output is an error \
 naming the line (or a reject under --on-error skip).
 
