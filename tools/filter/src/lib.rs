@@ -101,7 +101,7 @@ pub struct Args {
     #[arg(long, value_name = "FIELDS", value_delimiter = ',')]
     pub dedup_fields: Vec<String>,
 
-    /// Jaccard similarity from which --dedup minhash counts records as duplicates.
+    /// Jaccard similarity from which --dedup minhash counts records as duplicates [default: 0.8].
     #[arg(long, value_name = "T")]
     pub threshold: Option<f64>,
 
