@@ -52,8 +52,9 @@ Documents for the CLaRa formats: the --docs-field (default docs; a list of strin
 the text of the chunk named by the record's chunk_id in --chunks FILE (ft-chunk output), else the \
 input field; none of them is an error.
 
-Every other field of the input record (id, doc_id, chunk_id, score, ...) is kept under \"meta\", in \
-input order, unless --strip-meta.
+Every field other than the instruction, input, output and docs fields (named by the --*-field \
+options) is kept under \"meta\" in input order (id, doc_id, chunk_id, score, ...), unless --strip-meta. \
+In the CLaRa formats, a question or answer field that holds a list of strings stays a list.
 
 Formats (keys in this order):
   alpaca             instruction, input, output, system (with --system), meta
