@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use ftkit_core::RawRecord;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 
@@ -22,13 +23,36 @@ pub fn lookup<'a>(rec: &RawRecord<'a>, path: &str) -> Result<Option<&'a RawValue
         if !value.get().starts_with('{') {
             return Ok(None);
         }
-        let inner = RawRecord::parse(value.get())?;
-        match inner.get(part) {
+        match member(value, part)? {
             Some(v) => value = v,
             None => return Ok(None),
         }
     }
     Ok(Some(value))
+}
+
+/// The value of `key` in the JSON object `object`, without allocating (the hot path of dotted paths).
+fn member<'a>(object: &'a RawValue, key: &str) -> Result<Option<&'a RawValue>> {
+    struct Find<'k>(&'k str);
+    impl<'de, 'k> Visitor<'de> for Find<'k> {
+        type Value = Option<&'de RawValue>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+            let mut found = None;
+            while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+                if found.is_none() && k == self.0 {
+                    found = Some(map.next_value::<&'de RawValue>()?);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(found)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(object.get());
+    Ok(de.deserialize_map(Find(key))?)
 }
 
 /// A raw JSON value seen by its kind.

@@ -15,6 +15,7 @@ use ftkit_core::io::{AtomicFile, Output};
 use ftkit_core::{CommonArgs, Engine, ObjectWriter, RawRecord, usage};
 use predicate::Where;
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum DedupMode {
@@ -100,7 +101,7 @@ pub struct Args {
     #[arg(long, value_name = "FIELDS", value_delimiter = ',')]
     pub dedup_fields: Vec<String>,
 
-    /// Jaccard similarity from which --dedup minhash counts records as duplicates.
+    /// Jaccard similarity from which --dedup minhash counts records as duplicates [default: 0.8].
     #[arg(long, value_name = "T")]
     pub threshold: Option<f64>,
 
@@ -156,6 +157,34 @@ struct Filter {
 const MINHASH_SEED: u64 = 0x6674_6b69_745f_6d68;
 
 impl Filter {
+    /// Position of a reason in the summary (and in the drop counters).
+    fn reason_index(&self, reason: Reason) -> usize {
+        let w = self.wheres.len();
+        match reason {
+            Reason::MinScore => 0,
+            Reason::Where(i) => 1 + i,
+            Reason::MinChars => 1 + w,
+            Reason::MaxChars => 2 + w,
+            Reason::Lang => 3 + w,
+            Reason::DuplicateExact => 4 + w,
+            Reason::DuplicateMinhash => 5 + w,
+        }
+    }
+
+    /// Every reason, in summary order.
+    fn reasons(&self) -> Vec<Reason> {
+        let mut all = vec![Reason::MinScore];
+        all.extend((0..self.wheres.len()).map(Reason::Where));
+        all.extend([
+            Reason::MinChars,
+            Reason::MaxChars,
+            Reason::Lang,
+            Reason::DuplicateExact,
+            Reason::DuplicateMinhash,
+        ]);
+        all
+    }
+
     fn reason_name(&self, reason: Reason) -> String {
         match reason {
             Reason::MinScore => "min_score".into(),
@@ -350,79 +379,95 @@ pub fn run(args: Args) -> Result<()> {
         .transpose()?;
     let mut out = Output::create(args.common.output.as_deref())?;
 
-    let mut exact = ExactSet::default();
-    let mut lsh = filter
-        .minhash
-        .as_ref()
-        .map(|(_, bands, _)| Lsh::new(*bands));
-    let mut kept: u64 = 0;
-    let mut dropped: Vec<(Reason, u64)> = Vec::new();
-    let mut buf = Vec::new();
-
-    engine.scan(
-        |_, line| Ok(filter.judge(line).unwrap_or_else(Verdict::Bad)),
-        |_, line, verdict| {
-            let verdict = match verdict {
-                Verdict::Keep(DedupKey::None) => None,
-                Verdict::Keep(DedupKey::Exact(key)) => {
-                    (!exact.insert(key)).then_some(Reason::DuplicateExact)
+    let reasons = filter.reasons();
+    let mut dropped = vec![0u64; reasons.len()];
+    let kept: u64;
+    if filter.dedup.is_none() && rejects.is_none() {
+        // Stateless: a parallel ordered map, no sequential pass over the lines.
+        let counters: Vec<AtomicU64> = reasons.iter().map(|_| AtomicU64::new(0)).collect();
+        let kept_counter = AtomicU64::new(0);
+        engine.map(&mut out, |_, line, buf| {
+            match filter.judge(line)? {
+                Verdict::Drop(reason) => {
+                    counters[filter.reason_index(reason)].fetch_add(1, Ordering::Relaxed);
                 }
-                Verdict::Keep(DedupKey::Bands(keys)) => match &mut lsh {
-                    Some(index) => {
-                        (!index.insert_if_new(&keys)).then_some(Reason::DuplicateMinhash)
-                    }
-                    None => None,
-                },
-                Verdict::Drop(reason) => Some(reason),
-                Verdict::Bad(err) => {
-                    if let Some(file) = &mut rejects {
-                        file.write_all(line.as_bytes())?;
-                        file.write_all(b"\n")?;
-                    }
-                    return Err(err);
-                }
-            };
-            match verdict {
-                None => {
-                    kept += 1;
-                    out.write_all(line.as_bytes())?;
-                    out.write_all(b"\n")?;
-                }
-                Some(reason) => {
-                    match dropped.iter_mut().find(|(r, _)| *r == reason) {
-                        Some((_, n)) => *n += 1,
-                        None => dropped.push((reason, 1)),
-                    }
-                    if let Some(file) = &mut rejects {
-                        buf.clear();
-                        with_reason(line, &filter.reason_name(reason), &mut buf)?;
-                        file.write_all(&buf)?;
-                    }
+                Verdict::Bad(err) => return Err(err),
+                Verdict::Keep(_) => {
+                    kept_counter.fetch_add(1, Ordering::Relaxed);
+                    buf.extend_from_slice(line.as_bytes());
+                    buf.push(b'\n');
                 }
             }
             Ok(())
-        },
-    )?;
+        })?;
+        kept = kept_counter.into_inner();
+        for (d, c) in dropped.iter_mut().zip(counters) {
+            *d = c.into_inner();
+        }
+    } else {
+        let mut exact = ExactSet::default();
+        let mut lsh = filter
+            .minhash
+            .as_ref()
+            .map(|(_, bands, _)| Lsh::new(*bands));
+        let mut kept_count: u64 = 0;
+        let mut buf = Vec::new();
+        engine.scan(
+            |_, line| Ok(filter.judge(line).unwrap_or_else(Verdict::Bad)),
+            |_, line, verdict| {
+                let verdict = match verdict {
+                    Verdict::Keep(DedupKey::None) => None,
+                    Verdict::Keep(DedupKey::Exact(key)) => {
+                        (!exact.insert(key)).then_some(Reason::DuplicateExact)
+                    }
+                    Verdict::Keep(DedupKey::Bands(keys)) => match &mut lsh {
+                        Some(index) => {
+                            (!index.insert_if_new(&keys)).then_some(Reason::DuplicateMinhash)
+                        }
+                        None => None,
+                    },
+                    Verdict::Drop(reason) => Some(reason),
+                    Verdict::Bad(err) => {
+                        if let Some(file) = &mut rejects {
+                            file.write_all(line.as_bytes())?;
+                            file.write_all(b"\n")?;
+                        }
+                        return Err(err);
+                    }
+                };
+                match verdict {
+                    None => {
+                        kept_count += 1;
+                        out.write_all(line.as_bytes())?;
+                        out.write_all(b"\n")?;
+                    }
+                    Some(reason) => {
+                        dropped[filter.reason_index(reason)] += 1;
+                        if let Some(file) = &mut rejects {
+                            buf.clear();
+                            with_reason(line, &filter.reason_name(reason), &mut buf)?;
+                            file.write_all(&buf)?;
+                        }
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        kept = kept_count;
+    }
     out.finish()?;
     engine.finish()?;
     if let Some(file) = rejects {
         file.commit().context("--rejects")?;
     }
     if !args.common.quiet {
-        let total: u64 = dropped.iter().map(|(_, n)| n).sum();
+        let total: u64 = dropped.iter().sum();
         let mut line = format!("kept {kept} of {} records", kept + total);
         if total > 0 {
-            dropped.sort_by_key(|(r, _)| match r {
-                Reason::MinScore => (0, 0),
-                Reason::Where(i) => (1, *i),
-                Reason::MinChars => (2, 0),
-                Reason::MaxChars => (3, 0),
-                Reason::Lang => (4, 0),
-                Reason::DuplicateExact => (5, 0),
-                Reason::DuplicateMinhash => (6, 0),
-            });
-            let parts: Vec<String> = dropped
+            let parts: Vec<String> = reasons
                 .iter()
+                .zip(&dropped)
+                .filter(|(_, n)| **n > 0)
                 .map(|(r, n)| format!("{} {n}", filter.reason_name(*r)))
                 .collect();
             line.push_str(&format!("; dropped {total}: {}", parts.join(", ")));

@@ -41,6 +41,8 @@ pub struct Where {
     field: String,
     op: Op,
     lit: Lit,
+    /// The value as text for `contains`: a JSON string's contents, anything else as written.
+    needle: String,
     regex: Option<Regex>,
 }
 
@@ -77,12 +79,12 @@ impl Where {
             Ok(serde_json::Value::String(s)) => Lit::Str(s),
             _ => Lit::Str(value.to_string()),
         };
+        let needle = match &lit {
+            Lit::Str(s) => s.clone(),
+            _ => value.to_string(),
+        };
         let regex = if op == Op::Matches {
-            let pattern = match &lit {
-                Lit::Str(s) => s.clone(),
-                _ => value.to_string(),
-            };
-            match Regex::new(&pattern) {
+            match Regex::new(&needle) {
                 Ok(r) => Some(r),
                 Err(e) => bail!("--where {expr:?}: bad regex: {e}"),
             }
@@ -94,6 +96,7 @@ impl Where {
             field: field.to_string(),
             op,
             lit,
+            needle,
             regex,
         })
     }
@@ -135,14 +138,8 @@ impl Where {
     }
 
     fn contains(&self, value: &Val<'_>) -> Result<bool> {
-        let needle = match &self.lit {
-            Lit::Str(s) => s.clone(),
-            Lit::Num(n) => n.to_string(),
-            Lit::Bool(b) => b.to_string(),
-            Lit::Null => "null".to_string(),
-        };
         Ok(match value {
-            Val::Str(s) => s.contains(needle.as_str()),
+            Val::Str(s) => s.contains(self.needle.as_str()),
             Val::Other(text) if text.starts_with('[') => {
                 let items: Vec<&serde_json::value::RawValue> = serde_json::from_str(text)?;
                 let mut found = false;
@@ -192,6 +189,10 @@ mod tests {
         assert!(eval("lang == en", rec) && eval("lang == \"en\"", rec) && !eval("lang != en", rec));
         assert!(eval("s > alpha", rec) && eval("s < gamma", rec));
         assert!(eval("s contains et", rec) && !eval("s contains x", rec));
+        assert!(
+            eval(r#"p contains 1.50"#, r#"{"p":"costs 1.50 EUR"}"#),
+            "numbers are searched as written"
+        );
         assert!(
             eval("tags contains \"b c\"", rec)
                 && eval("tags contains 3", rec)

@@ -256,3 +256,57 @@ proptest! {
         prop_assert_eq!(unique.len(), texts.len());
     }
 }
+
+#[test]
+fn dedup_output_and_rejects_do_not_depend_on_threads() {
+    // 60 variants of every record: near and exact duplicates across batch and task boundaries.
+    let base = String::from_utf8(qa()).unwrap();
+    let mut input = String::new();
+    for copy in 0..60 {
+        for line in base.lines() {
+            let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+            v["id"] = format!("{}-{copy}", v["id"].as_str().unwrap()).into();
+            if copy % 3 == 1 {
+                v["answer"] = format!("{} (variant {copy})", v["answer"].as_str().unwrap()).into();
+            }
+            input.push_str(&serde_json::to_string(&v).unwrap());
+            input.push('\n');
+        }
+    }
+    for mode in ["exact", "minhash"] {
+        let dir = tempfile::tempdir().unwrap();
+        let runs: Vec<(Vec<u8>, String)> = ["1", "7"]
+            .iter()
+            .map(|threads| {
+                let rejects = dir.path().join(format!("rejects-{threads}.jsonl"));
+                let out = Run::new(BIN)
+                    .args(["--dedup", mode, "--threads", threads, "--rejects"])
+                    .arg(&rejects)
+                    .stdin(input.clone())
+                    .run()
+                    .expect_code(0);
+                (out.stdout, std::fs::read_to_string(&rejects).unwrap())
+            })
+            .collect();
+        assert_eq!(runs[0], runs[1], "{mode}: --threads 1 and 7 differ");
+        let kept = runs[0]
+            .0
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count();
+        let dropped = runs[0].1.lines().count();
+        assert_eq!(kept + dropped, 600);
+        assert!(
+            kept < 600 / 2,
+            "{mode}: most copies are duplicates, kept {kept}"
+        );
+        let reason = format!("\"reject_reason\":\"duplicate_{mode}\"");
+        assert!(
+            runs[0]
+                .1
+                .lines()
+                .all(|l| l.ends_with(&format!("{reason}}}"))),
+            "{mode}"
+        );
+    }
+}

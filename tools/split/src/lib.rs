@@ -36,7 +36,8 @@ succeeds.
 Caps: --max-per-split N keeps in each split the N records of lowest rank, --max-total N keeps the N of \
 lowest rank overall (after the per-split caps). The rank is stable_id([SEED, \"rank\", VALUE]) of the \
 group (with --group-by; groups are then kept or cut whole except at the boundary) and then of the \
-record's --key, so the kept set does not depend on input order. Capped output keeps input order; it is \
+record's --key, so the kept set does not depend on input order (records with equal values tie, and \
+input order breaks the tie). Capped output keeps input order; it is \
 written when the input ends, holding at most the capped records in memory.";
 
 const EXAMPLE: &str = "\

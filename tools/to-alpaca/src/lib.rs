@@ -44,7 +44,7 @@ into one training format per line.
 
 Fields: the instruction is --instruction-field (default question) or --template with {field} \
 placeholders (dotted paths; {{ and }} for literal braces); the input is --input-field (default context; \
-empty when absent) or --input-template; the output is --output-field (default answer). A field may be \
+empty when absent; --input-field '' for none) or --input-template; the output is --output-field (default answer). A field may be \
 a string or a list of strings (joined by blank lines). A missing instruction or output is an error \
 naming the line (or a reject under --on-error skip).
 
@@ -52,8 +52,9 @@ Documents for the CLaRa formats: the --docs-field (default docs; a list of strin
 the text of the chunk named by the record's chunk_id in --chunks FILE (ft-chunk output), else the \
 input field; none of them is an error.
 
-Every other field of the input record (id, doc_id, chunk_id, score, ...) is kept under \"meta\", in \
-input order, unless --strip-meta.
+Every field other than the instruction, input, output and docs fields (named by the --*-field \
+options) is kept under \"meta\" in input order (id, doc_id, chunk_id, score, ...), unless --strip-meta. \
+In the CLaRa formats, a question or answer field that holds a list of strings stays a list.
 
 Formats (keys in this order):
   alpaca             instruction, input, output, system (with --system), meta
