@@ -351,9 +351,14 @@ fn work(client: &Client, s: &Settings, counts: &Counts, chunk: Chunk) -> Outcome
             lang: lang.clone(),
             doc_lang: chunk.doc_lang.clone(),
         };
+        // The extractive backend may honestly find nothing to ask; a model that returns no pair is re-asked.
+        let parse_pairs = |text: &str| match parse::qa_pairs(text) {
+            Err(_) if backend.name() == "extractive" && text == r#"{"pairs":[]}"# => Ok(Vec::new()),
+            other => other,
+        };
         let answer = client.generate(
             |a| prompts::request(task.clone(), s.template.as_deref(), a),
-            parse::qa_pairs,
+            parse_pairs,
         );
         let answer = match answer {
             Ok(a) => a,
@@ -378,7 +383,13 @@ fn work(client: &Client, s: &Settings, counts: &Counts, chunk: Chunk) -> Outcome
             text: chunk.text.clone(),
             lang: lang.clone(),
         };
-        match client.generate(|a| prompts::request(task.clone(), None, a), parse::summary) {
+        let parse_summary = |text: &str| match parse::summary(text) {
+            Err(_) if backend.name() == "extractive" && text == r#"{"summary":""}"# => {
+                Ok(String::new())
+            }
+            other => other,
+        };
+        match client.generate(|a| prompts::request(task.clone(), None, a), parse_summary) {
             Ok(answer) if !answer.value.is_empty() => {
                 let id = stable_id(&[chunk.id.as_str(), "summary", &lang, &answer.value]);
                 let mut w = ObjectWriter::new(&mut lines);
