@@ -96,7 +96,8 @@ impl Driver<'_> {
         let halt = AtomicBool::new(false);
         let mut summary = RunSummary::default();
         let mut end = End::Complete;
-        std::thread::scope(|scope| -> Result<()> {
+        let progress = ftkit_core::progress::Progress::items(self.common.quiet, "items", None);
+        let result = std::thread::scope(|scope| -> Result<()> {
             let (job_tx, job_rx) = mpsc::sync_channel::<Job<J>>(workers);
             let job_rx = Arc::new(Mutex::new(job_rx));
             let (res_tx, res_rx) = mpsc::channel::<(u64, (String, String), Outcome<M>)>();
@@ -138,6 +139,7 @@ impl Driver<'_> {
              -> Result<()> {
                 while let Some(((loc, line), outcome)) = pending.remove(next_out) {
                     *next_out += 1;
+                    progress.inc(1);
                     match outcome {
                         Outcome::Done { lines, meta } => {
                             out.write_all(&lines)?;
@@ -254,7 +256,9 @@ impl Driver<'_> {
                 }
             }
             Ok(())
-        })?;
+        });
+        progress.finish();
+        result?;
         Ok((summary, end))
     }
 }
