@@ -269,8 +269,9 @@ pub fn run(args: Args) -> Result<()> {
     report(true);
     if budget_hit || summary.not_started > 0 {
         warn(format!(
-            "budget reached: {} chunks not processed; the output holds everything done (rerun with a larger \
-             budget: answered requests replay from the cache)",
+            "budget reached: stopped after reading {} chunks, {} of them not processed; the output holds \
+             everything done (rerun with a larger budget: answered requests replay from the cache)",
+            summary.records - summary.bad_lines,
             summary.not_started
         ));
     }

@@ -599,3 +599,100 @@ fn duplicate_questions_within_a_chunk_are_dropped() {
         assert!(r["gen"]["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
     }
 }
+
+#[test]
+fn unparseable_output_is_rejected_with_the_raw_text() {
+    let server = TestServer::start(ServerConfig {
+        latency: Duration::ZERO,
+        faults: vec![FaultRule {
+            modulo: 1,
+            remainder: 0,
+            first_hits: u32::MAX,
+            fault: Fault::ProseContent,
+        }],
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rejects = dir.path().join("rejects.jsonl");
+    let out = Run::new(BIN)
+        .args(openai_args(&server, dir.path().join("c").to_str().unwrap()))
+        .args(["--parse-retries", "1", "--rejects"])
+        .arg(&rejects)
+        .stdin(many_chunks(3))
+        .run();
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stdout.is_empty());
+    assert!(out.stderr.contains("3 chunks failed"), "{}", out.stderr);
+    let text = std::fs::read_to_string(&rejects).unwrap();
+    assert_eq!(text.lines().count(), 3);
+    for line in text.lines() {
+        let r: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(r["reject"]["raw"], "Sure! I'd be glad to help.");
+        assert_eq!(r["reject"]["tool"], "ft-qa-synth");
+        assert!(
+            r["reject"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("after 2 tries"),
+            "{r}"
+        );
+    }
+    // Two tries (one re-ask) per chunk.
+    assert_eq!(server.hits(), 6);
+}
+
+#[test]
+fn pairs_per_1k_tokens_scales_with_length() {
+    let long: String = (0..40)
+        .map(|i| format!("Sentence number {i} mentions item {}. ", i * 3))
+        .collect();
+    let input = format!(
+        "{}\n{}\n",
+        serde_json::json!({"id": "short", "text": "Alpha is the first letter of the Greek alphabet. Beta comes next in 1990."}),
+        serde_json::json!({"id": "long", "text": long})
+    );
+    let out = Run::new(BIN)
+        .args(["--backend", "extractive", "--pairs-per-1k-tokens", "40"])
+        .stdin(input)
+        .run()
+        .expect_code(0);
+    let recs = out.records();
+    let count = |id: &str| recs.iter().filter(|r| r["chunk_id"] == id).count();
+    // short: ~20 tokens → round(0.8) = 1 pair; long: ~300 tokens → 12 pairs.
+    assert_eq!(count("short"), 1);
+    assert!(count("long") >= 10, "{}", count("long"));
+}
+
+#[test]
+fn prompt_file_replaces_the_prompt() {
+    let server = TestServer::start(ServerConfig::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let prompt = dir.path().join("prompt.txt");
+    std::fs::write(
+        &prompt,
+        "Ask {n} questions in {lang}, JSON {\"pairs\":[...]}, about:\n{text}",
+    )
+    .unwrap();
+    let cache = dir.path().join("c");
+    let base = Run::new(BIN)
+        .args(openai_args(&server, cache.to_str().unwrap()))
+        .stdin(many_chunks(2))
+        .run();
+    let custom = Run::new(BIN)
+        .args(openai_args(&server, cache.to_str().unwrap()))
+        .arg("--prompt-file")
+        .arg(&prompt)
+        .stdin(many_chunks(2))
+        .run()
+        .expect_code(0);
+    let sha = |o: &ftkit_testkit::Outcome| o.records()[0]["gen"]["prompt_sha256"].clone();
+    assert_ne!(sha(&base.expect_code(0)), sha(&custom));
+    assert_eq!(server.hits(), 4, "a new prompt is a new request");
+    std::fs::write(&prompt, "no placeholder").unwrap();
+    let bad = Run::new(BIN)
+        .args(["--backend", "extractive", "--prompt-file"])
+        .arg(&prompt)
+        .stdin(chunks())
+        .run();
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+}
