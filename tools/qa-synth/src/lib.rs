@@ -46,8 +46,9 @@ Examples:
 Output: one record per QA pair,
   {\"id\",\"chunk_id\",\"doc_id\",\"kind\":\"qa\",\"question\",\"answer\",\"lang\",\"doc_lang\",
    \"gen\":{\"backend\",\"model\",\"prompt_sha256\",\"params\",\"usage\"}, <chunk fields but text>}
-and with --summary one {\"kind\":\"summary\",\"summary\",...} record per chunk. id = stable_id(chunk_id, lang,
-question, answer). With --keep-context the chunk's text is kept as \"context\".
+and with --summary one {\"kind\":\"summary\",\"summary\",...} record per chunk.
+id = stable_id(chunk_id, lang, question, answer).
+With --keep-context the chunk's text is kept as \"context\".
 
 A rerun replays answered requests from the cache (no request is sent twice), so after a crash or a
 kill, run the same command again. Failed chunks go to --rejects with the reason and the raw model
@@ -95,7 +96,8 @@ pub struct Args {
     #[arg(long)]
     pub summary: bool,
 
-    /// Replace the built-in QA prompt (its user message); placeholders {text}, {n}, {lang}.
+    /// Replace the built-in QA prompt (its user message). Placeholders: {text} (the chunk), {lang}
+    /// (the language name) and the pair count as the letter n in braces.
     #[arg(long, value_name = "FILE")]
     pub prompt_file: Option<PathBuf>,
 
