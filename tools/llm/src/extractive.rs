@@ -8,10 +8,13 @@
 //!    (text without spaces, such as Chinese: 8 to 200 characters) and does not end with a question mark.
 //! 2. **Candidates**, one per kept sentence, the first rule that applies:
 //!    - *definition*: `SUBJECT is|are|was|were|means|refers to REST`, with a subject of 1 to 6 words that
-//!      is not a pronoun (`it`, `this`, `they`, ...) and holds no comma, and at least 2 words of REST
+//!      starts with a capital letter, is not a pronoun (`it`, `this`, `they`, ...), holds no comma, colon,
+//!      backtick or function word (`the` is allowed only first; `will`, `if`, `note`, ...), and at least
+//!      2 words of REST, which does not start with `not`
 //!      → "What is SUBJECT?" (`What does SUBJECT mean?`, `What does SUBJECT refer to?`); the answer is the
 //!      whole sentence. Chinese: `SUBJECT是REST` with a subject of 1 to 12 characters → "什么是SUBJECT？".
-//!    - *cloze*: the sentence holds a number, or (English) a capitalised word after its first word → that
+//!    - *cloze*: the sentence holds a number, or (English) a capitalised word after its first word
+//!      (leading bullets and symbols skipped; function words such as `The`, `By` never count) → that
 //!      token (its first occurrence) is blanked: `Fill in the blank: "... _____ ..."` (`填空：「……」`); the
 //!      answer is the token.
 //!    - *fact*: English: the longest word of 5+ letters that is not a stop word (first on ties) is the key
@@ -37,6 +40,15 @@ const PRONOUNS: &[&str] = &[
     "it", "this", "that", "these", "those", "they", "he", "she", "there", "here", "we", "i", "you",
     "which", "who", "what", "such", "each", "all", "some", "one", "its", "their", "our", "his",
     "her", "both", "either", "neither",
+];
+
+/// Words that do not occur in a definition's subject, nor make a cloze answer.
+const NOT_SUBJECT: &[&str] = &[
+    "the", "a", "an", "by", "for", "in", "on", "of", "to", "at", "and", "or", "but", "if", "when",
+    "while", "be", "been", "will", "would", "can", "could", "should", "may", "might", "must",
+    "has", "have", "had", "do", "does", "did", "not", "there", "here", "so", "then", "thus",
+    "however", "note", "see", "also", "warning", "example", "because", "since", "as", "with",
+    "from", "is", "are", "was", "were",
 ];
 
 const STOP: &[&str] = &[
@@ -175,10 +187,24 @@ fn definition_en(s: &str, zh_q: bool) -> Option<String> {
         };
         let subject_words = &words[..i];
         let first = subject_words[0].to_lowercase();
-        if PRONOUNS.contains(&trim_token(&first))
-            || subject_words
-                .iter()
-                .any(|w| w.contains(',') || w.contains(':'))
+        let starts_upper = subject_words[0]
+            .chars()
+            .next()
+            .is_some_and(char::is_uppercase);
+        if !starts_upper
+            || PRONOUNS.contains(&trim_token(&first))
+            || subject_words.iter().enumerate().any(|(k, w)| {
+                let t = w.to_lowercase();
+                let t = trim_token(&t);
+                let article_first = k == 0 && ["the", "a", "an"].contains(&t);
+                w.contains(',')
+                    || w.contains(':')
+                    || w.contains('`')
+                    || (NOT_SUBJECT.contains(&t) && !article_first)
+            })
+            || words
+                .get(rest_from)
+                .is_some_and(|w| w.eq_ignore_ascii_case("not"))
         {
             return None;
         }
@@ -236,10 +262,15 @@ fn cloze(s: &str, zh_q: bool) -> Option<(String, String)> {
             .iter()
             .map(|w| trim_token(w))
             .enumerate()
-            .find(|(i, w)| {
+            // Tokens before the first word (list bullets, symbols) do not count as the sentence start.
+            .skip_while(|(_, w)| !w.chars().any(char::is_alphabetic))
+            .enumerate()
+            .map(|(k, (_, w))| (k, w))
+            .find(|(k, w)| {
                 !w.is_empty()
+                    && !NOT_SUBJECT.contains(&w.to_lowercase().as_str())
                     && (w.chars().any(|c| c.is_ascii_digit())
-                        || (*i > 0
+                        || (*k > 0
                             && w.chars().next().is_some_and(char::is_uppercase)
                             && w.chars().count() > 1))
             })
@@ -444,6 +475,25 @@ mod tests {
         assert_eq!(all[3].0, "What does the text say about stability?");
         assert_eq!(qa_pairs(text, 10, "en").len(), 4);
         assert!(qa_pairs("", 3, "en").is_empty());
+    }
+
+    #[test]
+    fn skips_bullets_function_words_and_non_definitions() {
+        // A bullet is not the sentence start, and "The" is never a cloze answer.
+        let p = qa_pairs(
+            "* The socket module now raises OSError on failure.",
+            1,
+            "en",
+        );
+        assert_eq!(p[0].1, "OSError");
+        // Lower-case or function-word subjects and negations are no definitions.
+        assert!(definition_en("will be set if there was a failure.", false).is_none());
+        assert!(definition_en("Note that x is not the same as y here.", false).is_none());
+        assert!(definition_en("Python is not a compiled language at all.", false).is_none());
+        assert_eq!(
+            definition_en("The GIL is a global lock in CPython.", false).as_deref(),
+            Some("What is the GIL?")
+        );
     }
 
     #[test]

@@ -140,11 +140,17 @@ impl Checks {
     }
 }
 
-fn grounding(answer: &[String], context: Option<&str>) -> Option<f64> {
-    let context: HashSet<String> = tokens(context?).into_iter().collect();
+fn grounding(raw: &str, answer: &[String], context: Option<&str>) -> Option<f64> {
+    let context = context?;
     if answer.is_empty() {
-        return Some(0.0);
+        // Nothing to count (a symbol, a one-letter word): grounded when it occurs verbatim.
+        return Some(if !raw.is_empty() && context.contains(raw) {
+            1.0
+        } else {
+            0.0
+        });
     }
+    let context: HashSet<String> = tokens(context).into_iter().collect();
     Some(answer.iter().filter(|t| context.contains(*t)).count() as f64 / answer.len() as f64)
 }
 
@@ -181,7 +187,7 @@ pub fn qa(question: &str, answer: &str, context: Option<&str>, lang_tag: Option<
         lang::detect(q) == base
     });
     Checks {
-        grounding: grounding(&a_tokens, context),
+        grounding: grounding(a, &a_tokens, context),
         question_form: Some(form),
         question_words: Some(qw),
         answer_words: aw,
@@ -194,7 +200,7 @@ pub fn qa(question: &str, answer: &str, context: Option<&str>, lang_tag: Option<
 pub fn summary(text: &str, context: Option<&str>) -> Checks {
     let aw = word_count(text);
     Checks {
-        grounding: grounding(&tokens(text), context),
+        grounding: grounding(text.trim(), &tokens(text), context),
         question_form: None,
         question_words: None,
         answer_words: aw,
@@ -245,5 +251,16 @@ mod tests {
         // Without context the other checks decide.
         assert_eq!(qa("What is LoRA?", "A method.", None, None).score(), 10.0);
         assert_eq!(qa("What is LoRA?", "", None, None).lengths, 0.0);
+        // An answer without countable tokens is grounded when it occurs verbatim.
+        assert_eq!(
+            qa(
+                "Fill in: low-level _____.",
+                "I/O",
+                Some("low-level I/O."),
+                None
+            )
+            .grounding,
+            Some(1.0)
+        );
     }
 }
