@@ -100,34 +100,79 @@ const STOP: &[&str] = &[
 ];
 
 /// Splits text into cleaned sentences (all of them, before the length filter).
+///
+/// A single line break inside a paragraph is a space (documents are often hard-wrapped); a blank line
+/// ends a sentence, and so does the start of a list item. Markdown headings are titles, not
+/// sentences, and are left out.
 pub fn sentences(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
-    let chars: Vec<char> = text.chars().collect();
-    let mut push = |cur: &mut String| {
+    let push = |cur: &mut String, out: &mut Vec<String>| {
         let s = cur.split_whitespace().collect::<Vec<_>>().join(" ");
         if !s.is_empty() {
             out.push(s);
         }
         cur.clear();
     };
-    for (i, &c) in chars.iter().enumerate() {
-        if c == '\n' || c == '\r' {
-            push(&mut cur);
+    let mut in_code = false;
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("```") {
+            in_code = !in_code;
+            push(&mut cur, &mut out);
             continue;
         }
-        cur.push(c);
-        let end = match c {
-            '。' | '！' | '？' => true,
-            '.' | '!' | '?' => chars.get(i + 1).is_none_or(|n| n.is_whitespace()),
-            _ => false,
+        if in_code {
+            continue;
+        }
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            push(&mut cur, &mut out);
+            continue;
+        }
+        let body = match list_item_body(trimmed) {
+            Some(body) => {
+                push(&mut cur, &mut out);
+                body
+            }
+            None => trimmed,
         };
-        if end {
-            push(&mut cur);
+        let starts_sentence = cur.trim().is_empty();
+        let chars: Vec<char> = body.chars().collect();
+        for (i, &c) in chars.iter().enumerate() {
+            cur.push(c);
+            let end = match c {
+                '。' | '！' | '？' => true,
+                '.' | '!' | '?' => chars.get(i + 1).is_none_or(|n| n.is_whitespace()),
+                _ => false,
+            };
+            if end {
+                push(&mut cur, &mut out);
+            }
+        }
+        // A short unpunctuated line of its own is a title, not the start of a wrapped sentence.
+        let title = starts_sentence
+            && body.split_whitespace().count() <= 5
+            && !body.ends_with(|c: char| ".!?。！？:;,".contains(c));
+        if title {
+            push(&mut cur, &mut out);
+        } else {
+            cur.push(' ');
         }
     }
-    push(&mut cur);
+    push(&mut cur, &mut out);
     out
+}
+
+/// The text of a list item (`- item`, `* item`, `+ item`, `1. item`, `1) item`), without its marker.
+fn list_item_body(line: &str) -> Option<&str> {
+    if let Some(rest) = line.strip_prefix(['-', '*', '+']) {
+        return rest.strip_prefix(' ').map(str::trim_start);
+    }
+    let digits = line.bytes().take_while(u8::is_ascii_digit).count();
+    match line.as_bytes().get(digits..digits + 2) {
+        Some(b". " | b") ") if digits > 0 => Some(line[digits + 2..].trim_start()),
+        _ => None,
+    }
 }
 
 fn is_cjk(c: char) -> bool {
@@ -429,12 +474,18 @@ mod tests {
 
     #[test]
     fn splits_sentences() {
-        let s = sentences("Rust is fast. It is safe!\nHeading\n数据是资产。很好");
+        let s = sentences(
+            "# Title\nRust is fast. It is safe!\n\nA paragraph that is wrapped at\nthe margin here.\n- item one\n- item two\n1. first\nHeading\n```\nlet x = 1;\n```\n数据是资产。很好",
+        );
         assert_eq!(
             s,
             [
                 "Rust is fast.",
                 "It is safe!",
+                "A paragraph that is wrapped at the margin here.",
+                "item one",
+                "item two",
+                "first",
                 "Heading",
                 "数据是资产。",
                 "很好"

@@ -5,6 +5,10 @@ use serde_json::Value;
 
 /// Parses the first JSON object or array found in `text`.
 pub fn lenient_json(text: &str) -> Result<Value, String> {
+    // Valid JSON first: its strings may quote a code fence of their own.
+    if let Ok(v) = serde_json::from_str::<Value>(text.trim()) {
+        return Ok(v);
+    }
     let body = strip_fences(text);
     if let Ok(v) = serde_json::from_str::<Value>(body.trim()) {
         return Ok(v);
@@ -161,6 +165,15 @@ pub fn judgement(text: &str) -> Result<Judgement, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_quoting_a_code_fence_is_taken_whole() {
+        let text = r#"{"pairs":[{"question":"How?","answer":"Run:\n```\nft-chunk\n```"}]}"#;
+        assert_eq!(
+            qa_pairs(text).unwrap(),
+            [("How?".to_string(), "Run:\n```\nft-chunk\n```".to_string())]
+        );
+    }
 
     #[test]
     fn tolerates_fences_prose_and_trailing_commas() {
