@@ -6,10 +6,10 @@
 //! lines before it; `skip` reports it on stderr, copies it verbatim to `--rejects`, and goes on.
 
 use crate::cli::{CommonArgs, OnError, warn};
-use crate::io::{AtomicFile, Input, open_input};
+use crate::io::{AtomicFile, Input, ZSTD_MAGIC, open_input};
 use crate::jsonl::{LineReader, Loc};
 use crate::progress::Progress;
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow};
 use rayon::prelude::*;
 use std::io::Write;
 
@@ -25,20 +25,120 @@ pub struct Summary {
     pub rejected: u64,
 }
 
+/// One line of a batch: byte range in the batch's data and 1-based line number.
+#[derive(Clone, Copy)]
+struct Span {
+    start: usize,
+    end: usize,
+    line: u64,
+}
+
 /// Reads the inputs of a [`CommonArgs`] and drives a per-line function over them.
 pub struct Engine {
     inputs: Vec<String>,
-    on_error: OnError,
-    rejects: Option<AtomicFile>,
     pool: rayon::ThreadPool,
     progress: Progress,
+    policy: Policy,
+}
+
+/// The `--on-error` policy, the rejects file and the counts.
+struct Policy {
+    on_error: OnError,
+    rejects: Option<AtomicFile>,
     summary: Summary,
+}
+
+impl Policy {
+    fn reject(&mut self, loc: Loc, line: &[u8], err: anyhow::Error) -> Result<()> {
+        self.summary.rejected += 1;
+        if let Some(file) = &mut self.rejects {
+            file.write_all(line)?;
+            file.write_all(b"\n")?;
+        }
+        match self.on_error {
+            OnError::Fail => Err(err.context(loc.to_string())),
+            OnError::Skip => {
+                warn(format!("{loc}: {err:#} (skipped)"));
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Where lines come from: a memory-mapped plain file (no copy: lines are slices of the map), or a
+/// stream (stdin, zstd) read into double-buffered batches while the previous batch is processed.
+enum Feed {
+    Map(memmap2::Mmap),
+    Stream(LineReader<Box<dyn std::io::BufRead + Send>>),
+}
+
+fn open_feed(path: &str) -> Result<(String, Feed)> {
+    if path != "-" {
+        let file = std::fs::File::open(path).with_context(|| format!("{path}: cannot open"))?;
+        let meta = file
+            .metadata()
+            .with_context(|| format!("{path}: cannot read"))?;
+        if meta.is_file() && meta.len() >= 4 {
+            let map = map_file(&file).with_context(|| format!("{path}: cannot read"))?;
+            if map[..4] != ZSTD_MAGIC {
+                let _ = map.advise(memmap2::Advice::Sequential);
+                return Ok((path.to_string(), Feed::Map(map)));
+            }
+        }
+    }
+    let Input { name, reader } = open_input(path)?;
+    Ok((name, Feed::Stream(LineReader::new(reader))))
+}
+
+#[allow(unsafe_code)]
+fn map_file(file: &std::fs::File) -> std::io::Result<memmap2::Mmap> {
+    // SAFETY: the map is read-only and lives only while this run reads the file; like ripgrep, we
+    // accept that a file truncated by another process while we read it can fault.
+    unsafe { memmap2::Mmap::map(file) }
+}
+
+/// Drops the pages of `map[from..to]`, which are never read again, so that resident memory stays
+/// bounded by a batch instead of growing with the file.
+#[allow(unsafe_code)]
+fn release(map: &memmap2::Mmap, from: usize, to: usize) {
+    const PAGE: usize = 4096;
+    let start = from.div_ceil(PAGE) * PAGE;
+    let end = to / PAGE * PAGE;
+    if end > start {
+        // SAFETY: the map is a read-only file mapping; MADV_DONTNEED only drops clean page-cache
+        // pages from this process, and no slice of this range is used after this call.
+        let _ = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+        };
+    }
+}
+
+/// Finds the non-blank lines of `data[pos..]` up to about BATCH_BYTES; returns where the next batch starts.
+fn split_lines(data: &[u8], mut pos: usize, line: &mut u64, spans: &mut Vec<Span>) -> usize {
+    spans.clear();
+    let limit = pos + BATCH_BYTES;
+    while pos < data.len() && pos < limit {
+        let end = memchr::memchr(b'\n', &data[pos..]).map_or(data.len(), |i| pos + i);
+        *line += 1;
+        let mut stop = end;
+        if stop > pos && data[stop - 1] == b'\r' {
+            stop -= 1;
+        }
+        if !data[pos..stop].iter().all(u8::is_ascii_whitespace) {
+            spans.push(Span {
+                start: pos,
+                end: stop,
+                line: *line,
+            });
+        }
+        pos = end + 1;
+    }
+    pos
 }
 
 struct Batch {
     data: Vec<u8>,
-    /// (start, end, line number) of each line in `data`.
-    spans: Vec<(usize, usize, u64)>,
+    spans: Vec<Span>,
 }
 
 impl Batch {
@@ -59,39 +159,38 @@ impl Batch {
         while self.data.len() < BATCH_BYTES {
             let start = self.data.len();
             match reader.append_line(&mut self.data)? {
-                Some(line) => self.spans.push((start, self.data.len(), line)),
+                Some(line) => self.spans.push(Span {
+                    start,
+                    end: self.data.len(),
+                    line,
+                }),
                 None => break,
             }
         }
         Ok(!self.spans.is_empty())
     }
-
-    /// Contiguous groups of lines of about TASK_BYTES each.
-    fn tasks(&self) -> Vec<std::ops::Range<usize>> {
-        let mut tasks = Vec::new();
-        let mut begin = 0;
-        let mut bytes = 0;
-        for (i, &(s, e, _)) in self.spans.iter().enumerate() {
-            bytes += e - s;
-            if bytes >= TASK_BYTES {
-                tasks.push(begin..i + 1);
-                begin = i + 1;
-                bytes = 0;
-            }
-        }
-        if begin < self.spans.len() {
-            tasks.push(begin..self.spans.len());
-        }
-        tasks
-    }
-
-    fn line(&self, i: usize) -> &[u8] {
-        let (s, e, _) = self.spans[i];
-        &self.data[s..e]
-    }
 }
 
-/// Output of one task: its bytes, and the lines that failed with where the output stood at that moment.
+/// Contiguous groups of lines of about TASK_BYTES each.
+fn tasks(spans: &[Span]) -> Vec<std::ops::Range<usize>> {
+    let mut tasks = Vec::new();
+    let mut begin = 0;
+    let mut bytes = 0;
+    for (i, span) in spans.iter().enumerate() {
+        bytes += span.end - span.start;
+        if bytes >= TASK_BYTES {
+            tasks.push(begin..i + 1);
+            begin = i + 1;
+            bytes = 0;
+        }
+    }
+    if begin < spans.len() {
+        tasks.push(begin..spans.len());
+    }
+    tasks
+}
+
+/// Output of one task: its bytes, and the lines that failed with where the output stood then.
 struct TaskOut {
     bytes: Vec<u8>,
     failures: Vec<(usize, usize, anyhow::Error)>,
@@ -110,11 +209,13 @@ impl Engine {
             .transpose()?;
         Ok(Self {
             inputs: args.inputs(),
-            on_error: args.on_error,
-            rejects,
             pool: args.pool()?,
             progress: Progress::bytes(args.quiet, "reading"),
-            summary: Summary::default(),
+            policy: Policy {
+                on_error: args.on_error,
+                rejects,
+                summary: Summary::default(),
+            },
         })
     }
 
@@ -125,18 +226,58 @@ impl Engine {
 
     /// Applies the error policy to one bad line.
     pub fn reject(&mut self, loc: Loc, line: &[u8], err: anyhow::Error) -> Result<()> {
-        self.summary.rejected += 1;
-        if let Some(file) = &mut self.rejects {
-            file.write_all(line)?;
-            file.write_all(b"\n")?;
-        }
-        match self.on_error {
-            OnError::Fail => Err(err.context(loc.to_string())),
-            OnError::Skip => {
-                warn(format!("{loc}: {err:#} (skipped)"));
-                Ok(())
+        self.policy.reject(loc, line, err)
+    }
+
+    /// Feeds every batch of every input to `work` (in the pool) and then `emit` (in order).
+    fn drive<R, W, E>(&mut self, work: W, mut emit: E) -> Result<Summary>
+    where
+        R: Send,
+        W: Fn(&str, &[u8], &[Span]) -> R + Sync,
+        E: FnMut(&mut Policy, &str, &[u8], &[Span], R) -> Result<()>,
+    {
+        for path in self.inputs.clone() {
+            let (name, feed) = open_feed(&path)?;
+            match feed {
+                Feed::Map(map) => {
+                    let (mut pos, mut line, mut spans) = (0, 0, Vec::new());
+                    while pos < map.len() {
+                        let next = split_lines(&map, pos, &mut line, &mut spans);
+                        let result = self.pool.install(|| work(&name, &map, &spans));
+                        emit(&mut self.policy, &name, &map, &spans, result)?;
+                        self.policy.summary.records += spans.len() as u64;
+                        self.progress.inc((next.min(map.len()) - pos) as u64);
+                        release(&map, pos, next.min(map.len()));
+                        pos = next;
+                    }
+                }
+                Feed::Stream(mut reader) => {
+                    let read_err = |e: std::io::Error| anyhow!(e).context(name.clone());
+                    let (mut current, mut next) = (Batch::new(), Batch::new());
+                    let mut more = current.fill(&mut reader).map_err(read_err)?;
+                    while more {
+                        let (result, refill) = self.pool.install(|| {
+                            rayon::join(
+                                || work(&name, &current.data, &current.spans),
+                                || next.fill(&mut reader),
+                            )
+                        });
+                        more = refill.map_err(read_err)?;
+                        emit(
+                            &mut self.policy,
+                            &name,
+                            &current.data,
+                            &current.spans,
+                            result,
+                        )?;
+                        self.policy.summary.records += current.spans.len() as u64;
+                        self.progress.inc(current.data.len() as u64);
+                        std::mem::swap(&mut current, &mut next);
+                    }
+                }
             }
         }
+        Ok(self.policy.summary)
     }
 
     /// Runs `f` on every line, in parallel, writing what it appends to `out` in input order.
@@ -145,51 +286,27 @@ impl Engine {
     where
         F: Fn(Loc, &str, &mut Vec<u8>) -> Result<()> + Sync,
     {
-        for path in self.inputs.clone() {
-            let Input { name, reader } = open_input(&path)?;
-            let mut reader = LineReader::new(reader);
-            let mut current = Batch::new();
-            let mut next = Batch::new();
-            let mut more = current
-                .fill(&mut reader)
-                .map_err(|e| anyhow!(e).context(name.clone()))?;
-            while more {
-                let (results, refill) = self.pool.install(|| {
-                    rayon::join(
-                        || {
-                            current
-                                .tasks()
-                                .into_par_iter()
-                                .map(|range| run_task(&current, &name, range, &f))
-                                .collect::<Vec<_>>()
-                        },
-                        || next.fill(&mut reader),
-                    )
-                });
-                more = refill.map_err(|e| anyhow!(e).context(name.clone()))?;
+        self.drive(
+            |name, data, spans| {
+                tasks(spans)
+                    .into_par_iter()
+                    .map(|range| run_task(name, data, &spans[range.clone()], range.start, &f))
+                    .collect::<Vec<_>>()
+            },
+            |policy, name, data, spans, results| {
                 for task in results {
                     let mut written = 0;
-                    for (line_idx, at, err) in task.failures {
+                    for (i, at, err) in task.failures {
                         out.write_all(&task.bytes[written..at])?;
                         written = at;
-                        let line_no = current.spans[line_idx].2;
-                        self.reject(
-                            Loc {
-                                path: &name,
-                                line: line_no,
-                            },
-                            current.line(line_idx),
-                            err,
-                        )?;
+                        let Span { start, end, line } = spans[i];
+                        policy.reject(Loc { path: name, line }, &data[start..end], err)?;
                     }
                     out.write_all(&task.bytes[written..])?;
                 }
-                self.summary.records += current.spans.len() as u64;
-                self.progress.inc(current.data.len() as u64);
-                std::mem::swap(&mut current, &mut next);
-            }
-        }
-        Ok(self.summary)
+                Ok(())
+            },
+        )
     }
 
     /// Runs `parse` on every line in parallel, then `consume` on each result sequentially in input
@@ -200,94 +317,80 @@ impl Engine {
         P: Fn(Loc, &str) -> Result<T> + Sync,
         C: FnMut(Loc, &str, T) -> Result<()>,
     {
-        for path in self.inputs.clone() {
-            let Input { name, reader } = open_input(&path)?;
-            let mut reader = LineReader::new(reader);
-            let mut current = Batch::new();
-            let mut next = Batch::new();
-            let mut more = current
-                .fill(&mut reader)
-                .map_err(|e| anyhow!(e).context(name.clone()))?;
-            while more {
-                let (parsed, refill) = self.pool.install(|| {
-                    rayon::join(
-                        || {
-                            (0..current.spans.len())
-                                .into_par_iter()
-                                .with_min_len(64)
-                                .map(|i| {
-                                    let loc = Loc {
-                                        path: &name,
-                                        line: current.spans[i].2,
-                                    };
-                                    as_utf8(current.line(i)).and_then(|line| parse(loc, line))
-                                })
-                                .collect::<Vec<_>>()
-                        },
-                        || next.fill(&mut reader),
-                    )
-                });
-                more = refill.map_err(|e| anyhow!(e).context(name.clone()))?;
-                for (i, result) in parsed.into_iter().enumerate() {
+        self.drive(
+            |name, data, spans| {
+                spans
+                    .par_iter()
+                    .with_min_len(64)
+                    .map(|s| {
+                        let loc = Loc {
+                            path: name,
+                            line: s.line,
+                        };
+                        as_utf8(&data[s.start..s.end]).and_then(|line| parse(loc, line))
+                    })
+                    .collect::<Vec<_>>()
+            },
+            |policy, name, data, spans, parsed| {
+                for (span, result) in spans.iter().zip(parsed) {
                     let loc = Loc {
-                        path: &name,
-                        line: current.spans[i].2,
+                        path: name,
+                        line: span.line,
                     };
-                    let raw = current.line(i);
-                    let outcome = result.and_then(|value| {
-                        // Valid UTF-8 was checked by the parse step.
-                        let line = std::str::from_utf8(raw).unwrap_or_default();
-                        consume(loc, line, value)
-                    });
+                    let raw = &data[span.start..span.end];
+                    let outcome = result.and_then(|value| consume(loc, validated_utf8(raw), value));
                     if let Err(err) = outcome {
-                        self.reject(loc, raw, err)?;
+                        policy.reject(loc, raw, err)?;
                     }
                 }
-                self.summary.records += current.spans.len() as u64;
-                self.progress.inc(current.data.len() as u64);
-                std::mem::swap(&mut current, &mut next);
-            }
-        }
-        Ok(self.summary)
+                Ok(())
+            },
+        )
     }
 
     /// Commits the rejects file and reports how many lines were rejected.
     pub fn finish(self) -> Result<Summary> {
         self.progress.finish();
-        if let Some(file) = self.rejects {
+        let policy = self.policy;
+        if let Some(file) = policy.rejects {
             file.commit()?;
         }
-        if self.summary.rejected > 0 {
-            warn(format!(
-                "{} of {} lines rejected",
-                self.summary.rejected, self.summary.records
-            ));
+        let Summary { records, rejected } = policy.summary;
+        if rejected > 0 {
+            warn(format!("{rejected} of {records} lines rejected"));
         }
-        Ok(self.summary)
+        Ok(policy.summary)
     }
 }
 
-fn run_task<F>(batch: &Batch, name: &str, range: std::ops::Range<usize>, f: &F) -> TaskOut
+/// A line whose parse succeeded, which `as_utf8` has therefore already validated.
+#[allow(unsafe_code)]
+fn validated_utf8(raw: &[u8]) -> &str {
+    debug_assert!(std::str::from_utf8(raw).is_ok());
+    // SAFETY: `scan` calls this only for lines whose parse step returned Ok, which happens only after
+    // `as_utf8` accepted the very same bytes.
+    unsafe { std::str::from_utf8_unchecked(raw) }
+}
+
+fn run_task<F>(name: &str, data: &[u8], spans: &[Span], first: usize, f: &F) -> TaskOut
 where
     F: Fn(Loc, &str, &mut Vec<u8>) -> Result<()> + Sync,
 {
-    let input: usize = range
-        .clone()
-        .map(|i| batch.spans[i].1 - batch.spans[i].0)
-        .sum();
+    let input: usize = spans.iter().map(|s| s.end - s.start).sum();
     let mut out = TaskOut {
         bytes: Vec::with_capacity(input + input / 2),
         failures: Vec::new(),
     };
-    for i in range {
+    for (k, s) in spans.iter().enumerate() {
         let before = out.bytes.len();
         let loc = Loc {
             path: name,
-            line: batch.spans[i].2,
+            line: s.line,
         };
-        if let Err(err) = as_utf8(batch.line(i)).and_then(|line| f(loc, line, &mut out.bytes)) {
+        let line = &data[s.start..s.end];
+        if let Err(err) = as_utf8(line).and_then(|line| f(loc, line, &mut out.bytes)) {
             out.bytes.truncate(before);
-            out.failures.push((i, before, err));
+            out.failures.push((first + k, before, err));
         }
     }
     out
@@ -364,6 +467,46 @@ mod tests {
         );
         assert_eq!(out, b"{\"t\":\"A\"}\n{\"t\":\"B\"}\n{\"t\":\"C\"}\n");
         assert_eq!(std::fs::read_to_string(&rejects)?, "{\"nope\":1}\n");
+        Ok(())
+    }
+
+    #[test]
+    fn mapped_files_and_streams_agree() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let plain = dir.path().join("in.jsonl");
+        let packed = dir.path().join("in.jsonl.zst");
+        // CRLF, blank lines, whitespace-only lines, no final newline, batches of several MB.
+        let mut input = String::new();
+        for i in 0..300_000 {
+            input.push_str(&format!("{{\"text\":\"l{i}\"}}\r\n"));
+            if i % 1000 == 0 {
+                input.push_str("\n \t\n");
+            }
+        }
+        input.push_str("{\"text\":\"end\"}");
+        std::fs::write(&plain, &input)?;
+        std::fs::write(&packed, zstd::encode_all(input.as_bytes(), 1)?)?;
+        let mut mapped = Vec::new();
+        let a = Engine::new(&args(&plain, OnError::Fail, 2))?.map(&mut mapped, upper)?;
+        let mut streamed = Vec::new();
+        let b = Engine::new(&args(&packed, OnError::Fail, 2))?.map(&mut streamed, upper)?;
+        assert_eq!(a, b);
+        assert_eq!(a.records, 300_001);
+        assert!(mapped == streamed, "mapped and streamed outputs differ");
+        assert!(mapped.ends_with(b"{\"t\":\"END\"}\n"));
+        // Line numbers count blank lines in both feeds.
+        for path in [&plain, &packed] {
+            let mut lines = Vec::new();
+            Engine::new(&args(path, OnError::Fail, 2))?.scan(
+                |loc, _| Ok(loc.line),
+                |_, _, n| {
+                    lines.push(n);
+                    Ok(())
+                },
+            )?;
+            assert_eq!(lines[..3], [1, 4, 5]);
+            assert_eq!(lines.len(), 300_001);
+        }
         Ok(())
     }
 

@@ -1,0 +1,388 @@
+//! ft-ingest: files and folders → JSONL document records.
+//!
+//! Sources are listed first (in the order given, folders walked in sorted order), then read and
+//! converted in parallel batches, and written in list order: the output does not depend on
+//! `--threads`. See [`extract`] for the record format and [`walk`] for the traversal rules.
+
+pub mod extract;
+pub mod format;
+pub mod html;
+pub mod template;
+pub mod walk;
+
+use anyhow::{Context, Result};
+use clap::{Parser, ValueEnum};
+use extract::{FileOut, Opts, Skip};
+use format::Kind;
+use ftkit_core::cli::warn;
+use ftkit_core::io::{AtomicFile, Output};
+use ftkit_core::progress::Progress;
+use ftkit_core::{OnError, usage};
+use rayon::prelude::*;
+use std::io::Write;
+use std::path::PathBuf;
+use template::TextSpec;
+use walk::{Filter, Found, Patterns};
+
+const LONG_ABOUT: &str = "\
+Turns files and folders into JSONL document records, one per line on stdout:
+
+  {\"id\":\"<32 hex>\",\"text\":\"...\",\"source\":\"docs/intro.md\",\"meta\":{}}
+
+Folders are walked recursively in sorted order. By extension (a trailing .zst is decompressed):
+  .txt .text .md .markdown .rst .tex   the whole file is one document
+  .html .htm .xhtml                    the visible text is one document (no head, script, style)
+  .json                                an array of objects (or one object): a document per object
+  .jsonl .ndjson                       a document per line (one JSON object each)
+  .csv .tsv                            a document per row; the header row names the fields
+
+For records (JSON, JSONL, CSV) the text is --text-field (default: text) or --template; every
+other field is kept, raw and in order, under \"meta\" (CSV values as strings), and
+\"source_line\" (1-based line where the record starts) and \"record_index\" (0-based among the
+file's records) are added. \"id\" is the stable hash of the text alone (sha256 of the text and
+a 0x1F byte, first 16 bytes in hex), so equal texts share an id.
+
+Binary files (a NUL byte in the first 8 KiB), files of unknown type and text that is not UTF-8
+are skipped with a warning. Empty texts are skipped and counted. A bad record (malformed JSON
+line, missing text field) stops the run with path:line (exit 1) unless --on-error skip.";
+
+const AFTER_LONG_HELP: &str = "\
+Examples:
+  ft-ingest docs/ -o docs.jsonl
+  ft-ingest notes/ --glob '*.md' --exclude drafts | ft-chunk --size 1000 --overlap 200
+  ft-ingest qa.csv --template '{question}\\n{answer}' --max-records 3000
+  ft-ingest dump.jsonl.zst --text-field body --on-error skip --rejects bad.jsonl
+  cat page.html | ft-ingest - --format html";
+
+/// Forces how every source is read (`auto`: by extension; stdin reads as `text`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    #[default]
+    Auto,
+    /// The whole input is one document (txt, md, rst, tex).
+    Text,
+    /// Visible text of an HTML page.
+    Html,
+    /// A JSON array of objects, or one object.
+    Json,
+    /// One JSON object per line.
+    Jsonl,
+    /// Comma-separated values with a header row.
+    Csv,
+    /// Tab-separated values with a header row.
+    Tsv,
+}
+
+impl FormatArg {
+    fn kind(self) -> Option<Kind> {
+        match self {
+            FormatArg::Auto => None,
+            FormatArg::Text => Some(Kind::Text),
+            FormatArg::Html => Some(Kind::Html),
+            FormatArg::Json => Some(Kind::Json),
+            FormatArg::Jsonl => Some(Kind::Jsonl),
+            FormatArg::Csv => Some(Kind::Csv { delimiter: b',' }),
+            FormatArg::Tsv => Some(Kind::Csv { delimiter: b'\t' }),
+        }
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ft-ingest",
+    version,
+    about = "Files and folders (text, markdown, HTML, JSON, JSONL, CSV, .zst) to JSONL document records",
+    long_about = LONG_ABOUT,
+    after_long_help = AFTER_LONG_HELP
+)]
+pub struct Args {
+    /// Files and folders to read; `-` reads stdin (as text unless --format says otherwise).
+    #[arg(value_name = "PATH", required = true)]
+    pub paths: Vec<String>,
+
+    /// In folders, read only files matching this pattern (repeatable). Without a `/` it matches the
+    /// file name (`*.md`), with one the path below the folder (`guides/**/*.md`).
+    #[arg(long = "glob", value_name = "PATTERN")]
+    pub globs: Vec<String>,
+
+    /// In folders, skip files and folders matching this pattern (repeatable; same rules as --glob).
+    #[arg(long = "exclude", value_name = "PATTERN")]
+    pub excludes: Vec<String>,
+
+    /// Also walk hidden files and folders (names starting with `.`).
+    #[arg(long)]
+    pub hidden: bool,
+
+    /// Read every source as this format instead of going by its extension.
+    #[arg(long, value_enum, default_value_t = FormatArg::Auto, value_name = "FORMAT")]
+    pub format: FormatArg,
+
+    /// Field holding a record's text (JSON, JSONL, CSV); dotted paths reach nested values (`a.b.0`).
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "text",
+        conflicts_with = "template"
+    )]
+    pub text_field: String,
+
+    /// Build a record's text from fields: `{question}\n{answer}` (`\n`, `\t` escapes; `{{` `}}` braces).
+    #[arg(long, value_name = "TEMPLATE")]
+    pub template: Option<String>,
+
+    /// Take at most N documents from each source file, in file order.
+    #[arg(long, value_name = "N")]
+    pub max_records: Option<u64>,
+
+    /// Write output here instead of stdout (written atomically; `.zst` compresses).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// What to do with a bad record (malformed JSON line, missing text field).
+    #[arg(long, value_enum, default_value_t = OnError::Fail, value_name = "POLICY")]
+    pub on_error: OnError,
+
+    /// Write every rejected record here, verbatim, one per line.
+    #[arg(long, value_name = "FILE")]
+    pub rejects: Option<PathBuf>,
+
+    /// Worker threads (default: all cores). Output is identical for any value.
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+
+    /// No progress, warnings about skipped files, or summary on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// Input bytes per parallel batch: files in a batch are converted together, then written in order.
+const BATCH_BYTES: u64 = 64 << 20;
+const BATCH_FILES: usize = 1024;
+/// JSONL and CSV sources bigger than this are converted as streams (and stdin always is).
+const STREAM_BYTES: u64 = 16 << 20;
+
+/// Counts for the summary line.
+#[derive(Debug, Default)]
+struct Stats {
+    read: u64,
+    skipped: std::collections::BTreeMap<Skip, u64>,
+    docs: u64,
+    empty: u64,
+    rejected: u64,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let text = match &args.template {
+        Some(t) => match TextSpec::template(t) {
+            Ok(spec) => spec,
+            Err(msg) => usage!("{msg}"),
+        },
+        None => TextSpec::Field(args.text_field.clone()),
+    };
+    let filter = match (
+        Patterns::new(&args.globs, "--glob"),
+        Patterns::new(&args.excludes, "--exclude"),
+    ) {
+        (Ok(include), Ok(exclude)) => Filter {
+            include,
+            exclude,
+            hidden: args.hidden,
+        },
+        (Err(msg), _) | (_, Err(msg)) => usage!("{msg}"),
+    };
+    if args.max_records == Some(0) {
+        usage!("--max-records must be at least 1");
+    }
+    if args.paths.iter().filter(|p| *p == "-").count() > 1 {
+        usage!("'-' (stdin) can be given only once");
+    }
+    let common = ftkit_core::CommonArgs {
+        threads: args.threads,
+        ..Default::default()
+    };
+    let pool = common.pool()?;
+    let opts = Opts {
+        text,
+        max_records: args.max_records,
+        on_error: args.on_error,
+        kind: args.format.kind(),
+    };
+
+    let found = walk::collect(&args.paths, &filter)?;
+    let mut w = Writer {
+        out: Output::create(args.output.as_deref())?,
+        rejects: args
+            .rejects
+            .as_deref()
+            .map(AtomicFile::create)
+            .transpose()?,
+        stats: Stats::default(),
+        on_error: args.on_error,
+        quiet: args.quiet,
+    };
+    let progress = Progress::items(args.quiet, "files", Some(found.len() as u64));
+
+    // Big record files (and stdin) are converted as streams on this thread, writing as they go;
+    // everything else is converted in parallel batches, written in list order.
+    let streams = |f: &Found| match f {
+        Found::File { source, size } => {
+            let records = extract::kind_of(source, &opts).is_some_and(Kind::has_records);
+            records && (source == "-" || *size > STREAM_BYTES)
+        }
+        Found::Unwalkable { .. } => false,
+    };
+    let mut start = 0;
+    while start < found.len() {
+        if streams(&found[start]) {
+            if let Found::File { source, .. } = &found[start] {
+                let shown = shown(source);
+                let mut flush = |part: &mut FileOut| w.drain(shown, part);
+                let file = pool.install(|| extract::process_streaming(source, &opts, &mut flush));
+                w.finish_file(shown, file)?;
+            }
+            progress.inc(1);
+            start += 1;
+            continue;
+        }
+        let mut end = start;
+        let mut bytes = 0;
+        while end < found.len()
+            && !streams(&found[end])
+            && (end == start || (bytes < BATCH_BYTES && end - start < BATCH_FILES))
+        {
+            if let Found::File { size, .. } = &found[end] {
+                bytes += size;
+            }
+            end += 1;
+        }
+        let batch = &found[start..end];
+        let results: Vec<Option<FileOut>> = pool.install(|| {
+            batch
+                .par_iter()
+                .map(|f| match f {
+                    Found::File { source, .. } => Some(extract::process(source, &opts)),
+                    Found::Unwalkable { .. } => None,
+                })
+                .collect()
+        });
+        for (found, result) in batch.iter().zip(results) {
+            progress.inc(1);
+            match (found, result) {
+                (Found::Unwalkable { source, reason }, _) => {
+                    *w.stats.skipped.entry(Skip::Unreadable).or_default() += 1;
+                    if !args.quiet {
+                        warn(format!("{source}: skipped ({reason})"));
+                    }
+                }
+                (Found::File { source, .. }, Some(file)) => w.finish_file(shown(source), file)?,
+                (Found::File { .. }, None) => {}
+            }
+        }
+        start = end;
+    }
+    progress.finish();
+    w.out.finish()?;
+    if let Some(file) = w.rejects {
+        file.commit()?;
+    }
+    if !args.quiet {
+        warn(summary(&w.stats));
+    }
+    Ok(())
+}
+
+fn shown(source: &str) -> &str {
+    if source == "-" { "<stdin>" } else { source }
+}
+
+/// The output side: documents, rejected records, counts.
+struct Writer {
+    out: Output,
+    rejects: Option<AtomicFile>,
+    stats: Stats,
+    on_error: OnError,
+    quiet: bool,
+}
+
+impl Writer {
+    /// Writes a source's output so far, in order, applying the error policy to its rejected
+    /// records; leaves `file.bytes` and `file.rejects` empty.
+    fn drain(&mut self, shown: &str, file: &mut FileOut) -> Result<()> {
+        let bytes = std::mem::take(&mut file.bytes);
+        let mut written = 0;
+        for reject in std::mem::take(&mut file.rejects) {
+            self.out.write_all(&bytes[written..reject.at])?;
+            written = reject.at;
+            self.stats.rejected += 1;
+            if let Some(r) = self.rejects.as_mut()
+                && !reject.raw.is_empty()
+            {
+                r.write_all(&reject.raw)?;
+                r.write_all(b"\n")?;
+            }
+            let loc = format!("{shown}:{}", reject.line);
+            match self.on_error {
+                OnError::Fail => return Err(reject.error.context(loc)),
+                OnError::Skip => warn(format!("{loc}: {:#} (skipped)", reject.error)),
+            }
+        }
+        let end = file
+            .fatal
+            .as_ref()
+            .map_or(bytes.len(), |(at, _)| *at)
+            .clamp(written, bytes.len());
+        self.out
+            .write_all(&bytes[written..end])
+            .context("cannot write output")?;
+        Ok(())
+    }
+
+    /// Writes what is left of a finished source and counts it.
+    fn finish_file(&mut self, shown: &str, mut file: FileOut) -> Result<()> {
+        if let Some((reason, message)) = &file.skipped {
+            *self.stats.skipped.entry(*reason).or_default() += 1;
+            if !self.quiet {
+                warn(format!("{shown}: skipped ({message})"));
+            }
+            return Ok(());
+        }
+        self.stats.read += 1;
+        self.drain(shown, &mut file)?;
+        if let Some((_, error)) = file.fatal {
+            return Err(error);
+        }
+        self.stats.docs += file.docs;
+        self.stats.empty += file.empty;
+        Ok(())
+    }
+}
+
+fn summary(stats: &Stats) -> String {
+    let plural = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    let mut s = plural(stats.read, "file read", "files read");
+    let skipped: u64 = stats.skipped.values().sum();
+    if skipped > 0 {
+        let parts: Vec<String> = Skip::ALL
+            .iter()
+            .filter_map(|k| stats.skipped.get(k).map(|n| format!("{n} {}", k.label())))
+            .collect();
+        s.push_str(&format!(", {skipped} skipped ({})", parts.join(", ")));
+    }
+    s.push_str(&format!(
+        ", {}",
+        plural(stats.docs, "document written", "documents written")
+    ));
+    if stats.empty > 0 {
+        s.push_str(&format!(
+            ", {}",
+            plural(stats.empty, "empty text skipped", "empty texts skipped")
+        ));
+    }
+    if stats.rejected > 0 {
+        s.push_str(&format!(
+            ", {}",
+            plural(stats.rejected, "record rejected", "records rejected")
+        ));
+    }
+    s
+}

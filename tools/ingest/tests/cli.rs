@@ -1,0 +1,655 @@
+//! ft-ingest end to end: the real binary on testdata/ingest/ and on generated trees.
+//!
+//! ft-ingest reads paths, not JSONL on stdin, so the shared contract (ftkit_testkit::contract) does not
+//! fit as it is; the same checks are written out here for paths.
+#![allow(clippy::unwrap_used)]
+
+use clap::CommandFactory;
+use ftkit_testkit::{Outcome, Run, golden, workspace_root, zstd};
+use std::path::{Path, PathBuf};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ft-ingest");
+const TREE: &str = "testdata/ingest/tree";
+
+/// Runs from the workspace root so that `source` paths in goldens are relative and stable.
+fn ingest() -> Run {
+    Run::new(BIN).current_dir(workspace_root())
+}
+
+fn write(path: &Path, bytes: impl AsRef<[u8]>) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn texts(out: &Outcome) -> Vec<String> {
+    out.records()
+        .iter()
+        .map(|r| r["text"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A folder of `n` markdown files and one JSONL file, large enough to overflow a pipe buffer.
+fn big_tree(dir: &Path, n: usize) -> PathBuf {
+    let root = dir.join("big");
+    for i in 0..n {
+        let body = format!(
+            "# Document {i}\n\n{}\n",
+            "Some words about fine-tuning data. ".repeat(60 + i % 7)
+        );
+        write(
+            &root.join(format!("part-{:02}/doc-{i:04}.md", i % 13)),
+            body,
+        );
+    }
+    let lines: String = (0..2000)
+        .map(|i| format!("{{\"text\":\"record {i}\",\"i\":{i}}}\n"))
+        .collect();
+    write(&root.join("records.jsonl"), lines);
+    root
+}
+
+#[test]
+fn golden_tree() {
+    let out = ingest()
+        .args([TREE, "--exclude", "qa"])
+        .run()
+        .expect_code(0);
+    golden::check(
+        &workspace_root().join("testdata/ingest/tree.golden.jsonl"),
+        &out.stdout,
+    );
+    let warnings = [
+        format!("ft-ingest: {TREE}/corrupt.txt: skipped (binary: a NUL byte in the first 8 KiB)"),
+        format!("ft-ingest: {TREE}/data.bin: skipped (unknown file type; see --format)"),
+        format!("ft-ingest: {TREE}/latin1.txt: skipped (invalid UTF-8 at byte 3)"),
+        "ft-ingest: 11 files read, 3 skipped (1 binary, 1 invalid UTF-8, 1 unknown type), \
+         16 documents written, 3 empty texts skipped"
+            .to_string(),
+    ];
+    assert_eq!(out.stderr.lines().collect::<Vec<_>>(), warnings);
+
+    let records = out.records();
+    for r in &records {
+        let text = r["text"].as_str().unwrap();
+        assert_eq!(
+            r["id"].as_str().unwrap(),
+            ftkit_core::stable_id(&[text]),
+            "id is the hash of the text"
+        );
+        assert!(r["meta"].is_object());
+        assert!(!text.trim().is_empty());
+    }
+    let sources: Vec<&str> = records
+        .iter()
+        .map(|r| r["source"].as_str().unwrap())
+        .collect();
+    let mut sorted = sources.clone();
+    sorted.sort();
+    assert_eq!(sources, sorted, "sources come in sorted order");
+    assert!(
+        !sources.iter().any(|s| s.contains(".hidden")),
+        "hidden files are not walked"
+    );
+    // The HTML page: visible text only.
+    let page = records
+        .iter()
+        .find(|r| r["source"].as_str().unwrap().ends_with("page.html"))
+        .unwrap();
+    let page = page["text"].as_str().unwrap();
+    assert!(
+        page.starts_with("# Tokenization\n\nA tokenizer splits text into subword units."),
+        "{page}"
+    );
+    assert!(
+        !page.contains("console") && !page.contains("hidden") && !page.contains("font-family"),
+        "{page}"
+    );
+    // The .zst markdown file reads like the plain one would.
+    assert!(records.iter().any(
+        |r| r["source"] == format!("{TREE}/nested/compressed.md.zst")
+            && r["text"] == "# Compressed\n\nThis markdown file is stored with zstd.\n"
+    ));
+    // Lineage of record sources; the input's own "id" is kept in meta.
+    let first = &records[1];
+    assert_eq!(first["source"], format!("{TREE}/lines.jsonl"));
+    assert_eq!(
+        (
+            first["source_line"].as_u64(),
+            first["record_index"].as_u64()
+        ),
+        (Some(1), Some(0))
+    );
+    assert_eq!(first["meta"], serde_json::json!({"id": "ext-1", "n": 1}));
+}
+
+#[test]
+fn templates_and_dotted_paths() {
+    let out = ingest()
+        .args([
+            &format!("{TREE}/qa/faq.csv"),
+            "--template",
+            r"Q: {question}\nA: {answer}",
+        ])
+        .run();
+    let out = out.expect_code(0);
+    golden::check(
+        &workspace_root().join("testdata/ingest/faq.golden.jsonl"),
+        &out.stdout,
+    );
+    assert_eq!(
+        texts(&out)[0],
+        "Q: What does LoRA train?\nA: Two low-rank matrices per adapted layer."
+    );
+    assert_eq!(
+        out.records()[0]["meta"],
+        serde_json::json!({"topic": "lora"})
+    );
+
+    let out = ingest()
+        .args([
+            &format!("{TREE}/qa/faq.jsonl"),
+            "--template",
+            r"{q.title}\n{answers.0}",
+        ])
+        .run();
+    let rec = &out.expect_code(0).records()[0];
+    assert_eq!(rec["text"], "Why JSONL?\nOne record per line streams well.");
+    assert_eq!(rec["meta"]["src"], "faq");
+    assert_eq!(
+        rec["meta"]["answers"][1], "unused",
+        "dotted paths keep their parent in meta"
+    );
+
+    let out = ingest()
+        .args([&format!("{TREE}/qa/faq.jsonl"), "--text-field", "q.title"])
+        .run();
+    assert_eq!(texts(&out.expect_code(0)), ["Why JSONL?"]);
+}
+
+#[test]
+fn max_records_caps_each_source_in_file_order() {
+    let out = ingest().args([
+        &format!("{TREE}/lines.jsonl"),
+        &format!("{TREE}/table.csv"),
+        "--max-records",
+        "2",
+    ]);
+    let out = out.run().expect_code(0);
+    assert_eq!(
+        texts(&out),
+        [
+            "First line record.",
+            "Second line record with unicode: é中.",
+            "A CSV row, with a comma.",
+            "A quoted\nmulti-line row."
+        ]
+    );
+    // The cap counts documents written: an empty record does not use it up.
+    let out = ingest()
+        .args([&format!("{TREE}/lines.jsonl"), "--max-records", "3", "-q"])
+        .run()
+        .expect_code(0);
+    assert_eq!(texts(&out).last().unwrap(), "Fourth, after an empty one.");
+    assert!(out.stderr.is_empty(), "-q: {}", out.stderr);
+}
+
+#[test]
+fn globs_and_excludes() {
+    let out = ingest()
+        .args([TREE, "--glob", "*.md", "--glob", "*.md.zst", "-q"])
+        .run()
+        .expect_code(0);
+    let sources: Vec<String> = out
+        .records()
+        .iter()
+        .map(|r| r["source"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        sources,
+        [
+            format!("{TREE}/guide.md"),
+            format!("{TREE}/nested/compressed.md.zst"),
+            format!("{TREE}/nested/deeper/more.md")
+        ]
+    );
+    let out = ingest()
+        .args([TREE, "--glob", "nested/*/*.md", "-q"])
+        .run()
+        .expect_code(0);
+    assert_eq!(texts(&out), ["Deeper document in a nested folder.\n"]);
+    let out = ingest()
+        .args([
+            TREE,
+            "--exclude",
+            "nested",
+            "--exclude",
+            "qa",
+            "--exclude",
+            "*.json*",
+            "-q",
+        ])
+        .run();
+    let out = out.expect_code(0);
+    assert!(out.records().iter().all(|r| {
+        let s = r["source"].as_str().unwrap();
+        !s.contains("nested") && !s.contains(".json")
+    }));
+    assert_eq!(out.records().len(), 7);
+    let out = ingest()
+        .args([TREE, "--hidden", "--glob", ".hidden.md"])
+        .run()
+        .expect_code(0);
+    assert_eq!(texts(&out), ["visible?\n"]);
+    let out = ingest().args([TREE, "--glob", "a["]).run();
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("--glob \"a[\""), "{}", out.stderr);
+}
+
+#[test]
+fn stdin_dash_and_zst_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = std::fs::read(workspace_root().join(TREE).join("lines.jsonl")).unwrap();
+    let plain = dir.path().join("lines.jsonl");
+    let packed = dir.path().join("lines.jsonl.zst");
+    write(&plain, &lines);
+    write(&packed, zstd(&lines));
+    let a = Run::new(BIN).arg(&plain).run().expect_code(0);
+    let b = Run::new(BIN).arg(&packed).run().expect_code(0);
+    assert_eq!(texts(&a), texts(&b));
+    assert_eq!(texts(&a).len(), 3);
+    let c = Run::new(BIN)
+        .args(["-", "--format", "jsonl"])
+        .stdin(zstd(&lines))
+        .run()
+        .expect_code(0);
+    assert_eq!(texts(&c), texts(&a));
+    assert_eq!(c.records()[0]["source"], "<stdin>");
+    let d = Run::new(BIN)
+        .arg("-")
+        .stdin("piped text\n")
+        .run()
+        .expect_code(0);
+    assert_eq!(texts(&d), ["piped text\n"]);
+    let e = Run::new(BIN)
+        .args(["-", "--format", "html"])
+        .stdin("<p>a <b>b</b></p><script>x</script>")
+        .run();
+    assert_eq!(texts(&e.expect_code(0)), ["a b"]);
+    let twice = Run::new(BIN).args(["-", "-"]).run();
+    assert_eq!(twice.code, 2, "{}", twice.stderr);
+}
+
+#[test]
+fn corrupt_zst_is_skipped_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bad = zstd(b"# title\n\nsome text that compresses\n");
+    let n = bad.len();
+    bad.truncate(n - 6);
+    write(&dir.path().join("a.md.zst"), &bad);
+    write(&dir.path().join("b.md"), "fine\n");
+    let out = Run::new(BIN).arg(dir.path()).run().expect_code(0);
+    assert_eq!(texts(&out), ["fine\n"]);
+    let warning = format!(
+        "ft-ingest: {}: skipped (",
+        dir.path().join("a.md.zst").display()
+    );
+    assert!(out.stderr.starts_with(&warning), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("1 file read, 1 skipped (1 unreadable)"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let out = Run::new(BIN).args([TREE, "--no-such-flag"]).run();
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stdout.is_empty());
+    assert!(out.stderr.contains("--no-such-flag"), "{}", out.stderr);
+    for args in [
+        vec![],
+        vec![TREE, "--template", "{unclosed"],
+        vec![TREE, "--template", "no fields"],
+        vec![TREE, "--threads", "0"],
+        vec![TREE, "--max-records", "0"],
+        vec![TREE, "--text-field", "a", "--template", "{b}"],
+        vec![TREE, "--format", "pdf"],
+    ] {
+        let out = ingest().args(&args).run();
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+        assert!(out.stdout.is_empty());
+    }
+    let out = ingest().arg("testdata/ingest/no-such-file.md").run();
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .starts_with("ft-ingest: testdata/ingest/no-such-file.md: cannot read"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn malformed_jsonl_line_exits_1_naming_path_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("in/bad.jsonl");
+    write(
+        &bad,
+        "{\"text\":\"one\"}\n{\"text\":\"two\"}\n{\"broken\": \n{\"text\":\"four\"}\n",
+    );
+    let out = Run::new(BIN).arg(&bad).run();
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let needle = format!("ft-ingest: {}:3: invalid JSON object", bad.display());
+    assert!(
+        out.stderr.contains(&needle),
+        "stderr lacks {needle:?}: {}",
+        out.stderr
+    );
+    assert_eq!(
+        texts(&out),
+        ["one", "two"],
+        "records before the bad line are written"
+    );
+
+    // Through a folder walk, and with -o: no output file, no temporary file, old file untouched.
+    let target = dir.path().join("out.jsonl");
+    let folder = dir.path().join("in");
+    Run::new(BIN)
+        .arg(&folder)
+        .arg("-o")
+        .arg(&target)
+        .run()
+        .expect_code(1);
+    assert!(!target.exists());
+    write(&target, "old\n");
+    Run::new(BIN)
+        .arg(&folder)
+        .arg("-o")
+        .arg(&target)
+        .run()
+        .expect_code(1);
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "old\n");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        2,
+        "temporary files left behind"
+    );
+
+    // --on-error skip: warned with path:line, kept verbatim in --rejects, exit 0.
+    let rejects = dir.path().join("rejects.jsonl");
+    let out = Run::new(BIN)
+        .arg(&bad)
+        .args(["--on-error", "skip", "--rejects"])
+        .arg(&rejects)
+        .run()
+        .expect_code(0);
+    assert_eq!(texts(&out), ["one", "two", "four"]);
+    assert!(
+        out.stderr
+            .contains(&format!("{}:3: invalid JSON object", bad.display())),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("1 record rejected"), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&rejects).unwrap(),
+        "{\"broken\": \n"
+    );
+
+    // Invalid UTF-8 inside a JSONL line is a bad line too.
+    write(&bad, b"{\"text\":\"ok\"}\n{\"text\":\"\xff\"}\n");
+    let out = Run::new(BIN).arg(&bad).run();
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr
+            .contains(&format!("{}:2: invalid UTF-8", bad.display())),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn records_without_the_text_field_follow_the_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("recs.json");
+    write(
+        &json,
+        "[\n  {\"text\": \"a\"},\n  {\n    \"body\": \"no text\"\n  },\n  {\"text\": \"c\"}\n]\n",
+    );
+    let out = Run::new(BIN).arg(&json).run();
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("{}:3: missing field \"text\"", json.display())),
+        "{}",
+        out.stderr
+    );
+
+    let csv = dir.path().join("rows.csv");
+    write(&csv, "text,n\nfirst,1\nsecond,2,extra\n,4\n");
+    let out = Run::new(BIN).arg(&csv).run();
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains(&format!(
+            "{}:3: row has 3 fields, the header 2",
+            csv.display()
+        )),
+        "{}",
+        out.stderr
+    );
+
+    let rejects = dir.path().join("rejects.txt");
+    let out = Run::new(BIN)
+        .args([&json, &csv])
+        .args(["--on-error", "skip", "--rejects"])
+        .arg(&rejects)
+        .run();
+    let out = out.expect_code(0);
+    assert_eq!(texts(&out), ["a", "c", "first"]);
+    assert!(
+        out.stderr.contains("2 records rejected") && out.stderr.contains("1 empty text skipped"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(&rejects).unwrap(),
+        "{\n    \"body\": \"no text\"\n  }\nsecond,2,extra\n"
+    );
+
+    // A .json file that does not parse at all: path:line, or skipped with a warning.
+    write(&json, "[{\"text\": \"a\"},\n {\"text\": }]\n");
+    let out = Run::new(BIN).arg(&json).run();
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr
+            .contains(&format!("{}:2: invalid JSON", json.display())),
+        "{}",
+        out.stderr
+    );
+    let out = Run::new(BIN)
+        .arg(&json)
+        .args(["--on-error", "skip"])
+        .run()
+        .expect_code(0);
+    assert!(out.stdout.is_empty());
+    assert!(
+        out.stderr.contains("skipped (line 2: invalid JSON"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn closed_pipe_exits_0_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = big_tree(dir.path(), 1500); // about 3.5 MB of output
+    let out = Run::new(BIN).arg(&root).run_head1();
+    assert_eq!(out.code, 0, "closed pipe: {}", out.stderr);
+    assert!(
+        out.stderr.is_empty(),
+        "closed pipe must be quiet: {}",
+        out.stderr
+    );
+    assert!(out.stdout.ends_with(b"\n"));
+}
+
+#[test]
+fn threads_do_not_change_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = big_tree(dir.path(), 300);
+    for path in [
+        root.display().to_string(),
+        workspace_root().join(TREE).display().to_string(),
+    ] {
+        let one = Run::new(BIN)
+            .args([&path, "--exclude", "qa", "--threads", "1", "-q"])
+            .run()
+            .expect_code(0);
+        let four = Run::new(BIN)
+            .args([&path, "--exclude", "qa", "--threads", "4", "-q"])
+            .run()
+            .expect_code(0);
+        assert!(!one.stdout.is_empty());
+        assert!(
+            one.stdout == four.stdout,
+            "output differs between --threads 1 and 4 for {path}"
+        );
+    }
+}
+
+#[test]
+fn output_file_is_atomic_and_may_be_zst() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = ingest()
+        .args([TREE, "-q"])
+        .arg("--exclude=qa")
+        .run()
+        .expect_code(0)
+        .stdout;
+    let out = dir.path().join("docs.jsonl");
+    let zst = dir.path().join("docs.jsonl.zst");
+    let r = ingest()
+        .args([TREE, "-q", "--exclude=qa", "-o"])
+        .arg(&out)
+        .run()
+        .expect_code(0);
+    assert!(r.stdout.is_empty(), "stdout must stay empty with -o");
+    assert_eq!(std::fs::read(&out).unwrap(), reference);
+    ingest()
+        .args([TREE, "-q", "--exclude=qa", "-o"])
+        .arg(&zst)
+        .run()
+        .expect_code(0);
+    assert_eq!(
+        zstd::decode_all(&std::fs::read(&zst).unwrap()[..]).unwrap(),
+        reference
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+}
+
+#[test]
+fn man_page_is_current() {
+    ftkit_testkit::man::check(ft_ingest::Args::command());
+}
+
+#[test]
+fn stdin_jsonl_streams_like_a_file() {
+    // stdin is converted as a stream, flushed every few MiB; a small file in memory: same records.
+    let dir = tempfile::tempdir().unwrap();
+    let mut input = String::new();
+    for i in 0..60_000 {
+        input.push_str(&format!(
+            "{{\"text\":\"record {i} {}\",\"i\":{i}}}\n",
+            "x".repeat(i % 90)
+        ));
+        if i == 40_000 {
+            input.push_str("{\"no_text\":true}\n");
+        }
+    }
+    let file = dir.path().join("big.jsonl");
+    write(&file, &input);
+    let skip = ["--on-error", "skip", "-q"];
+    let from_file = Run::new(BIN).arg(&file).args(skip).run().expect_code(0);
+    let from_stdin = Run::new(BIN)
+        .args(["-", "--format", "jsonl"])
+        .args(skip)
+        .stdin(input.clone())
+        .run();
+    let from_stdin = from_stdin.expect_code(0);
+    assert!(
+        from_stdin.stdout.len() > 8 << 20,
+        "output spans several flushes"
+    );
+    let strip = |out: &Outcome| {
+        out.records()
+            .into_iter()
+            .map(|mut r| {
+                r.as_object_mut().unwrap().remove("source");
+                r
+            })
+            .collect::<Vec<_>>()
+    };
+    for threads in ["1", "3"] {
+        let again = Run::new(BIN)
+            .args(["-", "--format", "jsonl", "--threads", threads])
+            .args(skip);
+        let again = again.stdin(input.clone()).run().expect_code(0);
+        assert!(
+            again.stdout == from_stdin.stdout,
+            "--threads {threads} differs"
+        );
+    }
+    let (a, b) = (strip(&from_file), strip(&from_stdin));
+    assert_eq!(a.len(), 60_000);
+    assert!(a == b, "stdin stream and file differ");
+    assert_eq!(b[40_001]["source_line"], 40_003);
+    assert_eq!(b[40_001]["record_index"], 40_002);
+
+    // Fail policy in a stream: the documents before the bad line are written, then path:line.
+    let out = Run::new(BIN)
+        .args(["-", "--format", "jsonl"])
+        .stdin(input.clone())
+        .run();
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("ft-ingest: <stdin>:40002: missing field \"text\""),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.records().len(), 40_001);
+
+    let out = Run::new(BIN)
+        .args(["-", "--format", "jsonl", "--max-records", "3"])
+        .stdin(input)
+        .run();
+    assert_eq!(
+        texts(&out.expect_code(0)),
+        ["record 0 ", "record 1 x", "record 2 xx"]
+    );
+}
+
+#[test]
+fn bundled_docs_are_ingested() {
+    let out = ingest().arg("testdata/docs").run().expect_code(0);
+    let records = out.records();
+    assert!(
+        (6..=10).contains(&records.len()),
+        "{} documents",
+        records.len()
+    );
+    for r in &records {
+        let text = r["text"].as_str().unwrap();
+        assert!(text.len() > 1500, "{}: {} bytes", r["source"], text.len());
+        assert!(r["source"].as_str().unwrap().starts_with("testdata/docs/"));
+    }
+    assert!(
+        out.stderr.ends_with(&format!(
+            "{0} files read, {0} documents written\n",
+            records.len()
+        )),
+        "{}",
+        out.stderr
+    );
+}

@@ -1,0 +1,214 @@
+//! Options shared by the tools that call a model (flatten [`LlmArgs`] into a tool's Args), and the
+//! code that turns them into a [`Client`].
+
+use crate::backend::{Params, ResponseFormat};
+use crate::cache::Cache;
+use crate::client::{Budget, Client, RetryPolicy};
+use crate::limits::{Limits, TokenBucket};
+use crate::openai::{OpenAi, OpenAiConfig, Secret};
+use anyhow::Result;
+use clap::Args;
+use ftkit_core::usage;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Args, Clone, Debug)]
+pub struct LlmArgs {
+    /// OpenAI-compatible endpoint (default: $OPENAI_BASE_URL, then $BASE_URL, then https://api.openai.com/v1).
+    #[arg(long, value_name = "URL", help_heading = "Model")]
+    pub base_url: Option<String>,
+
+    /// Model name sent to the endpoint (default: $MODEL).
+    #[arg(long, value_name = "NAME", help_heading = "Model")]
+    pub model: Option<String>,
+
+    /// Environment variable holding the API key (never printed, never cached).
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "OPENAI_API_KEY",
+        help_heading = "Model"
+    )]
+    pub api_key_env: String,
+
+    /// Sampling temperature.
+    #[arg(long, value_name = "T", default_value_t = 0.2, help_heading = "Model")]
+    pub temperature: f32,
+
+    /// Most tokens per reply.
+    #[arg(long, value_name = "N", default_value_t = 1024, help_heading = "Model")]
+    pub max_tokens: u32,
+
+    /// Sampling seed sent with every request (a re-ask after unparseable output sends seed+1, ...).
+    #[arg(long, value_name = "N", default_value_t = 0, help_heading = "Model")]
+    pub seed: u64,
+
+    /// Structured output requested from the server.
+    #[arg(long, value_enum, default_value_t = ResponseFormat::JsonObject, value_name = "KIND", help_heading = "Model")]
+    pub response_format: ResponseFormat,
+
+    /// Requests in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 16, help_heading = "Limits")]
+    pub concurrency: usize,
+
+    /// Most requests per minute.
+    #[arg(long, value_name = "N", help_heading = "Limits")]
+    pub rpm: Option<f64>,
+
+    /// Most tokens (prompt + reply) per minute.
+    #[arg(long, value_name = "N", help_heading = "Limits")]
+    pub tpm: Option<f64>,
+
+    /// Seconds before a request is abandoned (and retried).
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 120.0,
+        help_heading = "Limits"
+    )]
+    pub timeout: f64,
+
+    /// Retries of a request after 429, 5xx, timeouts and connection errors.
+    #[arg(long, value_name = "N", default_value_t = 5, help_heading = "Limits")]
+    pub max_retries: u32,
+
+    /// First backoff in milliseconds; doubles each retry (with jitter, at least the server's Retry-After).
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 500,
+        help_heading = "Limits"
+    )]
+    pub backoff_ms: u64,
+
+    /// Re-asks (with the next seed) when the model's output cannot be parsed.
+    #[arg(long, value_name = "N", default_value_t = 2, help_heading = "Limits")]
+    pub parse_retries: u32,
+
+    /// Response cache folder (default: <user cache dir>/ftkit/llm).
+    #[arg(long, value_name = "DIR", help_heading = "Cache and budget")]
+    pub cache: Option<PathBuf>,
+
+    /// Neither read nor write the response cache.
+    #[arg(long, conflicts_with = "cache", help_heading = "Cache and budget")]
+    pub no_cache: bool,
+
+    /// Price in USD per million prompt tokens (for the cost line and --budget-usd).
+    #[arg(long, value_name = "USD", help_heading = "Cache and budget")]
+    pub price_in: Option<f64>,
+
+    /// Price in USD per million completion tokens (default: --price-in).
+    #[arg(long, value_name = "USD", help_heading = "Cache and budget")]
+    pub price_out: Option<f64>,
+
+    /// Stop starting new items once this many fresh tokens (prompt + reply) were used.
+    #[arg(long, value_name = "N", help_heading = "Cache and budget")]
+    pub max_tokens_total: Option<u64>,
+
+    /// Stop starting new items once this much was spent (needs --price-in).
+    #[arg(long, value_name = "USD", help_heading = "Cache and budget")]
+    pub budget_usd: Option<f64>,
+}
+
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+impl LlmArgs {
+    /// True when an endpoint or model was named (flags, or $OPENAI_BASE_URL / $BASE_URL / $MODEL).
+    pub fn names_an_endpoint(&self) -> bool {
+        self.base_url.is_some()
+            || self.model.is_some()
+            || ["OPENAI_BASE_URL", "BASE_URL", "MODEL"]
+                .iter()
+                .any(|v| env_nonempty(v).is_some())
+    }
+
+    /// Checks values that clap cannot.
+    pub fn validate(&self) -> Result<()> {
+        if self.concurrency == 0 {
+            usage!("--concurrency must be at least 1");
+        }
+        if !(self.timeout.is_finite() && self.timeout > 0.0) {
+            usage!("--timeout must be a positive number of seconds");
+        }
+        for (name, v) in [("--rpm", self.rpm), ("--tpm", self.tpm)] {
+            if v.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
+                usage!("{name} must be positive");
+            }
+        }
+        if self.budget_usd.is_some() && self.price_in.is_none() {
+            usage!("--budget-usd needs --price-in (and --price-out) to count the cost");
+        }
+        Ok(())
+    }
+
+    /// The `openai` backend from these options and the environment.
+    pub fn openai(&self) -> Result<OpenAi> {
+        let base_url = self
+            .base_url
+            .clone()
+            .or_else(|| env_nonempty("OPENAI_BASE_URL"))
+            .or_else(|| env_nonempty("BASE_URL"))
+            .unwrap_or_else(|| "https://api.openai.com/v1".to_string());
+        let Some(model) = self.model.clone().or_else(|| env_nonempty("MODEL")) else {
+            usage!("the openai backend needs --model (or $MODEL)");
+        };
+        let key = env_nonempty(&self.api_key_env).map(Secret::new);
+        if key.is_none() && base_url.contains("api.openai.com") {
+            usage!(
+                "no API key: set ${} (or name another variable with --api-key-env)",
+                self.api_key_env
+            );
+        }
+        Ok(OpenAi::new(OpenAiConfig {
+            base_url,
+            model,
+            key,
+            key_env: self.api_key_env.clone(),
+            params: Params {
+                temperature: self.temperature,
+                max_tokens: self.max_tokens,
+                seed: self.seed,
+                response_format: self.response_format,
+            },
+            timeout: Duration::from_secs_f64(self.timeout),
+            connections: self.concurrency,
+        }))
+    }
+
+    /// Wraps a backend with the cache, limits, retries and budget these options ask for.
+    pub fn client(&self, backend: Box<dyn crate::Backend>) -> Result<Client> {
+        let cache = if self.no_cache {
+            None
+        } else {
+            match self.cache.clone().or_else(Cache::default_dir) {
+                Some(dir) => Some(Cache::new(dir)),
+                None => {
+                    ftkit_core::cli::warn(
+                        "no user cache folder found: running without a cache (use --cache DIR)",
+                    );
+                    None
+                }
+            }
+        };
+        Ok(Client::new(backend)
+            .with_cache(cache)
+            .with_limits(Limits {
+                rpm: self.rpm.map(TokenBucket::per_minute),
+                tpm: self.tpm.map(TokenBucket::per_minute),
+            })
+            .with_retry(RetryPolicy {
+                max_retries: self.max_retries,
+                base: Duration::from_millis(self.backoff_ms),
+                max_backoff: Duration::from_secs(60),
+            })
+            .with_budget(Budget {
+                max_tokens: self.max_tokens_total,
+                max_usd: self.budget_usd,
+                price_in: self.price_in,
+                price_out: self.price_out,
+            })
+            .with_parse_retries(self.parse_retries))
+    }
+}

@@ -1,0 +1,36 @@
+//! Text generation for ftkit: one [`Backend`] trait and what every model-calling tool needs around it.
+//!
+//! - [`backend`]: the trait, [`Request`] (a structured [`Task`] plus rendered chat messages), [`Reply`].
+//! - [`openai`]: any OpenAI-compatible chat-completions endpoint, over ureq.
+//! - [`extractive`]: offline, deterministic QA and summaries from the text's own sentences (its module
+//!   docs say exactly how).
+//! - `local`: a candle model, to come with ftkit-model; it implements [`Backend`] from the messages.
+//! - [`client`]: cache, rate limits, retries with backoff and jitter, budgets, lenient parsing, counters.
+//! - [`driver`]: the ordered worker pool the tools stream their records through.
+//! - [`cache`], [`limits`], [`parse`], [`prompts`], [`lang`], [`cli`] (shared clap options).
+//! - `testing` (feature `test-server`): a loopback chat-completions server with injectable faults.
+
+pub mod backend;
+pub mod cache;
+pub mod cli;
+pub mod client;
+pub mod driver;
+pub mod extractive;
+pub mod lang;
+pub mod limits;
+pub mod openai;
+pub mod parse;
+pub mod prompts;
+#[cfg(feature = "test-server")]
+pub mod testing;
+
+pub use backend::{
+    Backend, CallError, Message, Params, Reply, Request, ResponseFormat, Task, Usage,
+};
+pub use cli::LlmArgs;
+pub use client::{Client, Failure};
+pub use driver::{Driver, End, Outcome, RunSummary};
+
+/// Why the `local` backend cannot be chosen yet.
+pub const LOCAL_NOT_AVAILABLE: &str = "the local backend is not available yet (it comes with ftkit-model); \
+meanwhile serve the model with llama.cpp, vLLM or Ollama and use --backend openai --base-url http://127.0.0.1:PORT/v1";

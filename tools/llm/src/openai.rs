@@ -1,0 +1,293 @@
+//! The `openai` backend: any OpenAI-compatible chat-completions endpoint (OpenAI, DashScope compatible
+//! mode, vLLM, Ollama's `/v1`, llama.cpp server), over ureq with a pool of kept-alive connections.
+//!
+//! The API key is held in a [`Secret`] that never prints, and every message that could echo server
+//! text is scrubbed of it.
+
+use crate::backend::{Backend, CallError, Params, Reply, Request, ResponseFormat, Usage};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// A value that must never be shown (API keys).
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+    /// Replaces every occurrence of the secret in `text` with `***`.
+    pub fn scrub(&self, text: &str) -> String {
+        if self.0.len() >= 4 {
+            text.replace(&self.0, "***")
+        } else {
+            text.to_string()
+        }
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Settings of the `openai` backend.
+#[derive(Clone, Debug)]
+pub struct OpenAiConfig {
+    /// Base URL (`https://api.openai.com/v1`); `/chat/completions` is appended unless present.
+    pub base_url: String,
+    pub model: String,
+    pub key: Option<Secret>,
+    /// Name of the variable the key came from, for messages.
+    pub key_env: String,
+    pub params: Params,
+    /// Whole-request timeout.
+    pub timeout: Duration,
+    /// Connections kept alive (the concurrency).
+    pub connections: usize,
+}
+
+pub struct OpenAi {
+    agent: ureq::Agent,
+    url: String,
+    cfg: OpenAiConfig,
+}
+
+impl OpenAi {
+    pub fn new(cfg: OpenAiConfig) -> Self {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(cfg.timeout))
+            .http_status_as_error(false)
+            .max_idle_connections(cfg.connections.max(1))
+            .max_idle_connections_per_host(cfg.connections.max(1))
+            .user_agent(concat!("ftkit-llm/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        let base = cfg.base_url.trim_end_matches('/');
+        let url = if base.ends_with("/chat/completions") {
+            base.to_string()
+        } else {
+            format!("{base}/chat/completions")
+        };
+        Self { agent, url, cfg }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn scrub(&self, text: &str) -> String {
+        match &self.cfg.key {
+            Some(k) => k.scrub(text),
+            None => text.to_string(),
+        }
+    }
+
+    fn request_json(&self, req: &Request) -> Value {
+        let p = &self.cfg.params;
+        let mut body = json!({
+            "model": self.cfg.model,
+            "messages": req.messages,
+            "temperature": p.temperature,
+            "max_tokens": p.max_tokens,
+            "seed": p.seed.wrapping_add(u64::from(req.attempt)),
+        });
+        let format = match (p.response_format, &req.schema) {
+            (ResponseFormat::None, _) => None,
+            (ResponseFormat::JsonObject, _) | (ResponseFormat::JsonSchema, None) => {
+                Some(json!({"type": "json_object"}))
+            }
+            (ResponseFormat::JsonSchema, Some(schema)) => Some(json!({
+                "type": "json_schema",
+                "json_schema": {"name": req.schema_name, "schema": schema, "strict": false},
+            })),
+        };
+        if let (Some(f), Some(obj)) = (format, body.as_object_mut()) {
+            obj.insert("response_format".into(), f);
+        }
+        body
+    }
+}
+
+/// Reads `Retry-After` given in seconds (the form API servers use); HTTP dates are ignored.
+fn retry_after(resp: &ureq::http::Response<ureq::Body>) -> Option<Duration> {
+    let v = resp
+        .headers()
+        .get("retry-after")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<f64>()
+        .ok()?;
+    (v.is_finite() && v >= 0.0).then(|| Duration::from_secs_f64(v.min(3600.0)))
+}
+
+/// The first 300 characters of a server's error body, on one line.
+fn snippet(text: &str) -> String {
+    let one_line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(300)
+        .collect();
+    one_line.trim().to_string()
+}
+
+/// Extracts content and usage from a chat-completions response body.
+pub fn parse_envelope(text: &str) -> Result<Reply, String> {
+    let v: Value = serde_json::from_str(text).map_err(|e| format!("response is not JSON ({e})"))?;
+    let content = v
+        .pointer("/choices/0/message/content")
+        .and_then(Value::as_str)
+        .ok_or_else(|| "response has no choices[0].message.content".to_string())?;
+    let usage = Usage {
+        prompt_tokens: v
+            .pointer("/usage/prompt_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+        completion_tokens: v
+            .pointer("/usage/completion_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+    };
+    Ok(Reply {
+        text: content.to_string(),
+        usage,
+    })
+}
+
+impl Backend for OpenAi {
+    fn name(&self) -> &'static str {
+        "openai"
+    }
+
+    fn model(&self) -> &str {
+        &self.cfg.model
+    }
+
+    fn body(&self, req: &Request) -> Option<Vec<u8>> {
+        serde_json::to_vec(&self.request_json(req)).ok()
+    }
+
+    fn params(&self, req: &Request) -> Value {
+        let p = &self.cfg.params;
+        let format = match p.response_format {
+            ResponseFormat::None => "none",
+            ResponseFormat::JsonObject => "json_object",
+            ResponseFormat::JsonSchema => "json_schema",
+        };
+        json!({
+            "temperature": p.temperature,
+            "max_tokens": p.max_tokens,
+            "seed": p.seed.wrapping_add(u64::from(req.attempt)),
+            "response_format": format,
+        })
+    }
+
+    fn send(&self, req: &Request, body: Option<&[u8]>) -> Result<Reply, CallError> {
+        let owned;
+        let body = match body {
+            Some(b) => b,
+            None => {
+                owned = serde_json::to_vec(&self.request_json(req))
+                    .map_err(|e| CallError::Item(e.to_string()))?;
+                &owned
+            }
+        };
+        let mut call = self
+            .agent
+            .post(&self.url)
+            .header("content-type", "application/json");
+        if let Some(key) = &self.cfg.key {
+            call = call.header("authorization", format!("Bearer {}", key.0));
+        }
+        let mut resp = match call.send(body) {
+            Ok(r) => r,
+            Err(ureq::Error::Timeout(_)) => {
+                return Err(CallError::Retryable {
+                    reason: format!("timed out after {:?}", self.cfg.timeout),
+                    retry_after: None,
+                });
+            }
+            Err(e) => {
+                return Err(CallError::Retryable {
+                    reason: self.scrub(&format!("request to {} failed: {e}", self.url)),
+                    retry_after: None,
+                });
+            }
+        };
+        let status = resp.status().as_u16();
+        let wait = retry_after(&resp);
+        let text = match resp
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_string()
+        {
+            Ok(t) => t,
+            Err(ureq::Error::Timeout(_)) => {
+                return Err(CallError::Retryable {
+                    reason: format!("timed out after {:?}", self.cfg.timeout),
+                    retry_after: None,
+                });
+            }
+            Err(e) => {
+                return Err(CallError::Retryable {
+                    reason: self.scrub(&format!("reading the response failed: {e}")),
+                    retry_after: None,
+                });
+            }
+        };
+        match status {
+            200..=299 => parse_envelope(&text)
+                .map_err(|reason| CallError::Retryable { reason: self.scrub(&reason), retry_after: None }),
+            408 | 409 | 429 | 500..=599 => Err(CallError::Retryable {
+                reason: self.scrub(&format!("HTTP {status}: {}", snippet(&text))),
+                retry_after: wait,
+            }),
+            401 | 403 => Err(CallError::Fatal(self.scrub(&format!(
+                "HTTP {status} from {}: check the API key in ${} ({})",
+                self.url,
+                self.cfg.key_env,
+                snippet(&text)
+            )))),
+            404 => Err(CallError::Fatal(self.scrub(&format!(
+                "HTTP 404 from {}: check --base-url and --model ({})",
+                self.url,
+                snippet(&text)
+            )))),
+            _ => Err(CallError::Fatal(self.scrub(&format!(
+                "HTTP {status} from {}: {} (if the server rejects response_format, try --response-format none)",
+                self.url,
+                snippet(&text)
+            )))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_and_secret() {
+        let r = parse_envelope(
+            r#"{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#,
+        );
+        assert_eq!(
+            r,
+            Ok(Reply {
+                text: "hi".into(),
+                usage: Usage {
+                    prompt_tokens: 3,
+                    completion_tokens: 1
+                }
+            })
+        );
+        assert!(parse_envelope("{\"choices\":[]}").is_err());
+        assert!(parse_envelope("<html>").is_err());
+        let s = Secret::new("sk-abcdef".into());
+        assert_eq!(s.scrub("key sk-abcdef here"), "key *** here");
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+    }
+}

@@ -1,0 +1,211 @@
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use clap::CommandFactory;
+use ftkit_llm::testing::{Fault, FaultRule, ServerConfig, TestServer};
+use ftkit_testkit::{Run, contract::Contract, golden, testdata};
+use serde_json::Value;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ft-score");
+
+fn qa() -> Vec<u8> {
+    std::fs::read(testdata("score", "qa.jsonl")).unwrap()
+}
+
+#[test]
+fn golden_heuristics_and_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let out = Run::new(BIN)
+        .arg("--report")
+        .arg(&report)
+        .stdin(qa())
+        .run()
+        .expect_code(0);
+    golden::check(&testdata("score", "scored.golden.jsonl"), &out.stdout);
+    golden::check(
+        &testdata("score", "report.golden.json"),
+        &std::fs::read(&report).unwrap(),
+    );
+    // The distribution is on stderr, as the users' validate step prints it.
+    assert!(
+        out.stderr.contains("7 records scored (judge: none)"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("9-10"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("1 records had no context"),
+        "{}",
+        out.stderr
+    );
+
+    let recs = out.records();
+    let by_id = |id: &str| recs.iter().find(|r| r["id"] == id).unwrap().clone();
+    // Grounded beats invented; restating the question in the wrong language fails.
+    assert_eq!(by_id("q1")["verdict"], "pass");
+    assert!(
+        by_id("q2")["score"]["overall"].as_f64().unwrap()
+            < by_id("q1")["score"]["overall"].as_f64().unwrap()
+    );
+    assert_eq!(by_id("q3")["verdict"], "fail");
+    assert_eq!(by_id("q3")["score"]["checks"]["restates_question"], true);
+    assert_eq!(by_id("q3")["score"]["checks"]["lang_match"], false);
+    assert_eq!(by_id("q4")["score"]["checks"]["lang_match"], true);
+    // No context: grounding unknown, other fields pass through.
+    assert!(by_id("q5")["score"]["checks"]["grounding"].is_null());
+    assert_eq!(by_id("q5")["extra"]["keep"], true);
+    // An old score and verdict are replaced, not duplicated.
+    let line = out
+        .stdout_str()
+        .lines()
+        .find(|l| l.contains("\"q6\""))
+        .unwrap();
+    assert_eq!(line.matches("\"verdict\"").count(), 1);
+    assert!(!line.contains("\"old\""));
+    // Order and count are kept: scoring never filters.
+    let ids: Vec<&str> = recs.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["q1", "q2", "q3", "q4", "q5", "s1", "q6"]);
+}
+
+#[test]
+fn thresholds_move_verdicts() {
+    let strict = Run::new(BIN)
+        .args(["--pass", "10", "--review", "9.9"])
+        .stdin(qa())
+        .run()
+        .expect_code(0);
+    let lax = Run::new(BIN)
+        .args(["--pass", "1", "--review", "1"])
+        .stdin(qa())
+        .run()
+        .expect_code(0);
+    assert!(lax.records().iter().all(|r| r["verdict"] == "pass"));
+    assert!(strict.records().iter().any(|r| r["verdict"] == "fail"));
+    let bad = Run::new(BIN)
+        .args(["--pass", "5", "--review", "7"])
+        .stdin(qa())
+        .run();
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+}
+
+#[test]
+fn chunks_file_supplies_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let chunks = dir.path().join("chunks.jsonl");
+    std::fs::write(
+        &chunks,
+        "{\"id\":\"c9\",\"text\":\"Frequent words become single tokens in BPE.\"}\n",
+    )
+    .unwrap();
+    let out = Run::new(BIN)
+        .arg("--chunks")
+        .arg(&chunks)
+        .stdin(qa())
+        .run()
+        .expect_code(0);
+    let q5 = out.records().into_iter().find(|r| r["id"] == "q5").unwrap();
+    assert_eq!(q5["score"]["checks"]["grounding"], 1.0);
+    assert!(!out.stderr.contains("had no context"), "{}", out.stderr);
+}
+
+#[test]
+fn contract() {
+    Contract {
+        bin: BIN,
+        args: &[],
+        input: &qa(),
+    }
+    .check_all();
+}
+
+#[test]
+fn man_page() {
+    ftkit_testkit::man::check(ft_score::Args::command());
+}
+
+#[test]
+fn llm_judge_scores_and_decides() {
+    let server = TestServer::start(ServerConfig {
+        latency: Duration::from_millis(2),
+        faults: vec![FaultRule {
+            modulo: 3,
+            remainder: 0,
+            first_hits: 1,
+            fault: Fault::ProseContent,
+        }],
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("r.json");
+    let args = [
+        "--judge",
+        "openai",
+        "--base-url",
+        server.url(),
+        "--model",
+        "judge",
+        "--cache",
+    ];
+    let run = |c: &str| {
+        Run::new(BIN)
+            .args(args)
+            .arg(dir.path().join("cache"))
+            .args(["--concurrency", c, "--report"])
+            .arg(&report)
+            .stdin(qa())
+            .run()
+            .expect_code(0)
+    };
+    let out = run("4");
+    let recs = out.records();
+    assert_eq!(recs.len(), 7);
+    for r in &recs {
+        let s = &r["score"];
+        if r["kind"] == "summary" {
+            assert!(
+                s.get("judge").is_none(),
+                "summaries get heuristics only: {r}"
+            );
+            continue;
+        }
+        let j = &s["judge"];
+        assert_eq!(j["backend"], "openai");
+        assert!(
+            j["rationale"]
+                .as_str()
+                .unwrap()
+                .starts_with("deterministic test judgement")
+        );
+        for k in ["relevance", "accuracy", "clarity", "grounding", "overall"] {
+            assert!((1.0..=10.0).contains(&j[k].as_f64().unwrap()), "{k}: {r}");
+        }
+        // With a judge its overall decides.
+        assert_eq!(s["overall"], j["overall"]);
+        let o = j["overall"].as_f64().unwrap();
+        let want = if o >= 8.0 {
+            "pass"
+        } else if o >= 6.0 {
+            "review"
+        } else {
+            "fail"
+        };
+        assert_eq!(r["verdict"], want);
+    }
+    assert!(out.stderr.contains("judge: openai"), "{}", out.stderr);
+    let rep: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(rep["records"], 7);
+    assert_eq!(rep["judge"], "openai");
+    // A rerun replays the judgements from the cache, whatever the concurrency.
+    let hits = server.hits();
+    let again = run("1");
+    assert_eq!(server.hits(), hits);
+    assert_eq!(again.stdout, out.stdout);
+}
+
+#[test]
+fn local_judge_is_not_available_yet() {
+    let out = Run::new(BIN).args(["--judge", "local"]).stdin(qa()).run();
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("not available yet"), "{}", out.stderr);
+}

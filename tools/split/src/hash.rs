@@ -1,0 +1,83 @@
+//! The stable hashes behind ft-split, built on `ftkit_core::id::stable_id`.
+
+use anyhow::Result;
+use ftkit_core::RawRecord;
+use ftkit_core::id::stable_id;
+use serde_json::value::RawValue;
+
+/// The value at a dotted path (a top-level key named exactly `path` wins).
+fn lookup<'a>(rec: &RawRecord<'a>, path: &str) -> Result<Option<&'a RawValue>> {
+    if let Some(v) = rec.get(path) {
+        return Ok(Some(v));
+    }
+    let mut parts = path.split('.');
+    let Some(mut value) = parts.next().and_then(|first| rec.get(first)) else {
+        return Ok(None);
+    };
+    for part in parts {
+        if !value.get().starts_with('{') {
+            return Ok(None);
+        }
+        match RawRecord::parse(value.get())?.get(part) {
+            Some(v) => value = v,
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(value))
+}
+
+/// The text that is hashed for the field at `path`: a string's contents, any other value's JSON text;
+/// `None` when missing or null.
+pub fn value_text(rec: &RawRecord<'_>, path: &str) -> Result<Option<String>> {
+    let Some(raw) = lookup(rec, path)? else {
+        return Ok(None);
+    };
+    let text = raw.get();
+    Ok(match text.as_bytes().first() {
+        Some(b'n') => None,
+        Some(b'"') => Some(serde_json::from_str::<String>(text)?),
+        _ => Some(text.to_string()),
+    })
+}
+
+fn first_u64(id: &str) -> u64 {
+    // stable_id is 32 lowercase hex digits; the first 16 are 8 bytes of SHA-256.
+    u64::from_str_radix(&id[..16], 16).unwrap_or(0)
+}
+
+/// A number uniform in [0, 1) fixed by `seed` and `value`.
+pub fn unit(seed: &str, value: &str) -> f64 {
+    first_u64(&stable_id(&[seed, value])) as f64 / 18_446_744_073_709_551_616.0
+}
+
+/// The cap rank of `value`: independent of [`unit`], so that the records kept by a cap spread over
+/// every split.
+pub fn rank(seed: &str, value: &str) -> u64 {
+    first_u64(&stable_id(&[seed, "rank", value]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_follows_the_documented_recipe() {
+        // sha256("42\x1fq1\x1f"): printf '42\x1fq1\x1f' | sha256sum
+        let digest = ftkit_core::id::sha256_hex(b"42\x1fq1\x1f");
+        let want = u64::from_str_radix(&digest[..16], 16).unwrap_or(0) as f64 / 2f64.powi(64);
+        assert_eq!(unit("42", "q1"), want);
+        assert!((0.0..1.0).contains(&unit("42", "q1")));
+        assert_ne!(unit("42", "q1"), unit("43", "q1"));
+    }
+
+    #[test]
+    fn values_hash_as_text() -> Result<()> {
+        let rec = RawRecord::parse(r#"{"id":"a\"b","n":12,"m":{"d":"x"},"z":null}"#)?;
+        assert_eq!(value_text(&rec, "id")?.as_deref(), Some("a\"b"));
+        assert_eq!(value_text(&rec, "n")?.as_deref(), Some("12"));
+        assert_eq!(value_text(&rec, "m.d")?.as_deref(), Some("x"));
+        assert_eq!(value_text(&rec, "z")?, None);
+        assert_eq!(value_text(&rec, "nope")?, None);
+        Ok(())
+    }
+}
