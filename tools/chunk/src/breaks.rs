@@ -111,6 +111,15 @@ struct LineInfo {
 /// The first line gets one at 0 too when it starts the text (it tells whether the text opens with a
 /// heading; no chunk ends at 0).
 pub fn structure(text: &str, out: &mut Vec<Break>) {
+    structure_lines(text, memchr::memchr_iter(b'\n', text.as_bytes()), out);
+}
+
+/// [`structure`] given the positions of the text's `\n` bytes, in order (all of them).
+pub fn structure_lines(
+    text: &str,
+    mut newlines: impl Iterator<Item = usize>,
+    out: &mut Vec<Break>,
+) {
     out.clear();
     let b = text.as_bytes();
     let mut line_start = 0;
@@ -121,7 +130,7 @@ pub fn structure(text: &str, out: &mut Vec<Break>) {
     let mut prev: Option<LineInfo> = None;
     let mut prev2: Option<LineInfo> = None;
     while line_start < b.len() {
-        let line_end = memchr::memchr(b'\n', &b[line_start..]).map_or(b.len(), |i| line_start + i);
+        let line_end = newlines.next().unwrap_or(b.len());
         let line = &b[line_start..line_end];
         let next = line_end + 1;
         if is_blank(line) {
@@ -349,6 +358,21 @@ mod tests {
         out.iter()
             .map(|b| (text[b.pos..].lines().next().unwrap_or(""), b.level))
             .collect()
+    }
+
+    #[test]
+    fn given_newlines_match_the_scan() {
+        let text = "# A\n\nb\r\nc\n```\nd\n\n```\n";
+        let mut scanned = Vec::new();
+        structure(text, &mut scanned);
+        let mut given = Vec::new();
+        let newlines = text
+            .bytes()
+            .enumerate()
+            .filter(|&(_, b)| b == b'\n')
+            .map(|(i, _)| i);
+        structure_lines(text, newlines, &mut given);
+        assert_eq!(scanned, given);
     }
 
     #[test]

@@ -132,11 +132,23 @@ impl Chunker {
         spans: &mut Vec<(usize, usize)>,
         st: &mut Vec<breaks::Break>,
     ) -> Result<()> {
+        let newlines = memchr::memchr_iter(b'\n', text.as_bytes());
+        self.ranges_with(text, newlines, spans, st)
+    }
+
+    /// [`Chunker::ranges`] given the positions of the text's `\n` bytes.
+    fn ranges_with(
+        &self,
+        text: &str,
+        newlines: impl Iterator<Item = usize>,
+        spans: &mut Vec<(usize, usize)>,
+        st: &mut Vec<breaks::Break>,
+    ) -> Result<()> {
         spans.clear();
         if text.trim().is_empty() {
             return Ok(());
         }
-        breaks::structure(text, st);
+        breaks::structure_lines(text, newlines, st);
         let cfg = &self.config;
         match &self.tokenizer {
             None if text.is_ascii() => split::split(text, st, &measure::AsciiChars, cfg, spans),
@@ -175,7 +187,12 @@ impl Chunker {
                 }
                 Some(_) => bail!("field \"{}\" is not a string or a number", self.id_field),
             };
-            self.ranges(text, spans, breaks)?;
+            // A JSON literal holds no raw newline: the text's newlines are its `\n` escapes.
+            let newlines = escapes
+                .iter()
+                .map(|&(decoded_end, _)| decoded_end - 1)
+                .filter(|&i| text.as_bytes()[i] == b'\n');
+            self.ranges_with(text, newlines, spans, breaks)?;
             if spans.is_empty() {
                 return Ok(());
             }

@@ -151,3 +151,37 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// A document line gives the chunks of its decoded text, however the text was escaped.
+    #[test]
+    fn records_carry_the_ranges_of_the_text(text in text(), (size, overlap, min_size) in params()) {
+        let chunker = ft_chunk::Chunker {
+            config: Config { size, overlap, min_size },
+            tokenizer: None,
+            text_field: "text".into(),
+            id_field: "id".into(),
+        };
+        let mut expected = Vec::new();
+        chunker.ranges(&text, &mut expected, &mut Vec::new()).unwrap();
+        let serde_line = serde_json::json!({ "id": "d", "text": text }).to_string();
+        let python_line = format!("{{\"id\": \"d\", \"text\": \"{}\"}}", ascii_escaped_body(&text));
+        for line in [serde_line, python_line] {
+            let mut out = Vec::new();
+            chunker.process(&line, &mut out).unwrap();
+            let got: Vec<(usize, usize)> = std::str::from_utf8(&out)
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    let (s, e) = (v["start"].as_u64().unwrap() as usize, v["end"].as_u64().unwrap() as usize);
+                    assert_eq!(v["text"].as_str().unwrap(), &text[s..e]);
+                    (s, e)
+                })
+                .collect();
+            prop_assert_eq!(&got, &expected);
+        }
+    }
+}
