@@ -286,11 +286,23 @@ impl Engine {
     where
         F: Fn(Loc, &str, &mut Vec<u8>) -> Result<()> + Sync,
     {
+        // Task buffers are reused from batch to batch: fresh multi-megabyte allocations cost page faults.
+        let spare: std::sync::Mutex<Vec<Vec<u8>>> = Default::default();
+        let take = || {
+            spare
+                .lock()
+                .map(|mut s| s.pop())
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        };
         self.drive(
             |name, data, spans| {
                 tasks(spans)
                     .into_par_iter()
-                    .map(|range| run_task(name, data, &spans[range.clone()], range.start, &f))
+                    .map(|range| {
+                        run_task(name, data, &spans[range.clone()], range.start, take(), &f)
+                    })
                     .collect::<Vec<_>>()
             },
             |policy, name, data, spans, results| {
@@ -303,6 +315,9 @@ impl Engine {
                         policy.reject(Loc { path: name, line }, &data[start..end], err)?;
                     }
                     out.write_all(&task.bytes[written..])?;
+                    if let Ok(mut s) = spare.lock() {
+                        s.push(task.bytes);
+                    }
                 }
                 Ok(())
             },
@@ -372,13 +387,22 @@ fn validated_utf8(raw: &[u8]) -> &str {
     unsafe { std::str::from_utf8_unchecked(raw) }
 }
 
-fn run_task<F>(name: &str, data: &[u8], spans: &[Span], first: usize, f: &F) -> TaskOut
+fn run_task<F>(
+    name: &str,
+    data: &[u8],
+    spans: &[Span],
+    first: usize,
+    mut bytes: Vec<u8>,
+    f: &F,
+) -> TaskOut
 where
     F: Fn(Loc, &str, &mut Vec<u8>) -> Result<()> + Sync,
 {
     let input: usize = spans.iter().map(|s| s.end - s.start).sum();
+    bytes.clear();
+    bytes.reserve(input + input / 2);
     let mut out = TaskOut {
-        bytes: Vec::with_capacity(input + input / 2),
+        bytes,
         failures: Vec::new(),
     };
     for (k, s) in spans.iter().enumerate() {
