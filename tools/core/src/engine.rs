@@ -136,39 +136,66 @@ fn split_lines(data: &[u8], mut pos: usize, line: &mut u64, spans: &mut Vec<Span
     pos
 }
 
-struct Batch {
+/// A batch of lines and, once processed, its result. For a mapped file `data` stays empty and the
+/// spans index the map; `bytes` is the input the batch covers (for progress and page release).
+struct Batch<R> {
     data: Vec<u8>,
     spans: Vec<Span>,
+    from: usize,
+    bytes: usize,
+    result: Option<R>,
 }
 
-impl Batch {
+impl<R> Batch<R> {
     fn new() -> Self {
         Self {
-            data: Vec::with_capacity(BATCH_BYTES + (64 << 10)),
+            data: Vec::new(),
             spans: Vec::new(),
+            from: 0,
+            bytes: 0,
+            result: None,
         }
     }
 
-    /// Refills from `reader`; false when the input is exhausted and nothing was read.
-    fn fill(
-        &mut self,
-        reader: &mut LineReader<Box<dyn std::io::BufRead + Send>>,
-    ) -> std::io::Result<bool> {
+    fn clear(&mut self) {
         self.data.clear();
         self.spans.clear();
-        while self.data.len() < BATCH_BYTES {
-            let start = self.data.len();
-            match reader.append_line(&mut self.data)? {
-                Some(line) => self.spans.push(Span {
+        self.bytes = 0;
+        self.result = None;
+    }
+}
+
+/// The next batch's lines from a mapped file (`map`, at `pos`) or a stream.
+fn fill<R>(
+    batch: &mut Batch<R>,
+    map: Option<&memmap2::Mmap>,
+    reader: &mut Option<LineReader<Box<dyn std::io::BufRead + Send>>>,
+    pos: &mut usize,
+    line: &mut u64,
+) -> std::io::Result<()> {
+    batch.clear();
+    if let Some(map) = map {
+        batch.from = (*pos).min(map.len());
+        *pos = split_lines(map, *pos, line, &mut batch.spans);
+        batch.bytes = (*pos).min(map.len()) - batch.from;
+    } else if let Some(reader) = reader {
+        if batch.data.capacity() == 0 {
+            batch.data.reserve(BATCH_BYTES + (64 << 10));
+        }
+        while batch.data.len() < BATCH_BYTES {
+            let start = batch.data.len();
+            match reader.append_line(&mut batch.data)? {
+                Some(line) => batch.spans.push(Span {
                     start,
-                    end: self.data.len(),
+                    end: batch.data.len(),
                     line,
                 }),
                 None => break,
             }
         }
-        Ok(!self.spans.is_empty())
+        batch.bytes = batch.data.len();
     }
+    Ok(())
 }
 
 /// Contiguous groups of lines of about TASK_BYTES each.
@@ -236,45 +263,64 @@ impl Engine {
         W: Fn(&str, &[u8], &[Span]) -> R + Sync,
         E: FnMut(&mut Policy, &str, &[u8], &[Span], R) -> Result<()>,
     {
+        // Three batches in flight: while the pool works on one, the previous one's results are
+        // written and the next one is read, so output and input overlap the work.
         for path in self.inputs.clone() {
             let (name, feed) = open_feed(&path)?;
-            match feed {
-                Feed::Map(map) => {
-                    let (mut pos, mut line, mut spans) = (0, 0, Vec::new());
-                    while pos < map.len() {
-                        let next = split_lines(&map, pos, &mut line, &mut spans);
-                        let result = self.pool.install(|| work(&name, &map, &spans));
-                        emit(&mut self.policy, &name, &map, &spans, result)?;
-                        self.policy.summary.records += spans.len() as u64;
-                        self.progress.inc((next.min(map.len()) - pos) as u64);
-                        release(&map, pos, next.min(map.len()));
-                        pos = next;
-                    }
+            let (map, mut reader) = match feed {
+                Feed::Map(map) => (Some(map), None),
+                Feed::Stream(reader) => (None, Some(reader)),
+            };
+            let read_err = |e: std::io::Error| anyhow!(e).context(name.clone());
+            let (mut pos, mut line) = (0usize, 0u64);
+            let (mut emitting, mut working, mut filling) =
+                (Batch::new(), Batch::new(), Batch::new());
+            fill(&mut working, map.as_ref(), &mut reader, &mut pos, &mut line).map_err(read_err)?;
+            while !working.spans.is_empty() || emitting.result.is_some() {
+                let (pool, policy) = (&self.pool, &mut self.policy);
+                let (result, emitted, filled) = std::thread::scope(|scope| {
+                    // The work runs in the pool, driven from a scoped thread, so that `emit` stays on
+                    // this thread and needs not be Send.
+                    let worker = scope.spawn(|| {
+                        (!working.spans.is_empty()).then(|| {
+                            pool.install(|| {
+                                work(
+                                    &name,
+                                    map.as_deref().unwrap_or(&working.data),
+                                    &working.spans,
+                                )
+                            })
+                        })
+                    });
+                    let emitted = match emitting.result.take() {
+                        Some(r) => {
+                            let data = map.as_deref().unwrap_or(&emitting.data);
+                            emit(policy, &name, data, &emitting.spans, r)
+                        }
+                        None => Ok(()),
+                    };
+                    let filled = if emitted.is_ok() && !working.spans.is_empty() {
+                        fill(&mut filling, map.as_ref(), &mut reader, &mut pos, &mut line)
+                    } else {
+                        filling.clear();
+                        Ok(())
+                    };
+                    let result = worker
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    (result, emitted, filled)
+                });
+                emitted?;
+                filled.map_err(read_err)?;
+                self.policy.summary.records += emitting.spans.len() as u64;
+                self.progress.inc(emitting.bytes as u64);
+                if let Some(map) = &map {
+                    release(map, emitting.from, emitting.from + emitting.bytes);
                 }
-                Feed::Stream(mut reader) => {
-                    let read_err = |e: std::io::Error| anyhow!(e).context(name.clone());
-                    let (mut current, mut next) = (Batch::new(), Batch::new());
-                    let mut more = current.fill(&mut reader).map_err(read_err)?;
-                    while more {
-                        let (result, refill) = self.pool.install(|| {
-                            rayon::join(
-                                || work(&name, &current.data, &current.spans),
-                                || next.fill(&mut reader),
-                            )
-                        });
-                        more = refill.map_err(read_err)?;
-                        emit(
-                            &mut self.policy,
-                            &name,
-                            &current.data,
-                            &current.spans,
-                            result,
-                        )?;
-                        self.policy.summary.records += current.spans.len() as u64;
-                        self.progress.inc(current.data.len() as u64);
-                        std::mem::swap(&mut current, &mut next);
-                    }
-                }
+                working.result = result;
+                std::mem::swap(&mut emitting, &mut working);
+                std::mem::swap(&mut working, &mut filling);
+                filling.clear();
             }
         }
         Ok(self.policy.summary)
