@@ -123,6 +123,28 @@ impl<'a> RawRecord<'a> {
             .transpose()
     }
 
+    /// The raw value at a dotted path: a top-level key named exactly `path` wins, else the dots walk
+    /// into objects (`score.overall`). `None` when any step is missing or is not an object.
+    pub fn lookup(&self, path: &str) -> Result<Option<&'a RawValue>> {
+        if let Some(v) = self.get(path) {
+            return Ok(Some(v));
+        }
+        let mut parts = path.split('.');
+        let Some(mut value) = parts.next().and_then(|first| self.get(first)) else {
+            return Ok(None);
+        };
+        for part in parts {
+            if !value.get().starts_with('{') {
+                return Ok(None);
+            }
+            match member(value, part)? {
+                Some(v) => value = v,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(value))
+    }
+
     /// Fields other than `skip`, for pass-through.
     pub fn others<'s>(
         &'s self,
@@ -154,6 +176,30 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawRecord<'a> {
         }
         d.deserialize_map(V(std::marker::PhantomData))
     }
+}
+
+/// The value of `key` in the JSON object `object`, without allocating (the hot path of dotted paths).
+pub fn member<'a>(object: &'a RawValue, key: &str) -> Result<Option<&'a RawValue>> {
+    struct Find<'k>(&'k str);
+    impl<'de> Visitor<'de> for Find<'_> {
+        type Value = Option<&'de RawValue>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+            let mut found = None;
+            while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+                if found.is_none() && k == self.0 {
+                    found = Some(map.next_value::<&'de RawValue>()?);
+                } else {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+            Ok(found)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(object.get());
+    Ok(de.deserialize_map(Find(key))?)
 }
 
 /// Writes one JSON object into a byte buffer, field by field.
@@ -258,6 +304,16 @@ mod tests {
         );
         assert!(RawRecord::parse("[1,2]").is_err());
         assert!(RawRecord::parse("{\"a\":").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn lookup_walks_dotted_paths() -> Result<()> {
+        let rec = RawRecord::parse(r#"{"score":{"overall":8.5},"a.b":1,"s":"x"}"#)?;
+        assert_eq!(rec.lookup("score.overall")?.map(|v| v.get()), Some("8.5"));
+        assert_eq!(rec.lookup("a.b")?.map(|v| v.get()), Some("1"));
+        assert!(rec.lookup("score.missing")?.is_none());
+        assert!(rec.lookup("s.deeper")?.is_none());
         Ok(())
     }
 

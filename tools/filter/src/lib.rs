@@ -200,7 +200,7 @@ impl Filter {
     fn judge(&self, line: &str) -> Result<Verdict> {
         let rec = RawRecord::parse(line)?;
         if let Some(min) = self.min_score {
-            let score = match field::lookup(&rec, &self.score_field)? {
+            let score = match rec.lookup(&self.score_field)? {
                 None => None,
                 Some(raw) => match field::Val::of(raw)? {
                     field::Val::Null => None,

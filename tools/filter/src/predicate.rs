@@ -7,7 +7,7 @@
 //! substring test on a string field, or an element test on an array field; `matches` tests a string
 //! field against the regex (unanchored).
 
-use crate::field::{Val, lookup};
+use crate::field::Val;
 use anyhow::{Result, bail};
 use ftkit_core::RawRecord;
 use regex::Regex;
@@ -103,7 +103,7 @@ impl Where {
 
     /// True when the record passes.
     pub fn eval(&self, rec: &RawRecord<'_>) -> Result<bool> {
-        let value = match lookup(rec, &self.field)? {
+        let value = match rec.lookup(&self.field)? {
             None => Val::Null,
             Some(raw) => Val::of(raw)?,
         };

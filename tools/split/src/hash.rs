@@ -3,33 +3,11 @@
 use anyhow::Result;
 use ftkit_core::RawRecord;
 use ftkit_core::id::stable_id;
-use serde_json::value::RawValue;
-
-/// The value at a dotted path (a top-level key named exactly `path` wins).
-fn lookup<'a>(rec: &RawRecord<'a>, path: &str) -> Result<Option<&'a RawValue>> {
-    if let Some(v) = rec.get(path) {
-        return Ok(Some(v));
-    }
-    let mut parts = path.split('.');
-    let Some(mut value) = parts.next().and_then(|first| rec.get(first)) else {
-        return Ok(None);
-    };
-    for part in parts {
-        if !value.get().starts_with('{') {
-            return Ok(None);
-        }
-        match RawRecord::parse(value.get())?.get(part) {
-            Some(v) => value = v,
-            None => return Ok(None),
-        }
-    }
-    Ok(Some(value))
-}
 
 /// The text that is hashed for the field at `path`: a string's contents, any other value's JSON text;
 /// `None` when missing or null.
 pub fn value_text(rec: &RawRecord<'_>, path: &str) -> Result<Option<String>> {
-    let Some(raw) = lookup(rec, path)? else {
+    let Some(raw) = rec.lookup(path)? else {
         return Ok(None);
     };
     let text = raw.get();

@@ -11,7 +11,7 @@ use ftkit_core::{CommonArgs, Engine, Loc, ObjectWriter, RawRecord, usage};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use template::{Template, lookup, require_text, text_at};
+use template::{Template, require_text, text_at};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -141,7 +141,7 @@ struct Converter {
 
 impl Converter {
     fn docs<'a>(&'a self, rec: &RawRecord<'a>, input: &str) -> Result<Vec<Cow<'a, str>>> {
-        if let Some(raw) = lookup(rec, &self.docs_field)?
+        if let Some(raw) = rec.lookup(&self.docs_field)?
             && raw.get() != "null"
         {
             let text = raw.get();
@@ -179,7 +179,7 @@ impl Converter {
     fn list(&self, rec: &RawRecord<'_>, field: &str, text: &str) -> Result<Vec<String>> {
         let templated = field == self.instruction_field && self.template.is_some();
         if !templated
-            && let Some(raw) = lookup(rec, field)?
+            && let Some(raw) = rec.lookup(field)?
             && raw.get().starts_with('[')
         {
             return Ok(serde_json::from_str(raw.get())?);

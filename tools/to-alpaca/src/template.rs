@@ -2,34 +2,12 @@
 
 use anyhow::{Result, bail};
 use ftkit_core::RawRecord;
-use serde_json::value::RawValue;
 use std::borrow::Cow;
-
-/// The value at a dotted path (a top-level key named exactly `path` wins).
-pub fn lookup<'a>(rec: &RawRecord<'a>, path: &str) -> Result<Option<&'a RawValue>> {
-    if let Some(v) = rec.get(path) {
-        return Ok(Some(v));
-    }
-    let mut parts = path.split('.');
-    let Some(mut value) = parts.next().and_then(|first| rec.get(first)) else {
-        return Ok(None);
-    };
-    for part in parts {
-        if !value.get().starts_with('{') {
-            return Ok(None);
-        }
-        match RawRecord::parse(value.get())?.get(part) {
-            Some(v) => value = v,
-            None => return Ok(None),
-        }
-    }
-    Ok(Some(value))
-}
 
 /// A field as text: a string's contents, an array of strings joined by blank lines, anything else as
 /// JSON text; `None` when missing or null.
 pub fn text_at<'a>(rec: &RawRecord<'a>, path: &str) -> Result<Option<Cow<'a, str>>> {
-    let Some(raw) = lookup(rec, path)? else {
+    let Some(raw) = rec.lookup(path)? else {
         return Ok(None);
     };
     let text = raw.get();
@@ -46,7 +24,7 @@ pub fn text_at<'a>(rec: &RawRecord<'a>, path: &str) -> Result<Option<Cow<'a, str
 
 /// A field that must be text: a string or an array of strings (joined by blank lines).
 pub fn require_text<'a>(rec: &RawRecord<'a>, path: &str) -> Result<Cow<'a, str>> {
-    let Some(raw) = lookup(rec, path)? else {
+    let Some(raw) = rec.lookup(path)? else {
         bail!("missing field \"{path}\"")
     };
     let text = raw.get();
