@@ -78,7 +78,11 @@ pub struct CommonArgs {
 impl CommonArgs {
     /// The input list, with stdin standing in for an empty one.
     pub fn inputs(&self) -> Vec<String> {
-        if self.files.is_empty() { vec!["-".to_string()] } else { self.files.clone() }
+        if self.files.is_empty() {
+            vec!["-".to_string()]
+        } else {
+            self.files.clone()
+        }
     }
 
     /// A rayon pool of `--threads` workers.

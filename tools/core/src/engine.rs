@@ -43,11 +43,17 @@ struct Batch {
 
 impl Batch {
     fn new() -> Self {
-        Self { data: Vec::with_capacity(BATCH_BYTES + (64 << 10)), spans: Vec::new() }
+        Self {
+            data: Vec::with_capacity(BATCH_BYTES + (64 << 10)),
+            spans: Vec::new(),
+        }
     }
 
     /// Refills from `reader`; false when the input is exhausted and nothing was read.
-    fn fill(&mut self, reader: &mut LineReader<Box<dyn std::io::BufRead + Send>>) -> std::io::Result<bool> {
+    fn fill(
+        &mut self,
+        reader: &mut LineReader<Box<dyn std::io::BufRead + Send>>,
+    ) -> std::io::Result<bool> {
         self.data.clear();
         self.spans.clear();
         while self.data.len() < BATCH_BYTES {
@@ -97,7 +103,11 @@ fn as_utf8(line: &[u8]) -> Result<&str> {
 
 impl Engine {
     pub fn new(args: &CommonArgs) -> Result<Self> {
-        let rejects = args.rejects.as_deref().map(AtomicFile::create).transpose()?;
+        let rejects = args
+            .rejects
+            .as_deref()
+            .map(AtomicFile::create)
+            .transpose()?;
         Ok(Self {
             inputs: args.inputs(),
             on_error: args.on_error,
@@ -140,7 +150,9 @@ impl Engine {
             let mut reader = LineReader::new(reader);
             let mut current = Batch::new();
             let mut next = Batch::new();
-            let mut more = current.fill(&mut reader).map_err(|e| anyhow!(e).context(name.clone()))?;
+            let mut more = current
+                .fill(&mut reader)
+                .map_err(|e| anyhow!(e).context(name.clone()))?;
             while more {
                 let (results, refill) = self.pool.install(|| {
                     rayon::join(
@@ -161,7 +173,14 @@ impl Engine {
                         out.write_all(&task.bytes[written..at])?;
                         written = at;
                         let line_no = current.spans[line_idx].2;
-                        self.reject(Loc { path: &name, line: line_no }, current.line(line_idx), err)?;
+                        self.reject(
+                            Loc {
+                                path: &name,
+                                line: line_no,
+                            },
+                            current.line(line_idx),
+                            err,
+                        )?;
                     }
                     out.write_all(&task.bytes[written..])?;
                 }
@@ -186,7 +205,9 @@ impl Engine {
             let mut reader = LineReader::new(reader);
             let mut current = Batch::new();
             let mut next = Batch::new();
-            let mut more = current.fill(&mut reader).map_err(|e| anyhow!(e).context(name.clone()))?;
+            let mut more = current
+                .fill(&mut reader)
+                .map_err(|e| anyhow!(e).context(name.clone()))?;
             while more {
                 let (parsed, refill) = self.pool.install(|| {
                     rayon::join(
@@ -195,7 +216,10 @@ impl Engine {
                                 .into_par_iter()
                                 .with_min_len(64)
                                 .map(|i| {
-                                    let loc = Loc { path: &name, line: current.spans[i].2 };
+                                    let loc = Loc {
+                                        path: &name,
+                                        line: current.spans[i].2,
+                                    };
                                     as_utf8(current.line(i)).and_then(|line| parse(loc, line))
                                 })
                                 .collect::<Vec<_>>()
@@ -205,7 +229,10 @@ impl Engine {
                 });
                 more = refill.map_err(|e| anyhow!(e).context(name.clone()))?;
                 for (i, result) in parsed.into_iter().enumerate() {
-                    let loc = Loc { path: &name, line: current.spans[i].2 };
+                    let loc = Loc {
+                        path: &name,
+                        line: current.spans[i].2,
+                    };
                     let raw = current.line(i);
                     let outcome = result.and_then(|value| {
                         // Valid UTF-8 was checked by the parse step.
@@ -231,7 +258,10 @@ impl Engine {
             file.commit()?;
         }
         if self.summary.rejected > 0 {
-            warn(format!("{} of {} lines rejected", self.summary.rejected, self.summary.records));
+            warn(format!(
+                "{} of {} lines rejected",
+                self.summary.rejected, self.summary.records
+            ));
         }
         Ok(self.summary)
     }
@@ -241,11 +271,20 @@ fn run_task<F>(batch: &Batch, name: &str, range: std::ops::Range<usize>, f: &F) 
 where
     F: Fn(Loc, &str, &mut Vec<u8>) -> Result<()> + Sync,
 {
-    let input: usize = range.clone().map(|i| batch.spans[i].1 - batch.spans[i].0).sum();
-    let mut out = TaskOut { bytes: Vec::with_capacity(input + input / 2), failures: Vec::new() };
+    let input: usize = range
+        .clone()
+        .map(|i| batch.spans[i].1 - batch.spans[i].0)
+        .sum();
+    let mut out = TaskOut {
+        bytes: Vec::with_capacity(input + input / 2),
+        failures: Vec::new(),
+    };
     for i in range {
         let before = out.bytes.len();
-        let loc = Loc { path: name, line: batch.spans[i].2 };
+        let loc = Loc {
+            path: name,
+            line: batch.spans[i].2,
+        };
         if let Err(err) = as_utf8(batch.line(i)).and_then(|line| f(loc, line, &mut out.bytes)) {
             out.bytes.truncate(before);
             out.failures.push((i, before, err));
@@ -292,11 +331,22 @@ mod tests {
         assert_eq!(summary.records, 50_000);
         assert!(one.starts_with(b"{\"t\":\"LINE 0\"}\n{\"t\":\"LINE 1\"}\n"));
 
-        std::fs::write(&path, "{\"text\":\"a\"}\n\n{\"text\":\"b\"}\n{\"nope\":1}\n{\"text\":\"c\"}\n")?;
+        std::fs::write(
+            &path,
+            "{\"text\":\"a\"}\n\n{\"text\":\"b\"}\n{\"nope\":1}\n{\"text\":\"c\"}\n",
+        )?;
         let mut out = Vec::new();
-        let err = Engine::new(&args(&path, OnError::Fail, 2))?.map(&mut out, upper).unwrap_err();
-        assert_eq!(format!("{err:#}"), format!("{}:4: missing field \"text\"", path.display()));
-        assert_eq!(out, b"{\"t\":\"A\"}\n{\"t\":\"B\"}\n", "lines before the failure are written");
+        let err = Engine::new(&args(&path, OnError::Fail, 2))?
+            .map(&mut out, upper)
+            .unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            format!("{}:4: missing field \"text\"", path.display())
+        );
+        assert_eq!(
+            out, b"{\"t\":\"A\"}\n{\"t\":\"B\"}\n",
+            "lines before the failure are written"
+        );
 
         let rejects = dir.path().join("rejects.jsonl");
         let mut skip = args(&path, OnError::Skip, 2);
@@ -305,7 +355,13 @@ mod tests {
         let mut engine = Engine::new(&skip)?;
         engine.map(&mut out, upper)?;
         let summary = engine.finish()?;
-        assert_eq!(summary, Summary { records: 4, rejected: 1 });
+        assert_eq!(
+            summary,
+            Summary {
+                records: 4,
+                rejected: 1
+            }
+        );
         assert_eq!(out, b"{\"t\":\"A\"}\n{\"t\":\"B\"}\n{\"t\":\"C\"}\n");
         assert_eq!(std::fs::read_to_string(&rejects)?, "{\"nope\":1}\n");
         Ok(())
@@ -316,8 +372,13 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("in.jsonl");
         std::fs::write(&path, b"{\"text\":\"a\"}\n{\"text\":\"\xff\"}\n")?;
-        let err = Engine::new(&args(&path, OnError::Fail, 1))?.map(&mut Vec::new(), upper).unwrap_err();
-        assert!(format!("{err:#}").contains("in.jsonl:2: invalid UTF-8"), "{err:#}");
+        let err = Engine::new(&args(&path, OnError::Fail, 1))?
+            .map(&mut Vec::new(), upper)
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("in.jsonl:2: invalid UTF-8"),
+            "{err:#}"
+        );
         Ok(())
     }
 

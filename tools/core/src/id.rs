@@ -29,7 +29,10 @@ mod tests {
     fn id_is_32_hex_and_separates_parts() {
         let a = stable_id(&["ab", "c"]);
         assert_eq!(a.len(), 32);
-        assert!(a.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert!(
+            a.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
         assert_ne!(a, stable_id(&["a", "bc"]));
         assert_eq!(a, stable_id(&["ab".to_string(), "c".to_string()]));
     }

@@ -73,7 +73,10 @@ pub struct Output {
 
 enum Sink {
     Stdout(io::BufWriter<io::Stdout>),
-    File(AtomicFile, Option<zstd::stream::write::Encoder<'static, io::BufWriter<File>>>),
+    File(
+        AtomicFile,
+        Option<zstd::stream::write::Encoder<'static, io::BufWriter<File>>>,
+    ),
 }
 
 impl Output {
@@ -90,13 +93,17 @@ impl Output {
                 } else {
                     None
                 };
-                Ok(Self { sink: Sink::File(file, encoder) })
+                Ok(Self {
+                    sink: Sink::File(file, encoder),
+                })
             }
         }
     }
 
     pub fn stdout() -> Self {
-        Self { sink: Sink::Stdout(io::BufWriter::with_capacity(1 << 16, io::stdout())) }
+        Self {
+            sink: Sink::Stdout(io::BufWriter::with_capacity(1 << 16, io::stdout())),
+        }
     }
 
     /// Flushes and, for a file, moves it into place.
@@ -155,15 +162,23 @@ impl AtomicFile {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
-        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create folder", dir.display()))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let temp = tempfile::Builder::new()
             .prefix(&format!(".{name}."))
             .suffix(".tmp")
             .tempfile_in(dir)
             .with_context(|| format!("{}: cannot create", path.display()))?;
         let writer = io::BufWriter::with_capacity(READ_BUF, temp.reopen()?);
-        Ok(Self { path: path.to_path_buf(), temp, writer })
+        Ok(Self {
+            path: path.to_path_buf(),
+            temp,
+            writer,
+        })
     }
 
     /// A second handle on the temporary file (for writers that wrap it, like zstd).
@@ -231,7 +246,11 @@ mod tests {
             // dropped without commit
         }
         assert_eq!(std::fs::read_to_string(&path)?, "old\n");
-        assert_eq!(std::fs::read_dir(dir.path())?.count(), 1, "temp file left behind");
+        assert_eq!(
+            std::fs::read_dir(dir.path())?.count(),
+            1,
+            "temp file left behind"
+        );
         let mut f = AtomicFile::create(&path)?;
         f.write_all(b"new\n")?;
         f.commit()?;

@@ -116,13 +116,22 @@ impl<'a> RawRecord<'a> {
     /// Decodes a field into any type.
     pub fn decode<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         self.get(key)
-            .map(|raw| serde_json::from_str(raw.get()).with_context(|| format!("field \"{key}\" has the wrong type")))
+            .map(|raw| {
+                serde_json::from_str(raw.get())
+                    .with_context(|| format!("field \"{key}\" has the wrong type"))
+            })
             .transpose()
     }
 
     /// Fields other than `skip`, for pass-through.
-    pub fn others<'s>(&'s self, skip: &'s [&str]) -> impl Iterator<Item = (&'s str, &'a RawValue)> + 's {
-        self.fields.iter().filter(move |(k, _)| !skip.contains(&k.as_ref())).map(|(k, v)| (k.as_ref(), *v))
+    pub fn others<'s>(
+        &'s self,
+        skip: &'s [&str],
+    ) -> impl Iterator<Item = (&'s str, &'a RawValue)> + 's {
+        self.fields
+            .iter()
+            .filter(move |(k, _)| !skip.contains(&k.as_ref()))
+            .map(|(k, v)| (k.as_ref(), *v))
     }
 }
 
@@ -241,7 +250,12 @@ mod tests {
         assert_eq!(rec.get("meta").map(|v| v.get()), Some(r#"{"k":[1,2]}"#));
         assert!(rec.get_str("n")?.is_none());
         assert!(rec.get_str("z").is_err());
-        assert!(rec.require_str("missing").unwrap_err().to_string().contains("missing field \"missing\""));
+        assert!(
+            rec.require_str("missing")
+                .unwrap_err()
+                .to_string()
+                .contains("missing field \"missing\"")
+        );
         assert!(RawRecord::parse("[1,2]").is_err());
         assert!(RawRecord::parse("{\"a\":").is_err());
         Ok(())

@@ -14,8 +14,10 @@ impl Progress {
             return Self { bar: None };
         }
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(4));
-        let style = ProgressStyle::with_template("{spinner} {msg} {binary_bytes} ({binary_bytes_per_sec}) {elapsed}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner());
+        let style = ProgressStyle::with_template(
+            "{spinner} {msg} {binary_bytes} ({binary_bytes_per_sec}) {elapsed}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_spinner());
         bar.set_style(style);
         bar.set_message(format!("{}: {what}", crate::cli::tool_name()));
         Self { bar: Some(bar) }
@@ -27,8 +29,9 @@ impl Progress {
             return Self { bar: None };
         }
         let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr_with_hz(4));
-        let style = ProgressStyle::with_template("{msg} {wide_bar} {pos}/{len} {per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
+        let style =
+            ProgressStyle::with_template("{msg} {wide_bar} {pos}/{len} {per_sec} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar());
         bar.set_style(style);
         bar.set_message(format!("{}: {what}", crate::cli::tool_name()));
         Self { bar: Some(bar) }

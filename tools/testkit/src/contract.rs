@@ -36,7 +36,11 @@ impl Contract<'_> {
         std::fs::write(&packed, zstd(self.input)).unwrap();
 
         let reference = self.run().stdin(self.input).run().expect_code(0);
-        assert!(!reference.stdout.is_empty(), "no output on valid input; stderr:\n{}", reference.stderr);
+        assert!(
+            !reference.stdout.is_empty(),
+            "no output on valid input; stderr:\n{}",
+            reference.stderr
+        );
         reference.records(); // every line is JSON
         for (what, run) in [
             ("-", self.run().arg("-").stdin(self.input)),
@@ -55,11 +59,25 @@ impl Contract<'_> {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out.jsonl");
         let zst = dir.path().join("out.jsonl.zst");
-        let r = self.run().arg("-o").arg(&out).stdin(self.input).run().expect_code(0);
+        let r = self
+            .run()
+            .arg("-o")
+            .arg(&out)
+            .stdin(self.input)
+            .run()
+            .expect_code(0);
         assert!(r.stdout.is_empty(), "stdout must stay empty with -o");
         assert_eq!(std::fs::read(&out).unwrap(), reference);
-        self.run().arg("-o").arg(&zst).stdin(self.input).run().expect_code(0);
-        assert_eq!(zstd::decode_all(&std::fs::read(&zst).unwrap()[..]).unwrap(), reference);
+        self.run()
+            .arg("-o")
+            .arg(&zst)
+            .stdin(self.input)
+            .run()
+            .expect_code(0);
+        assert_eq!(
+            zstd::decode_all(&std::fs::read(&zst).unwrap()[..]).unwrap(),
+            reference
+        );
     }
 
     pub fn unknown_flag_exits_2(&self) {
@@ -73,19 +91,42 @@ impl Contract<'_> {
     pub fn malformed_line_exits_1_naming_path_line(&self) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.jsonl");
-        let mut lines: Vec<&[u8]> = self.input.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+        let mut lines: Vec<&[u8]> = self
+            .input
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
         lines.insert(2, b"{\"broken\": ");
         std::fs::write(&path, lines.join(&b'\n')).unwrap();
         let out = self.run().arg(&path).run();
         assert_eq!(out.code, 1, "malformed line: {}", out.stderr);
         let needle = format!("{}:3: ", path.display());
-        assert!(out.stderr.contains(&needle), "stderr lacks {needle:?}: {}", out.stderr);
-        assert!(out.stderr.starts_with("ft-"), "errors start with the tool name: {}", out.stderr);
+        assert!(
+            out.stderr.contains(&needle),
+            "stderr lacks {needle:?}: {}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.starts_with("ft-"),
+            "errors start with the tool name: {}",
+            out.stderr
+        );
 
         let target = dir.path().join("out.jsonl");
-        self.run().arg(&path).arg("-o").arg(&target).run().expect_code(1);
-        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert!(!target.exists(), "a failed run must not leave its output; folder holds {left:?}");
+        self.run()
+            .arg(&path)
+            .arg("-o")
+            .arg(&target)
+            .run()
+            .expect_code(1);
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            !target.exists(),
+            "a failed run must not leave its output; folder holds {left:?}"
+        );
         assert_eq!(left.len(), 1, "temporary files left behind: {left:?}");
     }
 
@@ -101,7 +142,11 @@ impl Contract<'_> {
         }
         let out = self.run().stdin(big).run_head1();
         assert_eq!(out.code, 0, "closed pipe: {}", out.stderr);
-        assert!(out.stderr.is_empty(), "closed pipe must be quiet: {}", out.stderr);
+        assert!(
+            out.stderr.is_empty(),
+            "closed pipe must be quiet: {}",
+            out.stderr
+        );
         assert!(out.stdout.ends_with(b"\n"));
     }
 
@@ -113,8 +158,21 @@ impl Contract<'_> {
                 big.push(b'\n');
             }
         }
-        let one = self.run().args(["--threads", "1"]).stdin(big.clone()).run().expect_code(0);
-        let many = self.run().args(["--threads", "7"]).stdin(big).run().expect_code(0);
-        assert!(one.stdout == many.stdout, "output differs between --threads 1 and 7");
+        let one = self
+            .run()
+            .args(["--threads", "1"])
+            .stdin(big.clone())
+            .run()
+            .expect_code(0);
+        let many = self
+            .run()
+            .args(["--threads", "7"])
+            .stdin(big)
+            .run()
+            .expect_code(0);
+        assert!(
+            one.stdout == many.stdout,
+            "output differs between --threads 1 and 7"
+        );
     }
 }

@@ -15,7 +15,10 @@ pub mod contract;
 
 /// The workspace root (tests run with the crate folder `tools/<tool>` as CARGO_MANIFEST_DIR).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 /// `testdata/<tool>/<name>`.
@@ -40,7 +43,10 @@ impl Outcome {
     pub fn records(&self) -> Vec<serde_json::Value> {
         self.stdout_str()
             .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {l}")))
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {l}"))
+            })
             .collect()
     }
 
@@ -61,7 +67,10 @@ impl Run {
     pub fn new(bin: &str) -> Self {
         let mut cmd = Command::new(bin);
         cmd.env_remove("RAYON_NUM_THREADS");
-        Self { cmd, stdin: Vec::new() }
+        Self {
+            cmd,
+            stdin: Vec::new(),
+        }
     }
 
     pub fn args<I, S>(mut self, args: I) -> Self
@@ -140,10 +149,19 @@ impl Run {
         }
         drop(stdout);
         let mut stderr = String::new();
-        child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
         let status = child.wait().unwrap();
         feeder.join().unwrap();
-        Outcome { code: status.code().unwrap_or(-1), stdout: first, stderr }
+        Outcome {
+            code: status.code().unwrap_or(-1),
+            stdout: first,
+            stderr,
+        }
     }
 }
 
@@ -157,8 +175,12 @@ pub mod golden {
             std::fs::write(path, actual).unwrap();
             return;
         }
-        let expected = std::fs::read(path)
-            .unwrap_or_else(|e| panic!("{}: {e} (run with FTKIT_BLESS=1 to create it)", path.display()));
+        let expected = std::fs::read(path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (run with FTKIT_BLESS=1 to create it)",
+                path.display()
+            )
+        });
         if expected != actual {
             panic!(
                 "{} differs from the output (run with FTKIT_BLESS=1 to accept)\n--- expected\n{}\n--- actual\n{}",
@@ -178,7 +200,10 @@ pub mod man {
         let name = cmd.get_name().to_string();
         let mut page = Vec::new();
         clap_mangen::Man::new(cmd).render(&mut page).unwrap();
-        golden::check(&workspace_root().join("man").join(format!("{name}.1")), &page);
+        golden::check(
+            &workspace_root().join("man").join(format!("{name}.1")),
+            &page,
+        );
     }
 }
 
