@@ -119,6 +119,10 @@ pub struct Batch {
     pub tokens: usize,
     /// Sum of `weights`.
     pub targets: usize,
+    /// Flat indices `row * len + t` of the positions that predict a target (only these need logits).
+    pub select: Vec<u32>,
+    /// The target predicted at each `select` position.
+    pub select_labels: Vec<u32>,
     /// True when a row holds more than one example (the model needs the segment mask).
     pub packed: bool,
 }
@@ -137,9 +141,11 @@ pub fn collate(rows: &[&Row], pad: u32) -> Batch {
         weights: Vec::with_capacity(n * (len - 1)),
         tokens: 0,
         targets: 0,
+        select: Vec::new(),
+        select_labels: Vec::new(),
         packed: false,
     };
-    for r in rows {
+    for (ri, r) in rows.iter().enumerate() {
         let l = r.ids.len();
         b.tokens += l;
         let pad_segment = r.segment.last().map_or(0, |s| s + 1);
@@ -160,6 +166,8 @@ pub fn collate(rows: &[&Row], pad: u32) -> Batch {
             b.weights.push(w);
             if w > 0.0 {
                 b.targets += 1;
+                b.select.push((ri * len + t) as u32);
+                b.select_labels.push(label);
             }
         }
     }
@@ -267,6 +275,8 @@ mod tests {
         assert_eq!(b.labels, vec![2, 3, 5, 0]);
         assert_eq!(b.weights, vec![1.0, 1.0, 1.0, 0.0]);
         assert_eq!(b.segment, vec![0, 0, 0, 0, 0, 1]);
+        assert_eq!(b.select, vec![0, 1, 3]);
+        assert_eq!(b.select_labels, vec![2, 3, 5]);
     }
 
     #[test]

@@ -45,7 +45,8 @@ PeftModel.from_pretrained), training_report.json, and checkpoint-<step>/ folders
 (instruction/input/output), messages or sharegpt JSONL, detected per record. The model's own chat template \
 is applied and, by default, only assistant tokens carry loss. Writes a PEFT adapter, training_report.json, \
 and metrics as JSON lines on stdout; messages go to stderr.",
-    after_long_help = EXAMPLE
+    after_long_help = EXAMPLE,
+    args_override_self = true
 )]
 pub struct Args {
     /// Base model: a local folder or a Hugging Face id ORG/NAME[@REVISION] (HF_HOME, HF_ENDPOINT, HF_TOKEN honoured).

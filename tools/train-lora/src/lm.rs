@@ -43,7 +43,7 @@ impl Lm {
 }
 
 impl TrainModel for Lm {
-    fn logits(&self, _batch: &Batch, _train: bool) -> Result<Tensor> {
+    fn logits(&self, _batch: &Batch, _dropout_seed: Option<u64>) -> Result<Tensor> {
         bail!("no model")
     }
     fn trainable(&self) -> Vec<(String, Var)> {

@@ -13,8 +13,9 @@ use std::time::Instant;
 
 /// What the loop needs from a model.
 pub trait TrainModel {
-    /// Logits `[rows, len, vocab]` for every position of `batch`; `train` turns dropout on.
-    fn logits(&self, batch: &Batch, train: bool) -> Result<Tensor>;
+    /// Logits `[batch.select.len(), vocab]` at the positions `batch.select` (flat `row * len + t`)
+    /// that predict a target; `dropout_seed` turns (deterministic) dropout on.
+    fn logits(&self, batch: &Batch, dropout_seed: Option<u64>) -> Result<Tensor>;
     /// The trainable tensors with stable names (PEFT key names for LoRA).
     fn trainable(&self) -> Vec<(String, Var)>;
     /// Writes the adapter (PEFT files) into `dir`, which exists.
@@ -97,26 +98,27 @@ pub struct EvalResult {
     pub targets: u64,
 }
 
-/// Summed cross-entropy of `batch`'s targets under `logits` `[rows, len, vocab]`, as a scalar tensor.
+/// Summed cross-entropy of `batch`'s targets under `logits` `[targets, vocab]` (see [`TrainModel::logits`]).
 pub fn loss_sum(logits: &Tensor, batch: &Batch, device: &Device) -> Result<Tensor> {
-    let (rows, len, vocab) = logits.dims3()?;
-    if rows != batch.rows || len != batch.len {
-        bail!(
-            "logits {:?} for a batch of {}x{}",
-            logits.dims(),
-            batch.rows,
-            batch.len
-        );
+    let (n, _) = logits.dims2()?;
+    if n != batch.select.len() {
+        bail!("{n} logits for {} targets", batch.select.len());
     }
-    let logits = logits
-        .narrow(1, 0, len - 1)?
-        .reshape((rows * (len - 1), vocab))?
-        .to_dtype(DType::F32)?;
-    let labels = Tensor::from_slice(&batch.labels, rows * (len - 1), device)?;
-    let weights = Tensor::from_slice(&batch.weights, rows * (len - 1), device)?;
+    let logits = logits.to_dtype(DType::F32)?;
+    let labels = Tensor::from_slice(&batch.select_labels, n, device)?;
     let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let picked = log_probs.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?;
-    Ok((picked * weights)?.sum_all()?.neg()?)
+    Ok(log_probs
+        .gather(&labels.unsqueeze(1)?, 1)?
+        .sum_all()?
+        .neg()?)
+}
+
+/// Seed of the dropout masks of micro-batch `micro` of update `step`: fixed by the run's seed and the
+/// data position, so a resumed run draws the same masks.
+pub fn dropout_seed(seed: u64, step: u64, micro: usize) -> u64 {
+    let mut r =
+        crate::batch::Rng(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((micro as u64) << 48));
+    r.next_u64()
 }
 
 /// Mean loss over `rows` in fixed order, `batch_size` rows at a time, without gradients.
@@ -134,7 +136,7 @@ pub fn evaluate<M: TrainModel>(
         if batch.targets == 0 {
             continue;
         }
-        let logits = model.logits(&batch, false)?.detach();
+        let logits = model.logits(&batch, None)?.detach();
         sum += loss_sum(&logits, &batch, model.device())?.to_scalar::<f32>()? as f64;
         targets += batch.targets as u64;
     }
@@ -259,11 +261,12 @@ impl<'a, M: TrainModel> Trainer<'a, M> {
         let params: Vec<(String, Var)> = self.opt.params().to_vec();
         let mut grads: Vec<Option<Tensor>> = vec![None; params.len()];
         let mut loss_total = 0f64;
-        for batch in &batches {
+        for (mi, batch) in batches.iter().enumerate() {
             if batch.targets == 0 {
                 continue;
             }
-            let logits = self.model.logits(batch, true)?;
+            let seed = dropout_seed(self.config.seed, self.state.step, mi);
+            let logits = self.model.logits(batch, Some(seed))?;
             let sum = loss_sum(&logits, batch, &device)?;
             loss_total += sum.to_scalar::<f32>()? as f64;
             let scaled = (sum / targets as f64)?;
@@ -510,11 +513,11 @@ pub(crate) mod toy {
     }
 
     impl TrainModel for Bigram {
-        fn logits(&self, batch: &Batch, _train: bool) -> Result<Tensor> {
-            let ids = Tensor::from_slice(&batch.ids, batch.ids.len(), &self.device)?;
-            let rows = self.table.as_tensor().index_select(&ids, 0)?;
-            let vocab = self.table.dims()[0];
-            Ok(rows.reshape((batch.rows, batch.len, vocab))?)
+        fn logits(&self, batch: &Batch, _dropout_seed: Option<u64>) -> Result<Tensor> {
+            let sel = Tensor::from_slice(&batch.select, batch.select.len(), &self.device)?;
+            let ids = Tensor::from_slice(&batch.ids, batch.ids.len(), &self.device)?
+                .index_select(&sel, 0)?;
+            Ok(self.table.as_tensor().index_select(&ids, 0)?)
         }
         fn trainable(&self) -> Vec<(String, Var)> {
             vec![("table".into(), self.table.clone())]
@@ -673,28 +676,25 @@ mod tests {
     }
 
     #[test]
-    fn prompt_tokens_carry_no_loss() -> Result<()> {
-        // Changing the logits at non-target positions leaves the loss unchanged.
+    fn loss_is_the_mean_cross_entropy_of_targets() -> Result<()> {
         let m = Bigram::new(16)?;
         let r = rows();
-        let b = collate(&[&r[0]], 0);
-        let logits = m.logits(&b, false)?;
-        let base = loss_sum(&logits, &b, &Device::Cpu)?.to_scalar::<f32>()?;
-        let mut noisy = logits.flatten_all()?.to_vec1::<f32>()?;
-        let vocab = 16;
-        for t in 0..b.len - 1 {
-            if b.weights[t] == 0.0 {
-                for v in 0..vocab {
-                    noisy[t * vocab + v] += (v as f32) * 3.0;
-                }
+        let b = collate(&[&r[0], &r[1]], 0);
+        let got = loss_sum(&m.logits(&b, None)?, &b, &Device::Cpu)?.to_scalar::<f32>()? as f64;
+        // By hand: -log softmax(table[ids[t]])[ids[t + 1]] over the weighted positions only.
+        let table = m.table.as_tensor().to_vec2::<f32>()?;
+        let mut want = 0f64;
+        for (i, w) in b.weights.iter().enumerate() {
+            if *w == 0.0 {
+                continue;
             }
+            let (row, t) = (i / (b.len - 1), i % (b.len - 1));
+            let logits = &table[b.ids[row * b.len + t] as usize];
+            let lse = logits.iter().map(|&x| (x as f64).exp()).sum::<f64>().ln();
+            want += lse - logits[b.labels[i] as usize] as f64;
         }
-        let noisy = Tensor::from_vec(noisy, (1, b.len, vocab), &Device::Cpu)?;
-        assert_eq!(
-            loss_sum(&noisy, &b, &Device::Cpu)?.to_scalar::<f32>()?,
-            base
-        );
-        assert!(b.weights.contains(&0.0) && b.weights.contains(&1.0));
+        assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+        assert!(b.weights.contains(&0.0), "the example has prompt tokens");
         Ok(())
     }
 
