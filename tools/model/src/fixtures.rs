@@ -1,0 +1,306 @@
+//! Tiny, deterministic model directories for tests (no downloads): a byte-level BPE tokenizer
+//! trained in-process from [`CORPUS`], a random-init qwen2 or llama model with the real Hugging
+//! Face key layout, and a `tokenizer_config.json` with a real chat template.
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! let dir = tempfile::tempdir()?;
+//! ftkit_model::fixtures::write_tiny_model(dir.path(), &ftkit_model::fixtures::TinySpec::qwen2(7))?;
+//! # Ok(()) }
+//! ```
+
+use crate::config::Arch;
+use crate::rng::Rng;
+use anyhow::{Context, Result, anyhow};
+use std::collections::HashMap;
+use std::path::Path;
+use tokenizers::Tokenizer;
+
+/// Qwen2.5's ChatML template (tool branches omitted; the text paths are Qwen's own).
+pub const CHATML_TEMPLATE: &str = r#"{%- if messages[0]['role'] == 'system' %}
+    {{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}
+{%- else %}
+    {{- '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n' }}
+{%- endif %}
+{%- for message in messages %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}
+        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}
+    {%- elif message.role == "assistant" %}
+        {{- raise_exception('tool calls are not supported by this template') }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+{%- endif %}
+"#;
+
+/// Meta-Llama-3-8B-Instruct's chat template, verbatim.
+pub const LLAMA3_TEMPLATE: &str = "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
+
+/// Training text for the fixture tokenizer (and a handy toy dataset).
+pub const CORPUS: &str = "\
+The quick brown fox jumps over the lazy dog. A tokenizer splits text into tokens.
+Fine-tuning adapts a pretrained language model to a task with a small dataset.
+LoRA adds low-rank matrices A and B to frozen linear layers; only A and B are trained.
+What is the capital of France? The capital of France is Paris.
+What is two plus two? Two plus two is four. What is three plus three? It is six.
+Question: Which river flows through London? Answer: The Thames flows through London.
+You are a helpful assistant. Please answer the question briefly and accurately.
+Rust is a systems programming language focused on safety, speed and concurrency.
+Data pipelines read JSONL records, transform them and write JSONL records again.
+Each record keeps its document id, chunk id and offsets so that lineage is preserved.
+The model reads the prompt, then writes the answer one token at a time until it stops.
+Numbers: 0 1 2 3 4 5 6 7 8 9 10 11 12 100 1000. Punctuation: , . ; : ! ? ( ) [ ] { } \" '
+";
+
+/// Shape and seed of a tiny model.
+#[derive(Debug, Clone)]
+pub struct TinySpec {
+    pub arch: Arch,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub tie_word_embeddings: bool,
+    /// Tokenizer vocabulary size target (specials + 256 bytes + merges).
+    pub vocab_size: usize,
+    /// Number of safetensors shards (1 = a single `model.safetensors`).
+    pub shards: usize,
+    /// Standard deviation of the random weights.
+    pub init_std: f64,
+    pub seed: u64,
+}
+
+impl TinySpec {
+    /// Qwen2-style: q/k/v bias, tied embeddings, ChatML template.
+    pub fn qwen2(seed: u64) -> Self {
+        Self {
+            arch: Arch::Qwen2,
+            hidden_size: 64,
+            intermediate_size: 128,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            tie_word_embeddings: true,
+            vocab_size: 400,
+            shards: 1,
+            init_std: 0.1,
+            seed,
+        }
+    }
+
+    /// Llama-3-style: no bias, separate lm_head, Llama-3 template.
+    pub fn llama(seed: u64) -> Self {
+        Self {
+            arch: Arch::Llama,
+            tie_word_embeddings: false,
+            ..Self::qwen2(seed)
+        }
+    }
+
+    /// Special tokens of this family, in id order.
+    pub fn special_tokens(&self) -> &'static [&'static str] {
+        match self.arch {
+            Arch::Qwen2 => &["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+            Arch::Llama => &[
+                "<|begin_of_text|>",
+                "<|end_of_text|>",
+                "<|start_header_id|>",
+                "<|end_header_id|>",
+                "<|eot_id|>",
+            ],
+        }
+    }
+}
+
+/// Train a byte-level BPE tokenizer on [`CORPUS`] with `specials` as special tokens (ids 0..).
+pub fn train_tokenizer(specials: &[&str], vocab_size: usize) -> Result<Tokenizer> {
+    use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
+    use tokenizers::models::{ModelWrapper, TrainerWrapper};
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    use tokenizers::{AddedToken, DecoderWrapper, PostProcessorWrapper, PreTokenizerWrapper};
+
+    let mut tok = Tokenizer::new(ModelWrapper::BPE(BPE::default()));
+    tok.with_pre_tokenizer(Some(PreTokenizerWrapper::ByteLevel(
+        ByteLevel::default().add_prefix_space(false),
+    )));
+    tok.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::default())));
+    tok.with_post_processor(Some(PostProcessorWrapper::ByteLevel(
+        ByteLevel::default().trim_offsets(false),
+    )));
+    let mut trainer = TrainerWrapper::BpeTrainer(
+        BpeTrainerBuilder::new()
+            .show_progress(false)
+            .vocab_size(vocab_size)
+            .min_frequency(1)
+            .special_tokens(
+                specials
+                    .iter()
+                    .map(|s| AddedToken::from(s.to_string(), true))
+                    .collect(),
+            )
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .build(),
+    );
+    tok.train(&mut trainer, CORPUS.lines())
+        .map_err(|e| anyhow!("training the fixture tokenizer: {e}"))?;
+    Ok(tok)
+}
+
+fn tensor_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Write a safetensors file of F32 tensors (sorted by name) with `{"format":"pt"}` metadata.
+pub fn write_f32_safetensors(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+) -> Result<()> {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, s, v)| (n.clone(), s.clone(), tensor_bytes(v)))
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(n, s, b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| anyhow!("{n}: {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let out = safetensors::tensor::serialize(views, Some(meta))
+        .map_err(|e| anyhow!("serialising {}: {e}", path.display()))?;
+    std::fs::write(path, out).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The HF tensor names and shapes of a model (without values).
+pub fn weight_shapes(spec: &TinySpec, vocab: usize) -> Vec<(String, Vec<usize>)> {
+    let h = spec.hidden_size;
+    let hd = h / spec.num_attention_heads;
+    let q = spec.num_attention_heads * hd;
+    let kv = spec.num_key_value_heads * hd;
+    let i = spec.intermediate_size;
+    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![vocab, h])];
+    for l in 0..spec.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        out.push((format!("{p}.input_layernorm.weight"), vec![h]));
+        out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+        for (name, rows, cols) in [
+            ("self_attn.q_proj", q, h),
+            ("self_attn.k_proj", kv, h),
+            ("self_attn.v_proj", kv, h),
+            ("self_attn.o_proj", h, q),
+            ("mlp.gate_proj", i, h),
+            ("mlp.up_proj", i, h),
+            ("mlp.down_proj", h, i),
+        ] {
+            out.push((format!("{p}.{name}.weight"), vec![rows, cols]));
+            if spec.arch == Arch::Qwen2
+                && ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"].contains(&name)
+            {
+                out.push((format!("{p}.{name}.bias"), vec![rows]));
+            }
+        }
+    }
+    out.push(("model.norm.weight".to_string(), vec![h]));
+    if !spec.tie_word_embeddings {
+        out.push(("lm_head.weight".to_string(), vec![vocab, h]));
+    }
+    out
+}
+
+/// Write `config.json`, `tokenizer.json`, `tokenizer_config.json` and the safetensors weights
+/// (single file, or shards plus `model.safetensors.index.json`) of a tiny random model.
+pub fn write_tiny_model(dir: &Path, spec: &TinySpec) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let specials = spec.special_tokens();
+    let tok = train_tokenizer(specials, spec.vocab_size)?;
+    let vocab = tok.get_vocab_size(true);
+    tok.save(dir.join("tokenizer.json"), true)
+        .map_err(|e| anyhow!("saving tokenizer.json: {e}"))?;
+
+    let (bos, eos, template, model_type) = match spec.arch {
+        Arch::Qwen2 => (None, "<|im_end|>", CHATML_TEMPLATE, "qwen2"),
+        Arch::Llama => (
+            Some("<|begin_of_text|>"),
+            "<|eot_id|>",
+            LLAMA3_TEMPLATE,
+            "llama",
+        ),
+    };
+    let id = |t: &str| tok.token_to_id(t).context("fixture special token missing");
+    let eos_id = id(eos)?;
+    let bos_id = match bos {
+        Some(b) => id(b)?,
+        None => id("<|endoftext|>")?,
+    };
+    let config = serde_json::json!({
+        "architectures": [if spec.arch == Arch::Qwen2 { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
+        "model_type": model_type,
+        "vocab_size": vocab,
+        "hidden_size": spec.hidden_size,
+        "intermediate_size": spec.intermediate_size,
+        "num_hidden_layers": spec.num_hidden_layers,
+        "num_attention_heads": spec.num_attention_heads,
+        "num_key_value_heads": spec.num_key_value_heads,
+        "hidden_act": "silu",
+        "max_position_embeddings": 512,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": spec.tie_word_embeddings,
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
+        "sliding_window": 512,
+        "max_window_layers": spec.num_hidden_layers,
+        "use_sliding_window": false,
+        "torch_dtype": "float32",
+    });
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config)? + "\n",
+    )?;
+    let tok_cfg = serde_json::json!({
+        "bos_token": bos,
+        "eos_token": eos,
+        "pad_token": specials[0],
+        "model_max_length": 512,
+        "chat_template": template,
+    });
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        serde_json::to_string_pretty(&tok_cfg)? + "\n",
+    )?;
+
+    let mut tensors = Vec::new();
+    for (name, shape) in weight_shapes(spec, vocab) {
+        let n: usize = shape.iter().product();
+        let mut rng = Rng::derive(spec.seed, &name);
+        let values = if name.ends_with("norm.weight") {
+            rng.normal_vec(n, 1.0, 0.1)
+        } else {
+            rng.normal_vec(n, 0.0, spec.init_std)
+        };
+        tensors.push((name, shape, values));
+    }
+    let shards = spec.shards.max(1);
+    if shards == 1 {
+        return write_f32_safetensors(&dir.join("model.safetensors"), &tensors);
+    }
+    let per = tensors.len().div_ceil(shards);
+    let mut weight_map = serde_json::Map::new();
+    for (k, chunk) in tensors.chunks(per).enumerate() {
+        let file = format!("model-{:05}-of-{shards:05}.safetensors", k + 1);
+        for (name, _, _) in chunk {
+            weight_map.insert(name.clone(), file.clone().into());
+        }
+        write_f32_safetensors(&dir.join(&file), chunk)?;
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        serde_json::to_string_pretty(&index)? + "\n",
+    )?;
+    Ok(())
+}

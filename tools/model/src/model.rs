@@ -1,0 +1,385 @@
+//! Our differentiable forward for qwen2 and llama (training: no kv-cache, all-position logits).
+//!
+//! Only ops with a backward pass: RMSNorm from basic ops (in F32), rotate-half rope from
+//! narrow/cat/mul, `candle_nn::ops::softmax` (not the fused `softmax_last_dim`), explicit
+//! causal (or block-diagonal, for packing) additive mask, GQA by repeating k/v heads.
+
+use crate::config::{Arch, ModelConfig};
+use crate::lora::{ForwardMode, Linear, LoraConfig};
+use anyhow::{Context, Result, bail};
+use candle_core::{D, DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+
+/// Inputs besides the token ids.
+#[derive(Debug, Clone, Default)]
+pub struct ForwardOpts {
+    /// `[b, s]` u32 segment ids: tokens attend only to earlier tokens of the same segment
+    /// (packed examples, padding). `None` = plain causal attention.
+    pub segment_ids: Option<Tensor>,
+    /// `[b, s]` u32 positions for rope (restart at 0 per packed example). `None` = 0..s.
+    pub position_ids: Option<Tensor>,
+    pub mode: ForwardMode,
+}
+
+/// Segment and position ids for a row packed from examples of the given lengths, padded to
+/// `total` (padding gets its own segment). Returns `(segment_ids, position_ids)`.
+pub fn packed_row(lengths: &[usize], total: usize) -> (Vec<u32>, Vec<u32>) {
+    let mut seg = Vec::with_capacity(total);
+    let mut pos = Vec::with_capacity(total);
+    for (i, &len) in lengths.iter().enumerate() {
+        for p in 0..len {
+            if seg.len() < total {
+                seg.push(i as u32);
+                pos.push(p as u32);
+            }
+        }
+    }
+    let pad_seg = lengths.len() as u32;
+    let mut p = 0;
+    while seg.len() < total {
+        seg.push(pad_seg);
+        pos.push(p);
+        p += 1;
+    }
+    (seg, pos)
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    input_norm: Tensor,
+    post_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// A causal LM with frozen base weights and optional LoRA adapters.
+#[derive(Debug, Clone)]
+pub struct CausalLm {
+    pub config: ModelConfig,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Tensor,
+    inv_freq: Tensor,
+    dtype: DType,
+    device: Device,
+}
+
+/// Mmap safetensors files into a VarBuilder.
+pub fn mmap_var_builder(
+    files: &[std::path::PathBuf],
+    dtype: DType,
+    device: &Device,
+) -> Result<VarBuilder<'static>> {
+    // SAFETY: the files are mapped read-only; like every mmap-based loader (candle, PyTorch's
+    // safetensors) we rely on nobody truncating them while the model is alive.
+    #[allow(unsafe_code)]
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device) }.with_context(
+        || {
+            format!(
+                "cannot map {}",
+                files
+                    .first()
+                    .map(|f| f.display().to_string())
+                    .unwrap_or_default()
+            )
+        },
+    )?;
+    Ok(vb)
+}
+
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let dt = x.dtype();
+    let xf = x.to_dtype(DType::F32)?;
+    let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
+    let xn = xf.broadcast_div(&(var + eps)?.sqrt()?)?;
+    Ok(xn.to_dtype(dt)?.broadcast_mul(w)?)
+}
+
+fn rotate_half(x: &Tensor) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+    Ok(Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?)
+}
+
+fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x);
+    }
+    let (b, kv, s, hd) = x.dims4()?;
+    Ok(x.unsqueeze(2)?
+        .expand((b, kv, n_rep, s, hd))?
+        .reshape((b, kv * n_rep, s, hd))?)
+}
+
+impl CausalLm {
+    /// Load base weights (frozen) from a VarBuilder over HF-named tensors.
+    pub fn load(config: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        let c = config;
+        let h = c.hidden_size;
+        let hd = c.head_dim;
+        let (nq, nkv) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
+        let i = c.intermediate_size;
+        let get = |shape: (usize, usize), name: &str| -> Result<Tensor> {
+            vb.get(shape, name)
+                .with_context(|| format!("weight {name}"))
+        };
+        let get1 = |n: usize, name: &str| -> Result<Tensor> {
+            vb.get(n, name).with_context(|| format!("weight {name}"))
+        };
+        let embed = get((c.vocab_size, h), "model.embed_tokens.weight")?;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for l in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            let lin = |m: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
+                let name = format!("{p}.{m}");
+                let w = get((out, inp), &format!("{name}.weight"))?;
+                let b = if bias {
+                    Some(get1(out, &format!("{name}.bias"))?)
+                } else {
+                    None
+                };
+                Ok(Linear::new(&name, w, b))
+            };
+            let ab = c.attention_bias;
+            layers.push(Layer {
+                input_norm: get1(h, &format!("{p}.input_layernorm.weight"))?,
+                post_norm: get1(h, &format!("{p}.post_attention_layernorm.weight"))?,
+                q: lin("self_attn.q_proj", nq, h, ab)?,
+                k: lin("self_attn.k_proj", nkv, h, ab)?,
+                v: lin("self_attn.v_proj", nkv, h, ab)?,
+                o: lin("self_attn.o_proj", h, nq, false)?,
+                gate: lin("mlp.gate_proj", i, h, false)?,
+                up: lin("mlp.up_proj", i, h, false)?,
+                down: lin("mlp.down_proj", h, i, false)?,
+            });
+        }
+        let norm = get1(h, "model.norm.weight")?;
+        let lm_head = if !c.tie_word_embeddings || vb.contains_tensor("lm_head.weight") {
+            get((c.vocab_size, h), "lm_head.weight")?
+        } else {
+            embed.clone()
+        };
+        let inv = c.rope_inv_freq();
+        let n = inv.len();
+        let inv_freq = Tensor::from_vec(inv, (1, n), vb.device())?;
+        Ok(Self {
+            config: config.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+            dtype: vb.dtype(),
+            device: vb.device().clone(),
+        })
+    }
+
+    /// Load from resolved files (mmap).
+    pub fn from_files(files: &crate::ModelFiles, dtype: DType, device: &Device) -> Result<Self> {
+        let cfg = ModelConfig::from_file(&files.config)?;
+        let vb = mmap_var_builder(&files.weights, dtype, device)?;
+        Self::load(&cfg, vb)
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
+        self.layers.iter_mut().flat_map(|l| {
+            [
+                &mut l.q,
+                &mut l.k,
+                &mut l.v,
+                &mut l.o,
+                &mut l.gate,
+                &mut l.up,
+                &mut l.down,
+            ]
+        })
+    }
+
+    /// All linear layers, in layer order then q,k,v,o,gate,up,down.
+    pub fn linears(&self) -> impl Iterator<Item = &Linear> {
+        self.layers
+            .iter()
+            .flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down])
+    }
+
+    /// Attach LoRA adapters to every linear whose module name is in `cfg.targets`; A and B
+    /// are created in `varmap` under their PEFT keys. Returns the number of adapted layers.
+    pub fn attach_lora(&mut self, cfg: &LoraConfig, varmap: &VarMap) -> Result<usize> {
+        if cfg.rank == 0 {
+            bail!("LoRA rank must be at least 1");
+        }
+        let mut n = 0;
+        for lin in self.linears_mut() {
+            if cfg.targets.iter().any(|t| t == lin.module()) {
+                lin.attach_lora(cfg, varmap)?;
+                n += 1;
+            }
+        }
+        if n == 0 {
+            bail!("no layer matches the LoRA targets {:?}", cfg.targets);
+        }
+        Ok(n)
+    }
+
+    /// Attach a loaded PEFT adapter (values copied into new Vars in `varmap`, so training can
+    /// continue from it). Every adapter module must exist in the model.
+    pub fn attach_adapter(
+        &mut self,
+        adapter: &crate::peft::Adapter,
+        varmap: &VarMap,
+    ) -> Result<usize> {
+        let scale = adapter.config.scale();
+        let dropout = adapter.config.lora_dropout as f32;
+        let modules = adapter.modules();
+        let mut n = 0;
+        for lin in self.linears_mut() {
+            if let Some((a, b)) = adapter.pair(&lin.name) {
+                lin.attach_lora_from(a, b, scale, dropout, varmap)?;
+                n += 1;
+            }
+        }
+        if n != modules.len() {
+            let known: Vec<String> = self.linears().map(|l| l.name.clone()).collect();
+            let unknown: Vec<&String> = modules.iter().filter(|m| !known.contains(m)).collect();
+            bail!("adapter modules not in the model: {unknown:?}");
+        }
+        Ok(n)
+    }
+
+    /// LoRA tensors as `(peft_key, var)`, sorted by key.
+    pub fn lora_params(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        for lin in self.linears() {
+            if let Some(l) = &lin.lora {
+                let p = lin.peft_prefix();
+                out.push((format!("{p}.lora_A.weight"), l.a.clone()));
+                out.push((format!("{p}.lora_B.weight"), l.b.clone()));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Use the frozen-linear custom op (default) or candle's plain matmul for base weights.
+    pub fn set_frozen_op(&mut self, on: bool) {
+        for lin in self.linears_mut() {
+            lin.use_frozen_op = on;
+        }
+    }
+
+    /// Embedding lookup.
+    pub fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let (b, s) = input_ids.dims2()?;
+        let flat = input_ids.flatten_all()?;
+        Ok(self
+            .embed
+            .index_select(&flat, 0)?
+            .reshape((b, s, self.config.hidden_size))?)
+    }
+
+    fn rope_tables(&self, b: usize, s: usize, opts: &ForwardOpts) -> Result<(Tensor, Tensor)> {
+        // freqs [b or 1, s, hd/2] in F32, duplicated to hd, then cast.
+        let pos = match &opts.position_ids {
+            Some(p) => p.to_dtype(DType::F32)?.reshape((b, s, 1))?,
+            None => Tensor::arange(0u32, s as u32, &self.device)?
+                .to_dtype(DType::F32)?
+                .reshape((1, s, 1))?,
+        };
+        let freqs = pos.broadcast_mul(&self.inv_freq.unsqueeze(0)?)?;
+        let freqs = Tensor::cat(&[&freqs, &freqs], D::Minus1)?;
+        let cos = freqs.cos()?.to_dtype(self.dtype)?.unsqueeze(1)?;
+        let sin = freqs.sin()?.to_dtype(self.dtype)?.unsqueeze(1)?;
+        Ok((cos, sin))
+    }
+
+    fn mask(&self, b: usize, s: usize, opts: &ForwardOpts) -> Result<Tensor> {
+        let causal: Vec<u8> = (0..s)
+            .flat_map(|i| (0..s).map(move |j| u8::from(j <= i)))
+            .collect();
+        let causal = Tensor::from_vec(causal, (1, s, s), &self.device)?;
+        let allowed = match &opts.segment_ids {
+            None => causal,
+            Some(seg) => {
+                let seg = seg.reshape((b, s))?;
+                let same = seg.unsqueeze(2)?.broadcast_eq(&seg.unsqueeze(1)?)?;
+                same.broadcast_mul(&causal)?
+            }
+        };
+        let zero = Tensor::zeros((), self.dtype, &self.device)?.broadcast_as(allowed.shape())?;
+        let ninf = Tensor::new(f32::NEG_INFINITY, &self.device)?
+            .to_dtype(self.dtype)?
+            .broadcast_as(allowed.shape())?;
+        Ok(allowed.where_cond(&zero, &ninf)?.unsqueeze(1)?)
+    }
+
+    /// Final hidden states `[b, s, hidden]` (after the last norm).
+    pub fn hidden(&self, input_ids: &Tensor, opts: &ForwardOpts) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, s) = input_ids.dims2()?;
+        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let (cos, sin) = self.rope_tables(b, s, opts)?;
+        let mask = self.mask(b, s, opts)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mode = opts.mode;
+        let mut x = self.embed(input_ids)?;
+        for (li, l) in self.layers.iter().enumerate() {
+            let mode_l = ForwardMode {
+                dropout_seed: mode.dropout_seed.map(|sd| sd ^ ((li as u64 + 1) << 40)),
+            };
+            let hn = rms_norm(&x, &l.input_norm, c.rms_norm_eps)?;
+            let q = l.q.forward(&hn, mode_l)?;
+            let k = l.k.forward(&hn, mode_l)?;
+            let v = l.v.forward(&hn, mode_l)?;
+            let q = q.reshape((b, s, nh, hd))?.transpose(1, 2)?;
+            let k = k.reshape((b, s, nkv, hd))?.transpose(1, 2)?;
+            let v = v.reshape((b, s, nkv, hd))?.transpose(1, 2)?;
+            let q = (q.broadcast_mul(&cos)? + rotate_half(&q)?.broadcast_mul(&sin)?)?;
+            let k = (k.broadcast_mul(&cos)? + rotate_half(&k)?.broadcast_mul(&sin)?)?;
+            let k = repeat_kv(k, nh / nkv)?.contiguous()?;
+            let v = repeat_kv(v, nh / nkv)?.contiguous()?;
+            let att = (q.contiguous()?.matmul(&k.t()?)? * scale)?;
+            let att = att.broadcast_add(&mask)?;
+            let att = candle_nn::ops::softmax(&att, D::Minus1)?;
+            let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, s, nh * hd))?;
+            let y = l.o.forward(&y, mode_l)?;
+            x = (x + y)?;
+            let hn = rms_norm(&x, &l.post_norm, c.rms_norm_eps)?;
+            let g = l.gate.forward(&hn, mode_l)?.apply(&c.hidden_act)?;
+            let u = l.up.forward(&hn, mode_l)?;
+            let y = l.down.forward(&(g * u)?, mode_l)?;
+            x = (x + y)?;
+        }
+        rms_norm(&x, &self.norm, c.rms_norm_eps)
+    }
+
+    /// Logits `[.., vocab]` for hidden states `[.., hidden]` (any leading shape). Select the
+    /// positions that carry loss first to save memory on large vocabularies.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        crate::lora::frozen_linear(hidden, &self.lm_head)
+    }
+
+    /// All-position logits `[b, s, vocab]`.
+    pub fn forward(&self, input_ids: &Tensor, opts: &ForwardOpts) -> Result<Tensor> {
+        self.logits(&self.hidden(input_ids, opts)?)
+    }
+
+    /// Arch of the loaded model.
+    pub fn arch(&self) -> Arch {
+        self.config.arch
+    }
+}

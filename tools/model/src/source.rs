@@ -1,0 +1,306 @@
+//! Where a model comes from: a local directory or a Hugging Face hub repository.
+//!
+//! `--model DIR | ORG/NAME[@REV]`. Hub downloads go through hf-hub (ureq backend) into the usual
+//! cache (`HF_HOME`/hub or `HF_HUB_CACHE`); `HF_ENDPOINT` changes the server, `HF_TOKEN` authorises,
+//! `HF_HUB_OFFLINE=1` (or `offline: true`) resolves from the cache only, with no network.
+
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+
+/// A parsed `--model` argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A local directory holding `config.json`, `tokenizer.json` and safetensors.
+    Dir(PathBuf),
+    /// A hub repository id and revision (`main` when not given).
+    Hub { repo: String, revision: String },
+}
+
+impl ModelSource {
+    /// `DIR` when the path exists or looks like a path (`./x`, `/x`, `~`, more than one `/`),
+    /// otherwise `ORG/NAME[@REV]`.
+    pub fn parse(s: &str) -> Result<Self> {
+        if s.is_empty() {
+            bail!("empty model name");
+        }
+        let p = Path::new(s);
+        if p.exists()
+            || s.starts_with('.')
+            || s.starts_with('/')
+            || s.starts_with('~')
+            || s.matches('/').count() != 1
+        {
+            return Ok(Self::Dir(p.to_path_buf()));
+        }
+        let (repo, revision) = match s.split_once('@') {
+            Some((r, rev)) if !rev.is_empty() => (r, rev),
+            Some(_) => bail!("{s}: empty revision after '@'"),
+            None => (s, "main"),
+        };
+        let (org, name) = repo.split_once('/').unwrap_or(("", ""));
+        if org.is_empty() || name.is_empty() {
+            bail!("{s}: expected a directory or ORG/NAME[@REV]");
+        }
+        Ok(Self::Hub {
+            repo: repo.to_string(),
+            revision: revision.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for ModelSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Dir(p) => write!(f, "{}", p.display()),
+            Self::Hub { repo, revision } if revision == "main" => write!(f, "{repo}"),
+            Self::Hub { repo, revision } => write!(f, "{repo}@{revision}"),
+        }
+    }
+}
+
+/// Hub settings. Build with [`HubOptions::from_env`] in tools; tests set fields directly.
+#[derive(Debug, Clone, Default)]
+pub struct HubOptions {
+    /// Server base URL (default `https://huggingface.co`, or `HF_ENDPOINT`).
+    pub endpoint: Option<String>,
+    /// Cache directory (the `hub` folder). Default: `HF_HUB_CACHE`, else `HF_HOME/hub`,
+    /// else `~/.cache/huggingface/hub`.
+    pub cache_dir: Option<PathBuf>,
+    /// Bearer token (`HF_TOKEN`). Never printed.
+    pub token: Option<String>,
+    /// Resolve from the cache only.
+    pub offline: bool,
+}
+
+fn env_nonempty(k: &str) -> Option<String> {
+    std::env::var(k).ok().filter(|v| !v.is_empty())
+}
+
+impl HubOptions {
+    /// Read `HF_ENDPOINT`, `HF_HUB_CACHE`, `HF_HOME`, `HF_TOKEN`, `HF_HUB_OFFLINE`;
+    /// `offline` (a `--offline` flag) forces offline mode.
+    pub fn from_env(offline: bool) -> Self {
+        let env_offline = env_nonempty("HF_HUB_OFFLINE")
+            .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+            .unwrap_or(false);
+        let cache_dir = env_nonempty("HF_HUB_CACHE")
+            .map(PathBuf::from)
+            .or_else(|| env_nonempty("HF_HOME").map(|h| PathBuf::from(h).join("hub")));
+        Self {
+            endpoint: env_nonempty("HF_ENDPOINT"),
+            cache_dir,
+            token: env_nonempty("HF_TOKEN"),
+            offline: offline || env_offline,
+        }
+    }
+
+    fn cache(&self) -> hf_hub::Cache {
+        match &self.cache_dir {
+            Some(d) => hf_hub::Cache::new(d.clone()),
+            None => hf_hub::Cache::from_env(),
+        }
+    }
+}
+
+/// The files of a resolved model.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    pub config: PathBuf,
+    pub tokenizer: PathBuf,
+    /// `tokenizer_config.json`, when the model has one.
+    pub tokenizer_config: Option<PathBuf>,
+    /// `chat_template.jinja`, when the model ships its template as a separate file.
+    pub chat_template: Option<PathBuf>,
+    /// One or more `.safetensors` files (shards in index order).
+    pub weights: Vec<PathBuf>,
+    /// Hub commit sha, when resolved from the hub online.
+    pub commit: Option<String>,
+}
+
+const INDEX: &str = "model.safetensors.index.json";
+const SINGLE: &str = "model.safetensors";
+
+/// Shard file names listed in a `model.safetensors.index.json` (sorted, deduplicated).
+pub fn shards_from_index(path: &Path) -> Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .with_context(|| format!("{}: missing weight_map", path.display()))?;
+    let mut files: Vec<String> = map
+        .values()
+        .filter_map(|f| f.as_str().map(str::to_string))
+        .collect();
+    files.sort();
+    files.dedup();
+    for f in &files {
+        if f.contains("..") || f.starts_with('/') {
+            bail!("{}: invalid shard name {f:?}", path.display());
+        }
+    }
+    Ok(files)
+}
+
+/// Resolve a source to local files, downloading from the hub when needed.
+pub fn resolve(source: &ModelSource, hub: &HubOptions) -> Result<ModelFiles> {
+    match source {
+        ModelSource::Dir(dir) => resolve_dir(dir),
+        ModelSource::Hub { repo, revision } => resolve_hub(repo, revision, hub),
+    }
+}
+
+fn resolve_dir(dir: &Path) -> Result<ModelFiles> {
+    if !dir.is_dir() {
+        bail!("{}: no such model directory", dir.display());
+    }
+    let need = |name: &str| -> Result<PathBuf> {
+        let p = dir.join(name);
+        if p.is_file() {
+            Ok(p)
+        } else {
+            bail!("{}: missing {name}", dir.display())
+        }
+    };
+    let opt = |name: &str| Some(dir.join(name)).filter(|p| p.is_file());
+    let weights = if let Some(index) = opt(INDEX) {
+        shards_from_index(&index)?
+            .iter()
+            .map(|f| need(f))
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        vec![need(SINGLE)?]
+    };
+    Ok(ModelFiles {
+        config: need("config.json")?,
+        tokenizer: need("tokenizer.json")?,
+        tokenizer_config: opt("tokenizer_config.json"),
+        chat_template: opt("chat_template.jinja"),
+        weights,
+        commit: None,
+    })
+}
+
+fn resolve_hub(repo: &str, revision: &str, hub: &HubOptions) -> Result<ModelFiles> {
+    use hf_hub::{Repo, RepoType};
+    let hub_repo = Repo::with_revision(repo.to_string(), RepoType::Model, revision.to_string());
+    let label = if revision == "main" {
+        repo.to_string()
+    } else {
+        format!("{repo}@{revision}")
+    };
+    if hub.offline {
+        let cached = hub.cache().repo(hub_repo);
+        let need = |name: &str| {
+            cached.get(name).with_context(|| {
+                format!("{label}: {name} is not in the hub cache (offline mode; run once online)")
+            })
+        };
+        let weights = if let Some(index) = cached.get(INDEX) {
+            shards_from_index(&index)?
+                .iter()
+                .map(|f| need(f))
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            vec![need(SINGLE)?]
+        };
+        return Ok(ModelFiles {
+            config: need("config.json")?,
+            tokenizer: need("tokenizer.json")?,
+            tokenizer_config: cached.get("tokenizer_config.json"),
+            chat_template: cached.get("chat_template.jinja"),
+            weights,
+            commit: None,
+        });
+    }
+    let mut builder = hf_hub::api::sync::ApiBuilder::from_env()
+        .with_progress(false)
+        .with_token(hub.token.clone());
+    if let Some(e) = &hub.endpoint {
+        builder = builder.with_endpoint(e.trim_end_matches('/').to_string());
+    }
+    if let Some(d) = &hub.cache_dir {
+        builder = builder.with_cache_dir(d.clone());
+    }
+    let api = builder
+        .build()
+        .with_context(|| format!("{label}: cannot start the hub client"))?;
+    let api_repo = api.repo(hub_repo);
+    // Errors from hf-hub carry URLs, never the token.
+    let info = api_repo
+        .info()
+        .with_context(|| format!("{label}: cannot list the repository"))?;
+    let has = |name: &str| info.siblings.iter().any(|s| s.rfilename == name);
+    let get = |name: &str| {
+        api_repo
+            .get(name)
+            .with_context(|| format!("{label}: cannot download {name}"))
+    };
+    let weights = if has(INDEX) {
+        let index = get(INDEX)?;
+        shards_from_index(&index)?
+            .iter()
+            .map(|f| get(f))
+            .collect::<Result<Vec<_>>>()?
+    } else if has(SINGLE) {
+        vec![get(SINGLE)?]
+    } else {
+        bail!("{label}: no {SINGLE} or {INDEX} in the repository (only safetensors are supported)")
+    };
+    let opt = |name: &str| -> Result<Option<PathBuf>> {
+        if has(name) {
+            get(name).map(Some)
+        } else {
+            Ok(None)
+        }
+    };
+    Ok(ModelFiles {
+        config: get("config.json")?,
+        tokenizer: get("tokenizer.json")?,
+        tokenizer_config: opt("tokenizer_config.json")?,
+        chat_template: opt("chat_template.jinja")?,
+        weights,
+        commit: Some(info.sha),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sources() -> Result<()> {
+        assert_eq!(
+            ModelSource::parse("Qwen/Qwen2.5-0.5B")?,
+            ModelSource::Hub {
+                repo: "Qwen/Qwen2.5-0.5B".into(),
+                revision: "main".into()
+            }
+        );
+        assert_eq!(
+            ModelSource::parse("Qwen/Qwen2.5-0.5B@abc123")?,
+            ModelSource::Hub {
+                repo: "Qwen/Qwen2.5-0.5B".into(),
+                revision: "abc123".into()
+            }
+        );
+        assert_eq!(
+            ModelSource::parse("./models/x")?,
+            ModelSource::Dir("./models/x".into())
+        );
+        assert_eq!(
+            ModelSource::parse("/abs/a/b")?,
+            ModelSource::Dir("/abs/a/b".into())
+        );
+        assert_eq!(
+            ModelSource::parse("mydir")?,
+            ModelSource::Dir("mydir".into())
+        );
+        assert!(ModelSource::parse("a/b@").is_err());
+        assert!(ModelSource::parse("").is_err());
+        assert_eq!(ModelSource::parse("a/b@v1")?.to_string(), "a/b@v1");
+        Ok(())
+    }
+}
