@@ -390,3 +390,50 @@ fn every_lora_tensor_gets_a_gradient() {
         );
     }
 }
+
+/// Packed rows give the same loss as one example per row: no attention crosses an example boundary
+/// and positions restart for every packed example.
+#[test]
+fn packing_does_not_leak_across_examples() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, spec) in [TinySpec::qwen2(10), TinySpec::llama(11)]
+        .into_iter()
+        .enumerate()
+    {
+        let model = dir.path().join(format!("m{i}"));
+        write_tiny_model(&model, &spec).unwrap();
+        let train_path = testdata("train-lora", "train.jsonl");
+        let args = ft_train_lora::Args::try_parse_from([
+            "ft-train-lora",
+            "--model",
+            model.to_str().unwrap(),
+            "--train",
+            train_path.to_str().unwrap(),
+            "--out-dir",
+            "unused",
+            "--device",
+            "cpu",
+            "--max-seq-len",
+            "512",
+        ])
+        .unwrap();
+        let lm = ft_train_lora::lm::Lm::load(&args).unwrap();
+        let data = ft_train_lora::data::load(&args.train, ftkit_core::OnError::Fail, None).unwrap();
+        let (single, _) = ft_train_lora::job::encode_split(&lm, &data, &args, false).unwrap();
+        let (packed, _) = ft_train_lora::job::encode_split(&lm, &data, &args, true).unwrap();
+        assert!(
+            packed.len() < single.len() / 2,
+            "{} packed rows",
+            packed.len()
+        );
+        let a = ft_train_lora::train::evaluate(&lm, &single, 4, lm.pad_id()).unwrap();
+        let b = ft_train_lora::train::evaluate(&lm, &packed, 2, lm.pad_id()).unwrap();
+        assert_eq!(a.targets, b.targets);
+        assert!(
+            (a.loss - b.loss).abs() < 1e-5,
+            "unpacked {} vs packed {}",
+            a.loss,
+            b.loss
+        );
+    }
+}
