@@ -1,4 +1,4 @@
-//! LoRA training-step timing on the CPU: frozen-linear op vs candle's plain matmul.
+//! LoRA training-step timing on the CPU: our fused/frozen ops vs the naive candle formulation.
 //!
 //! `cargo run --release -p ftkit-model --example bench_lora_step [HIDDEN LAYERS SEQ BATCH RANK STEPS]`
 //! (defaults: 512 4 256 4 16 5, q/k/v/o targets, the FINDINGS.md shape). Prints one line per mode.
@@ -46,9 +46,10 @@ fn main() -> Result<()> {
         .collect();
     let ids = Tensor::from_vec(ids, (batch, seq), &Device::Cpu)?;
     let mut out = std::io::stderr().lock();
-    for frozen in [true, false] {
+    for (frozen, fused) in [(true, true), (true, false), (false, false)] {
         let mut m = CausalLm::load(&cfg, vb.clone())?;
         m.set_frozen_op(frozen);
+        m.set_fused_ops(fused);
         let varmap = VarMap::new();
         m.attach_lora(
             &LoraConfig {
@@ -80,10 +81,10 @@ fn main() -> Result<()> {
         writeln!(
             out,
             "{} h{h} L{layers} seq{seq} b{batch} r{rank}: {mean:.3} s/step, {:.0} tokens/s",
-            if frozen {
-                "frozen-linear op"
-            } else {
-                "plain matmul    "
+            match (frozen, fused) {
+                (true, true) => "frozen-linear + fused softmax/rmsnorm:",
+                (true, false) => "frozen-linear, autograd softmax/rmsnorm:",
+                _ => "naive (candle matmul, autograd softmax/rmsnorm):",
             },
             (batch * seq) as f64 / mean
         )?;
