@@ -30,6 +30,7 @@ pub mod device;
 pub mod fixtures;
 pub mod lora;
 pub mod model;
+pub mod ops;
 pub mod peft;
 pub mod rng;
 pub mod source;

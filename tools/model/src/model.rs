@@ -68,6 +68,7 @@ pub struct CausalLm {
     inv_freq: Tensor,
     dtype: DType,
     device: Device,
+    fused: bool,
 }
 
 /// Mmap safetensors files into a VarBuilder.
@@ -93,7 +94,10 @@ pub fn mmap_var_builder(
     Ok(vb)
 }
 
-fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, fused: bool) -> Result<Tensor> {
+    if fused {
+        return Ok(crate::ops::rms_norm(x, w, eps)?);
+    }
     let dt = x.dtype();
     let xf = x.to_dtype(DType::F32)?;
     let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
@@ -178,6 +182,7 @@ impl CausalLm {
             inv_freq,
             dtype: vb.dtype(),
             device: vb.device().clone(),
+            fused: true,
         })
     }
 
@@ -282,6 +287,12 @@ impl CausalLm {
         }
     }
 
+    /// Use fused softmax/RMSNorm kernels with closed-form backward ([`crate::ops`], default)
+    /// or the basic-op formulation differentiated by autograd.
+    pub fn set_fused_ops(&mut self, on: bool) {
+        self.fused = on;
+    }
+
     /// Embedding lookup.
     pub fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
         let (b, s) = input_ids.dims2()?;
@@ -341,7 +352,7 @@ impl CausalLm {
             let mode_l = ForwardMode {
                 dropout_seed: mode.dropout_seed.map(|sd| sd ^ ((li as u64 + 1) << 40)),
             };
-            let hn = rms_norm(&x, &l.input_norm, c.rms_norm_eps)?;
+            let hn = rms_norm(&x, &l.input_norm, c.rms_norm_eps, self.fused)?;
             let q = l.q.forward(&hn, mode_l)?;
             let k = l.k.forward(&hn, mode_l)?;
             let v = l.v.forward(&hn, mode_l)?;
@@ -354,17 +365,21 @@ impl CausalLm {
             let v = repeat_kv(v, nh / nkv)?.contiguous()?;
             let att = (q.contiguous()?.matmul(&k.t()?)? * scale)?;
             let att = att.broadcast_add(&mask)?;
-            let att = candle_nn::ops::softmax(&att, D::Minus1)?;
+            let att = if self.fused {
+                crate::ops::softmax_last_dim(&att)?
+            } else {
+                candle_nn::ops::softmax(&att, D::Minus1)?
+            };
             let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, s, nh * hd))?;
             let y = l.o.forward(&y, mode_l)?;
             x = (x + y)?;
-            let hn = rms_norm(&x, &l.post_norm, c.rms_norm_eps)?;
+            let hn = rms_norm(&x, &l.post_norm, c.rms_norm_eps, self.fused)?;
             let g = l.gate.forward(&hn, mode_l)?.apply(&c.hidden_act)?;
             let u = l.up.forward(&hn, mode_l)?;
             let y = l.down.forward(&(g * u)?, mode_l)?;
             x = (x + y)?;
         }
-        rms_norm(&x, &self.norm, c.rms_norm_eps)
+        rms_norm(&x, &self.norm, c.rms_norm_eps, self.fused)
     }
 
     /// Logits `[.., vocab]` for hidden states `[.., hidden]` (any leading shape). Select the

@@ -261,6 +261,50 @@ fn frozen_op_gives_the_same_values_and_lora_gradients_as_matmul() -> Result<()> 
 }
 
 #[test]
+fn fused_ops_give_the_same_values_and_gradients_as_basic_ops() -> Result<()> {
+    for spec in [TinySpec::qwen2(12), TinySpec::llama(12)] {
+        let d = tempfile::tempdir()?;
+        write_tiny_model(d.path(), &spec)?;
+        let (cfg, vb, tok) = load(d.path())?;
+        let mut m = CausalLm::load(&cfg, vb)?;
+        let varmap = VarMap::new();
+        m.attach_lora(&lora_cfg("all-linear", 2)?, &varmap)?;
+        for (name, v) in m.lora_params() {
+            if name.ends_with("lora_B.weight") {
+                let n = v.elem_count();
+                let vals = ftkit_model::rng::Rng::derive(5, &name).normal_vec(n, 0.0, 0.1);
+                v.set(&Tensor::from_vec(vals, v.shape(), &Device::Cpu)?)?;
+            }
+        }
+        let ids = batch(&tok, 2, 12)?;
+        let opts = ForwardOpts::default();
+        let l1 = lm_loss(&m, &ids, &opts)?;
+        let g1 = l1.backward()?;
+        m.set_fused_ops(false);
+        let l2 = lm_loss(&m, &ids, &opts)?;
+        let g2 = l2.backward()?;
+        assert!((l1.to_scalar::<f32>()? - l2.to_scalar::<f32>()?).abs() < 1e-5);
+        for (name, v) in m.lora_params() {
+            let (Some(a), Some(b)) = (g1.get(v.as_tensor()), g2.get(v.as_tensor())) else {
+                anyhow::bail!("{name}: missing gradient");
+            };
+            let scale = b
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?
+                .max(1e-6);
+            assert!(
+                max_diff(a, b)? / scale < 1e-3,
+                "{name}: {} vs scale {scale}",
+                max_diff(a, b)?
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn dropout_is_seeded() -> Result<()> {
     let d = tempfile::tempdir()?;
     write_tiny_model(d.path(), &TinySpec::qwen2(3))?;

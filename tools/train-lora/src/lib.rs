@@ -1,0 +1,257 @@
+//! `ft-train-lora`: LoRA fine-tuning of a causal LM (qwen2, llama) on alpaca, messages or sharegpt JSONL.
+//!
+//! - [`data`]: records → chat messages, with `path:line` errors.
+//! - [`batch`]: tokenised examples → rows (optionally packed with segment ids) → padded micro-batches.
+//! - [`optim`]: AdamW with savable moments, schedules, clipping.
+//! - [`train`]: the loop (accumulation normalised by target tokens, eval, early stop, checkpoints, resume).
+//! - [`lm`]: the bridge to `ftkit-model` (loading, chat template, LoRA, adapter files).
+//! - [`job`]: one run from loaded data to the output folder.
+//! - [`report`]: `training_report.json`, metrics lines, peak memory.
+
+pub mod batch;
+pub mod data;
+pub mod job;
+pub mod lm;
+pub mod optim;
+pub mod report;
+pub mod train;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use ftkit_core::{OnError, usage};
+use optim::Schedule;
+use std::path::PathBuf;
+
+const EXAMPLE: &str = "\
+Examples:
+  ft-train-lora --model Qwen/Qwen2.5-0.5B-Instruct --train splits/train.jsonl --val splits/val.jsonl \\
+      --test splits/test.jsonl --out-dir adapters/qa --epochs 3 --eval-every 50 | jq -c 'select(.loss)'
+  ft-train-lora --model ./models/smollm --train train.jsonl --out-dir out --max-steps 200 \\
+      --save-every 50 --resume out/checkpoint-100
+
+Every logged step is one JSON line on stdout:
+  {\"step\":10,\"epoch\":0.4,\"loss\":1.93,\"lr\":0.0002,\"grad_norm\":0.8,\"tokens\":20480,\"tokens_per_s\":812.5,\"elapsed_s\":25.2}
+and every evaluation: {\"step\":50,\"val_loss\":1.41,\"val_perplexity\":4.1}.
+The output folder receives adapter_config.json and adapter_model.safetensors (PEFT's layout, loadable with
+PeftModel.from_pretrained), training_report.json, and checkpoint-<step>/ folders with --save-every.";
+
+/// Fine-tune a LoRA adapter on chat data and write it in PEFT's format.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "ft-train-lora",
+    version,
+    about = "Fine-tune a LoRA adapter on alpaca, messages or sharegpt JSONL (PEFT output)",
+    long_about = "Fine-tune a LoRA adapter of a causal LM (qwen2 or llama architectures) on alpaca \
+(instruction/input/output), messages or sharegpt JSONL, detected per record. The model's own chat template \
+is applied and, by default, only assistant tokens carry loss. Writes a PEFT adapter, training_report.json, \
+and metrics as JSON lines on stdout; messages go to stderr.",
+    after_long_help = EXAMPLE,
+    args_override_self = true
+)]
+pub struct Args {
+    /// Base model: a local folder or a Hugging Face id ORG/NAME[@REVISION] (HF_HOME, HF_ENDPOINT, HF_TOKEN honoured).
+    #[arg(long, value_name = "DIR|ORG/NAME[@REV]")]
+    pub model: String,
+
+    /// Use only files already in the Hugging Face cache (also HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
+
+    /// Training data (JSONL, `.zst` ok): alpaca, messages or sharegpt records.
+    #[arg(long, value_name = "FILE")]
+    pub train: String,
+
+    /// Validation data, evaluated every --eval-every updates and at the end.
+    #[arg(long, value_name = "FILE")]
+    pub val: Option<String>,
+
+    /// Test data, evaluated once at the end.
+    #[arg(long, value_name = "FILE")]
+    pub test: Option<String>,
+
+    /// Output folder: adapter files, training_report.json, checkpoints.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: PathBuf,
+
+    /// Where to compute: auto (CUDA when built with it and present, else CPU), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto", value_name = "DEVICE")]
+    pub device: String,
+
+    /// Weight precision: auto (bf16 on CUDA, f32 on CPU), f32, bf16, f16. LoRA weights stay f32.
+    #[arg(long, default_value = "auto", value_name = "DTYPE")]
+    pub dtype: String,
+
+    /// Modules that get LoRA, comma-separated, or all-linear.
+    #[arg(
+        long,
+        default_value = "q_proj,k_proj,v_proj,o_proj",
+        value_name = "LIST"
+    )]
+    pub target: String,
+
+    /// LoRA rank r.
+    #[arg(long, default_value_t = 16, value_name = "R")]
+    pub rank: usize,
+
+    /// LoRA alpha (scale = alpha / r, or alpha / sqrt(r) with --rslora).
+    #[arg(long, default_value_t = 32.0, value_name = "ALPHA")]
+    pub alpha: f64,
+
+    /// Dropout on the LoRA input during training.
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub dropout: f64,
+
+    /// Rank-stabilised LoRA scaling (alpha / sqrt(r)).
+    #[arg(long)]
+    pub rslora: bool,
+
+    /// Longest sequence in tokens; longer examples are cut (and counted).
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    pub max_seq_len: usize,
+
+    /// Pack several examples per row up to --max-seq-len; attention never crosses examples.
+    #[arg(long)]
+    pub pack: bool,
+
+    /// Learn the prompt tokens too (default: assistant tokens only).
+    #[arg(long)]
+    pub train_on_prompt: bool,
+
+    /// Rows per micro-batch.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub batch_size: usize,
+
+    /// Micro-batches per optimizer update (loss normalised by all their target tokens).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub grad_accum: usize,
+
+    /// Passes over the training data (ignored when --max-steps is given).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub epochs: u64,
+
+    /// Stop after this many optimizer updates.
+    #[arg(long, value_name = "N")]
+    pub max_steps: Option<u64>,
+
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 2e-4, value_name = "LR")]
+    pub lr: f64,
+
+    /// Learning-rate schedule after warm-up.
+    #[arg(long, value_enum, default_value_t = Schedule::Cosine)]
+    pub schedule: Schedule,
+
+    /// Linear warm-up updates.
+    #[arg(long, value_name = "N", conflicts_with = "warmup_ratio")]
+    pub warmup_steps: Option<u64>,
+
+    /// Warm-up as a fraction of all updates.
+    #[arg(long, value_name = "F")]
+    pub warmup_ratio: Option<f64>,
+
+    /// AdamW decoupled weight decay.
+    #[arg(long, default_value_t = 0.0, value_name = "W")]
+    pub weight_decay: f64,
+
+    /// Clip the global gradient norm to this (0 = off).
+    #[arg(long, default_value_t = 1.0, value_name = "NORM")]
+    pub max_grad_norm: f64,
+
+    /// Seed for LoRA initialisation, shuffling and dropout.
+    #[arg(long, default_value_t = 42, value_name = "N")]
+    pub seed: u64,
+
+    /// Evaluate on --val every N updates (0 = only at the end).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub eval_every: u64,
+
+    /// Stop when validation loss has not improved for N evaluations; the best adapter is kept.
+    #[arg(long, value_name = "N")]
+    pub early_stop_patience: Option<u64>,
+
+    /// Write checkpoint-<step>/ (adapter, optimizer state, data position) every N updates.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub save_every: u64,
+
+    /// Continue exactly from a checkpoint folder (same flags and data required).
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
+
+    /// Print a metrics line every N updates.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub log_every: u64,
+
+    /// What to do with a bad input line.
+    #[arg(long, value_enum, default_value_t = OnError::Fail, value_name = "POLICY")]
+    pub on_error: OnError,
+
+    /// Append every rejected input line, verbatim, to this file.
+    #[arg(long, value_name = "FILE")]
+    pub rejects: Option<PathBuf>,
+
+    /// No messages on stderr except errors.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+impl Args {
+    /// Usage errors that clap cannot see.
+    pub fn validate(&self) -> Result<()> {
+        if self.rank == 0 {
+            usage!("--rank must be at least 1");
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            usage!("--dropout must be in [0, 1)");
+        }
+        if self.batch_size == 0 || self.grad_accum == 0 {
+            usage!("--batch-size and --grad-accum must be at least 1");
+        }
+        if self.max_seq_len < 2 {
+            usage!("--max-seq-len must be at least 2");
+        }
+        if self.epochs == 0 && self.max_steps.is_none() {
+            usage!("--epochs must be at least 1");
+        }
+        if self.max_steps == Some(0) {
+            usage!("--max-steps must be at least 1");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            usage!("--lr must be a positive number");
+        }
+        if let Some(r) = self.warmup_ratio
+            && !(0.0..=1.0).contains(&r)
+        {
+            usage!("--warmup-ratio must be in [0, 1]");
+        }
+        if self.early_stop_patience.is_some() && (self.val.is_none() || self.eval_every == 0) {
+            usage!("--early-stop-patience needs --val and --eval-every");
+        }
+        if self.early_stop_patience == Some(0) {
+            usage!("--early-stop-patience must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Runs the tool.
+pub fn run(args: Args) -> Result<()> {
+    args.validate()?;
+    let mut rejects = match &args.rejects {
+        Some(p) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("{}: cannot open", p.display()))?,
+        ),
+        None => None,
+    };
+    let mut load = |path: &String| -> Result<data::Dataset> {
+        let w = rejects.as_mut().map(|f| f as &mut dyn std::io::Write);
+        data::load(path, args.on_error, w)
+    };
+    let train = load(&args.train)?;
+    let val = args.val.as_ref().map(&mut load).transpose()?;
+    let test = args.test.as_ref().map(&mut load).transpose()?;
+    job::train(&args, train, val, test)
+}

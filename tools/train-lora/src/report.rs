@@ -1,0 +1,140 @@
+//! `training_report.json`, the metrics lines on stdout, and peak memory.
+
+use crate::train::{EvalLog, Sink, StepLog};
+use anyhow::Result;
+use serde::Serialize;
+use std::io::Write;
+
+/// Peak resident memory of this process in bytes (`VmHWM` in /proc/self/status), when the OS tells it.
+pub fn peak_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line
+        .trim_start_matches("VmHWM:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// One input file as the report describes it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DataReport {
+    pub path: String,
+    pub sha256: String,
+    /// Records read.
+    pub examples: usize,
+    /// Records skipped as malformed (`--on-error skip`).
+    pub rejected: u64,
+    /// Examples cut to --max-seq-len.
+    pub truncated: usize,
+    /// Examples left out because no loss target remained (e.g. the answer was cut off).
+    pub dropped: usize,
+    /// Rows after packing (= examples kept without --pack).
+    pub rows: usize,
+    pub tokens: u64,
+    pub targets: u64,
+}
+
+/// Loss and perplexity over one split.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Split {
+    pub loss: Option<f64>,
+    pub perplexity: Option<f64>,
+}
+
+impl Split {
+    pub fn of(loss: Option<f64>) -> Self {
+        Self {
+            loss,
+            perplexity: loss.map(f64::exp),
+        }
+    }
+}
+
+/// `training_report.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub tool: String,
+    pub version: String,
+    pub model: String,
+    pub architecture: String,
+    pub device: String,
+    pub dtype: String,
+    pub seed: u64,
+    pub config_digest: String,
+    pub config: serde_json::Value,
+    pub data: std::collections::BTreeMap<String, DataReport>,
+    pub trainable_parameters: u64,
+    pub steps: u64,
+    pub total_steps: u64,
+    pub epochs: f64,
+    pub stopped_early: bool,
+    pub best_step: Option<u64>,
+    pub resumed_from: Option<String>,
+    /// Mean training loss per target token over all updates of the run.
+    pub train: Split,
+    pub val: Split,
+    pub test: Split,
+    pub tokens_seen: u64,
+    pub targets_seen: u64,
+    /// Seconds spent training (all processes of a resumed run).
+    pub wall_time_s: f64,
+    /// Non-padding tokens per second of training in this process.
+    pub tokens_per_s: f64,
+    pub peak_memory_bytes: Option<u64>,
+}
+
+/// Metrics as JSON lines on stdout (flushed per line so `| jq` streams), notes on stderr.
+pub struct StdoutSink<W: Write> {
+    pub out: W,
+    pub quiet: bool,
+    buf: Vec<u8>,
+}
+
+impl<W: Write> StdoutSink<W> {
+    pub fn new(out: W, quiet: bool) -> Self {
+        Self {
+            out,
+            quiet,
+            buf: Vec::new(),
+        }
+    }
+
+    fn line<T: Serialize>(&mut self, value: &T) -> Result<()> {
+        self.buf.clear();
+        ftkit_core::jsonl::write_line(&mut self.buf, value)?;
+        self.out.write_all(&self.buf)?;
+        self.out.flush()?;
+        Ok(())
+    }
+}
+
+impl<W: Write> Sink for StdoutSink<W> {
+    fn step(&mut self, log: &StepLog) -> Result<()> {
+        self.line(log)
+    }
+    fn eval(&mut self, log: &EvalLog) -> Result<()> {
+        self.line(log)
+    }
+    fn note(&mut self, message: &str) {
+        if !self.quiet {
+            ftkit_core::cli::warn(message);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peak_memory_is_read_on_linux() {
+        if cfg!(target_os = "linux") {
+            let m = peak_memory_bytes().unwrap_or(0);
+            assert!(m > 1 << 20, "{m}");
+        }
+    }
+}

@@ -1,0 +1,722 @@
+//! The training loop: micro-batches, token-normalised gradient accumulation, clipping, AdamW,
+//! evaluation, early stopping, checkpoints and exact resumption.
+
+use crate::batch::{Batch, Row, collate, epoch_order};
+use crate::optim::{
+    AdamW, AdamWConfig, Schedule, clip_global_norm, learning_rate, load_tensors, save_tensors,
+};
+use anyhow::{Context, Result, bail};
+use candle_core::{D, DType, Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What the loop needs from a model.
+pub trait TrainModel {
+    /// Logits `[batch.select.len(), vocab]` at the positions `batch.select` (flat `row * len + t`)
+    /// that predict a target; `dropout_seed` turns (deterministic) dropout on.
+    fn logits(&self, batch: &Batch, dropout_seed: Option<u64>) -> Result<Tensor>;
+    /// The trainable tensors with stable names (PEFT key names for LoRA).
+    fn trainable(&self) -> Vec<(String, Var)>;
+    /// Writes the adapter (PEFT files) into `dir`, which exists.
+    fn save_adapter(&self, dir: &Path) -> Result<()>;
+    fn device(&self) -> &Device;
+}
+
+/// Loop settings (everything that shapes the trajectory is in here and in the data).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LoopConfig {
+    pub lr: f64,
+    pub schedule: Schedule,
+    pub warmup_steps: u64,
+    pub epochs: u64,
+    pub max_steps: Option<u64>,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub max_grad_norm: f64,
+    pub adamw: AdamWConfig,
+    pub seed: u64,
+    #[serde(skip)]
+    pub eval_every: u64,
+    #[serde(skip)]
+    pub save_every: u64,
+    #[serde(skip)]
+    pub log_every: u64,
+    #[serde(skip)]
+    pub early_stop_patience: Option<u64>,
+    #[serde(skip)]
+    pub pad_id: u32,
+}
+
+/// Where the loop stands; saved in every checkpoint as `trainer_state.json`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// Optimizer updates done.
+    pub step: u64,
+    /// Current epoch (0-based) and the next micro-batch within it.
+    pub epoch: u64,
+    pub micro: u64,
+    /// Non-padding tokens and loss targets processed.
+    pub tokens: u64,
+    pub targets: u64,
+    /// Sum of per-token training losses (so the mean over the run survives a resume).
+    pub loss_sum: f64,
+    pub best_val: Option<f64>,
+    pub best_step: Option<u64>,
+    pub evals_without_improvement: u64,
+    /// Training seconds before this process (for tokens/s across a resume).
+    pub elapsed_s: f64,
+    pub config_digest: String,
+}
+
+/// One logged training step (a line of stdout).
+#[derive(Clone, Debug, Serialize)]
+pub struct StepLog {
+    pub step: u64,
+    pub epoch: f64,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens: u64,
+    pub tokens_per_s: f64,
+    pub elapsed_s: f64,
+}
+
+/// One evaluation (a line of stdout).
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalLog {
+    pub step: u64,
+    pub val_loss: f64,
+    pub val_perplexity: f64,
+}
+
+/// Mean loss and number of targets over a set of rows.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct EvalResult {
+    pub loss: f64,
+    pub perplexity: f64,
+    pub targets: u64,
+}
+
+/// Summed cross-entropy of `batch`'s targets under `logits` `[targets, vocab]` (see [`TrainModel::logits`]).
+pub fn loss_sum(logits: &Tensor, batch: &Batch, device: &Device) -> Result<Tensor> {
+    let (n, _) = logits.dims2()?;
+    if n != batch.select.len() {
+        bail!("{n} logits for {} targets", batch.select.len());
+    }
+    let logits = logits.to_dtype(DType::F32)?;
+    let labels = Tensor::from_slice(&batch.select_labels, n, device)?;
+    let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    Ok(log_probs
+        .gather(&labels.unsqueeze(1)?, 1)?
+        .sum_all()?
+        .neg()?)
+}
+
+/// Seed of the dropout masks of micro-batch `micro` of update `step`: fixed by the run's seed and the
+/// data position, so a resumed run draws the same masks.
+pub fn dropout_seed(seed: u64, step: u64, micro: usize) -> u64 {
+    let mut r =
+        crate::batch::Rng(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((micro as u64) << 48));
+    r.next_u64()
+}
+
+/// Mean loss over `rows` in fixed order, `batch_size` rows at a time, without gradients.
+pub fn evaluate<M: TrainModel>(
+    model: &M,
+    rows: &[Row],
+    batch_size: usize,
+    pad: u32,
+) -> Result<EvalResult> {
+    let mut sum = 0f64;
+    let mut targets = 0u64;
+    for chunk in rows.chunks(batch_size.max(1)) {
+        let refs: Vec<&Row> = chunk.iter().collect();
+        let batch = collate(&refs, pad);
+        if batch.targets == 0 {
+            continue;
+        }
+        let logits = model.logits(&batch, None)?.detach();
+        sum += loss_sum(&logits, &batch, model.device())?.to_scalar::<f32>()? as f64;
+        targets += batch.targets as u64;
+    }
+    let loss = if targets == 0 {
+        f64::NAN
+    } else {
+        sum / targets as f64
+    };
+    Ok(EvalResult {
+        loss,
+        perplexity: loss.exp(),
+        targets,
+    })
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct Outcome {
+    pub state: State,
+    pub last_val: Option<EvalResult>,
+    pub stopped_early: bool,
+    /// Training seconds in this process.
+    pub wall_s: f64,
+}
+
+/// Callbacks for the outside world: metrics lines and messages.
+pub trait Sink {
+    fn step(&mut self, log: &StepLog) -> Result<()>;
+    fn eval(&mut self, log: &EvalLog) -> Result<()>;
+    fn note(&mut self, message: &str);
+}
+
+/// The loop over one model and one set of rows.
+pub struct Trainer<'a, M: TrainModel> {
+    pub model: &'a M,
+    pub config: LoopConfig,
+    pub rows: &'a [Row],
+    pub val_rows: &'a [Row],
+    pub opt: AdamW,
+    pub state: State,
+    /// Where checkpoints go (`checkpoint-<step>/`), when saving.
+    pub out_dir: Option<PathBuf>,
+    /// Trainable tensors at the best validation loss (for early stopping).
+    pub best: Option<Vec<Tensor>>,
+}
+
+impl<'a, M: TrainModel> Trainer<'a, M> {
+    pub fn new(
+        model: &'a M,
+        config: LoopConfig,
+        rows: &'a [Row],
+        val_rows: &'a [Row],
+        digest: String,
+    ) -> Result<Self> {
+        if rows.is_empty() {
+            bail!("no training rows");
+        }
+        let opt = AdamW::new(model.trainable(), config.adamw)?;
+        let state = State {
+            config_digest: digest,
+            ..Default::default()
+        };
+        Ok(Self {
+            model,
+            config,
+            rows,
+            val_rows,
+            opt,
+            state,
+            out_dir: None,
+            best: None,
+        })
+    }
+
+    /// Micro-batches per epoch.
+    pub fn micro_per_epoch(&self) -> u64 {
+        self.rows.len().div_ceil(self.config.batch_size) as u64
+    }
+
+    /// Optimizer updates per epoch (the last one may take fewer micro-batches).
+    pub fn steps_per_epoch(&self) -> u64 {
+        self.micro_per_epoch()
+            .div_ceil(self.config.grad_accum as u64)
+    }
+
+    /// Updates the run will make in all.
+    pub fn total_steps(&self) -> u64 {
+        self.config
+            .max_steps
+            .unwrap_or(self.config.epochs * self.steps_per_epoch())
+    }
+
+    /// The micro-batches of the next update, advancing (epoch, micro).
+    fn next_micro_batches(&mut self) -> Vec<Batch> {
+        let per_epoch = self.micro_per_epoch();
+        if self.state.micro >= per_epoch {
+            self.state.epoch += 1;
+            self.state.micro = 0;
+        }
+        let order = epoch_order(self.rows.len(), self.config.seed, self.state.epoch);
+        let mut out = Vec::with_capacity(self.config.grad_accum);
+        while out.len() < self.config.grad_accum && self.state.micro < per_epoch {
+            let start = self.state.micro as usize * self.config.batch_size;
+            let end = (start + self.config.batch_size).min(order.len());
+            let refs: Vec<&Row> = order[start..end].iter().map(|&i| &self.rows[i]).collect();
+            out.push(collate(&refs, self.config.pad_id));
+            self.state.micro += 1;
+        }
+        out
+    }
+
+    /// Runs one update: forward/backward over its micro-batches (loss = Σ token losses / Σ targets of
+    /// the whole update), clip, AdamW. Returns (mean loss, grad norm before clipping, tokens).
+    pub fn train_step(&mut self) -> Result<(f64, f64, u64)> {
+        let batches = self.next_micro_batches();
+        let targets: usize = batches.iter().map(|b| b.targets).sum();
+        let tokens: usize = batches.iter().map(|b| b.tokens).sum();
+        if targets == 0 {
+            bail!("an update with no loss targets (every example needs an assistant token)");
+        }
+        let device = self.model.device().clone();
+        let params: Vec<(String, Var)> = self.opt.params().to_vec();
+        let mut grads: Vec<Option<Tensor>> = vec![None; params.len()];
+        let mut loss_total = 0f64;
+        for (mi, batch) in batches.iter().enumerate() {
+            if batch.targets == 0 {
+                continue;
+            }
+            let seed = dropout_seed(self.config.seed, self.state.step, mi);
+            let logits = self.model.logits(batch, Some(seed))?;
+            let sum = loss_sum(&logits, batch, &device)?;
+            loss_total += sum.to_scalar::<f32>()? as f64;
+            let scaled = (sum / targets as f64)?;
+            let store = scaled.backward()?;
+            for (i, (name, var)) in params.iter().enumerate() {
+                let g = store.get(var.as_tensor()).with_context(|| {
+                    format!("trainable tensor {name} received no gradient: the forward pass does not reach it")
+                })?;
+                grads[i] = Some(match grads[i].take() {
+                    None => g.clone(),
+                    Some(acc) => (acc + g)?,
+                });
+            }
+        }
+        let mut grads: Vec<Tensor> = grads
+            .into_iter()
+            .map(|g| g.context("no gradient"))
+            .collect::<Result<_>>()?;
+        let norm = clip_global_norm(&mut grads, self.config.max_grad_norm)?;
+        let lr = self.current_lr();
+        self.opt.step(&grads, lr)?;
+        self.state.step += 1;
+        self.state.tokens += tokens as u64;
+        self.state.targets += targets as u64;
+        self.state.loss_sum += loss_total;
+        let loss = loss_total / targets as f64;
+        if !loss.is_finite() {
+            bail!("training loss is {loss} at step {}", self.state.step);
+        }
+        Ok((loss, norm, tokens as u64))
+    }
+
+    /// The learning rate of the next update.
+    pub fn current_lr(&self) -> f64 {
+        let c = &self.config;
+        learning_rate(
+            c.schedule,
+            c.lr,
+            self.state.step,
+            c.warmup_steps,
+            self.total_steps(),
+        )
+    }
+
+    /// Trains until the last step or early stop, logging, evaluating and checkpointing as configured.
+    pub fn run(&mut self, sink: &mut dyn Sink) -> Result<Outcome> {
+        let total = self.total_steps();
+        let start = Instant::now();
+        let start_tokens = self.state.tokens;
+        let mut last_val = None;
+        let mut stopped_early = false;
+        let per_epoch = self.micro_per_epoch().max(1) as f64;
+        while self.state.step < total {
+            let lr = self.current_lr();
+            let (loss, grad_norm, _) = self.train_step()?;
+            let step = self.state.step;
+            let elapsed = start.elapsed().as_secs_f64();
+            if step.is_multiple_of(self.config.log_every.max(1)) || step == total {
+                let tokens_here = self.state.tokens - start_tokens;
+                sink.step(&StepLog {
+                    step,
+                    epoch: self.state.epoch as f64 + self.state.micro as f64 / per_epoch,
+                    loss,
+                    lr,
+                    grad_norm,
+                    tokens: self.state.tokens,
+                    tokens_per_s: if elapsed > 0.0 {
+                        tokens_here as f64 / elapsed
+                    } else {
+                        0.0
+                    },
+                    elapsed_s: self.state.elapsed_s + elapsed,
+                })?;
+            }
+            let eval_now = self.config.eval_every > 0
+                && step.is_multiple_of(self.config.eval_every)
+                && !self.val_rows.is_empty();
+            if eval_now {
+                let r = evaluate(
+                    self.model,
+                    self.val_rows,
+                    self.config.batch_size,
+                    self.config.pad_id,
+                )?;
+                sink.eval(&EvalLog {
+                    step,
+                    val_loss: r.loss,
+                    val_perplexity: r.perplexity,
+                })?;
+                last_val = Some(r);
+                if self.state.best_val.is_none_or(|b| r.loss < b) {
+                    self.state.best_val = Some(r.loss);
+                    self.state.best_step = Some(step);
+                    self.state.evals_without_improvement = 0;
+                    if self.config.early_stop_patience.is_some() {
+                        self.best = Some(self.snapshot()?);
+                    }
+                } else {
+                    self.state.evals_without_improvement += 1;
+                }
+            }
+            if self.config.save_every > 0
+                && step.is_multiple_of(self.config.save_every)
+                && step < total
+                && let Some(dir) = self.out_dir.clone()
+            {
+                let elapsed_total = self.state.elapsed_s + start.elapsed().as_secs_f64();
+                let path = self.save_checkpoint(&dir, elapsed_total)?;
+                sink.note(&format!("saved {}", path.display()));
+            }
+            if let Some(p) = self.config.early_stop_patience
+                && eval_now
+                && self.state.evals_without_improvement >= p
+            {
+                sink.note(&format!(
+                        "early stop at step {step}: no validation improvement in {p} evaluations (best {:.4} at step {})",
+                        self.state.best_val.unwrap_or(f64::NAN),
+                        self.state.best_step.unwrap_or(0)
+                    ));
+                stopped_early = true;
+                break;
+            }
+        }
+        let wall_s = start.elapsed().as_secs_f64();
+        self.state.elapsed_s += wall_s;
+        Ok(Outcome {
+            state: self.state.clone(),
+            last_val,
+            stopped_early,
+            wall_s,
+        })
+    }
+
+    /// Copies of the trainable tensors.
+    pub fn snapshot(&self) -> Result<Vec<Tensor>> {
+        self.opt
+            .params()
+            .iter()
+            .map(|(_, v)| Ok(v.as_tensor().copy()?))
+            .collect()
+    }
+
+    /// Puts tensors from [`Trainer::snapshot`] back.
+    pub fn restore(&self, tensors: &[Tensor]) -> Result<()> {
+        for ((_, v), t) in self.opt.params().iter().zip(tensors) {
+            v.set(t)?;
+        }
+        Ok(())
+    }
+
+    /// Writes `out/checkpoint-<step>/` (adapter, exact trainable tensors, optimizer moments, loop state),
+    /// built under a temporary name and renamed into place.
+    pub fn save_checkpoint(&self, out: &Path, elapsed_s: f64) -> Result<PathBuf> {
+        let final_dir = out.join(format!("checkpoint-{}", self.state.step));
+        let tmp = out.join(format!(".checkpoint-{}.tmp", self.state.step));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        std::fs::create_dir_all(&tmp)
+            .with_context(|| format!("{}: cannot create", tmp.display()))?;
+        self.model.save_adapter(&tmp)?;
+        let trainable: Vec<(String, Tensor)> = self
+            .opt
+            .params()
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect();
+        save_tensors(&tmp.join("trainable.safetensors"), &trainable)?;
+        self.opt.save(&tmp.join("optimizer.safetensors"))?;
+        let state = State {
+            elapsed_s,
+            ..self.state.clone()
+        };
+        ftkit_core::io::write_atomic(
+            &tmp.join("trainer_state.json"),
+            &serde_json::to_vec_pretty(&state)?,
+        )?;
+        if final_dir.exists() {
+            std::fs::remove_dir_all(&final_dir)?;
+        }
+        std::fs::rename(&tmp, &final_dir)
+            .with_context(|| format!("{}: cannot rename into place", final_dir.display()))?;
+        Ok(final_dir)
+    }
+
+    /// Continues from a checkpoint written by [`Trainer::save_checkpoint`] with the same configuration.
+    pub fn resume(&mut self, dir: &Path) -> Result<()> {
+        let state_path = dir.join("trainer_state.json");
+        let bytes = std::fs::read(&state_path)
+            .with_context(|| format!("{}: cannot read", state_path.display()))?;
+        let state: State = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: not a trainer state", state_path.display()))?;
+        if state.config_digest != self.state.config_digest {
+            bail!(
+                "{}: the checkpoint was made with another configuration or data (digest {}, now {}); \
+                 resume with the same flags and files",
+                dir.display(),
+                state.config_digest,
+                self.state.config_digest
+            );
+        }
+        let device = self.model.device().clone();
+        let saved = load_tensors(&dir.join("trainable.safetensors"), &device)?;
+        for (name, var) in self.opt.params() {
+            let t = saved
+                .get(name)
+                .with_context(|| format!("{}: checkpoint has no {name}", dir.display()))?;
+            if t.dims() != var.dims() {
+                bail!(
+                    "{}: {name} has shape {:?}, the model has {:?}",
+                    dir.display(),
+                    t.dims(),
+                    var.dims()
+                );
+            }
+            var.set(&t.to_dtype(var.dtype())?)?;
+        }
+        let moments = load_tensors(&dir.join("optimizer.safetensors"), &device)?;
+        self.opt.load_state(&moments, state.step, &device)?;
+        self.state = state;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod toy {
+    //! A bigram model (one trainable `[vocab, vocab]` table) to test the loop without a transformer.
+    use super::*;
+
+    pub struct Bigram {
+        pub table: Var,
+        pub device: Device,
+    }
+
+    impl Bigram {
+        pub fn new(vocab: usize) -> Result<Self> {
+            let device = Device::Cpu;
+            let init: Vec<f32> = (0..vocab * vocab)
+                .map(|i| ((i * 7919) % 13) as f32 * 0.01)
+                .collect();
+            let table = Var::from_vec(init, (vocab, vocab), &device)?;
+            Ok(Self { table, device })
+        }
+    }
+
+    impl TrainModel for Bigram {
+        fn logits(&self, batch: &Batch, _dropout_seed: Option<u64>) -> Result<Tensor> {
+            let sel = Tensor::from_slice(&batch.select, batch.select.len(), &self.device)?;
+            let ids = Tensor::from_slice(&batch.ids, batch.ids.len(), &self.device)?
+                .index_select(&sel, 0)?;
+            Ok(self.table.as_tensor().index_select(&ids, 0)?)
+        }
+        fn trainable(&self) -> Vec<(String, Var)> {
+            vec![("table".into(), self.table.clone())]
+        }
+        fn save_adapter(&self, dir: &Path) -> Result<()> {
+            save_tensors(
+                &dir.join("adapter.safetensors"),
+                &[("table".into(), self.table.as_tensor().clone())],
+            )
+        }
+        fn device(&self) -> &Device {
+            &self.device
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::toy::Bigram;
+    use super::*;
+    use crate::batch::{Encoded, make_rows};
+
+    struct Collect(Vec<StepLog>, Vec<EvalLog>);
+    impl Sink for Collect {
+        fn step(&mut self, log: &StepLog) -> Result<()> {
+            self.0.push(log.clone());
+            Ok(())
+        }
+        fn eval(&mut self, log: &EvalLog) -> Result<()> {
+            self.1.push(log.clone());
+            Ok(())
+        }
+        fn note(&mut self, _: &str) {}
+    }
+
+    fn config() -> LoopConfig {
+        LoopConfig {
+            lr: 0.1,
+            schedule: Schedule::Cosine,
+            warmup_steps: 2,
+            epochs: 3,
+            max_steps: None,
+            batch_size: 2,
+            grad_accum: 2,
+            max_grad_norm: 1.0,
+            adamw: AdamWConfig::default(),
+            seed: 5,
+            eval_every: 2,
+            save_every: 0,
+            log_every: 1,
+            early_stop_patience: None,
+            pad_id: 0,
+        }
+    }
+
+    /// Sequences "p q q+1 q+2 ..." where only the counting part is a target.
+    fn rows() -> Vec<Row> {
+        let ex: Vec<Encoded> = (0..10u32)
+            .map(|i| {
+                let start = 1 + i % 5;
+                let len = 3 + (i as usize % 4);
+                let ids: Vec<u32> = std::iter::once(9)
+                    .chain((0..len as u32).map(|k| start + k))
+                    .collect();
+                let target = (0..ids.len()).map(|k| k >= 2).collect();
+                Encoded { ids, target }
+            })
+            .collect();
+        make_rows(&ex, 64, false)
+    }
+
+    #[test]
+    fn loss_decreases_and_eval_runs() -> Result<()> {
+        let m = Bigram::new(16)?;
+        let r = rows();
+        let mut t = Trainer::new(&m, config(), &r, &r[..3], "d".into())?;
+        let mut sink = Collect(vec![], vec![]);
+        let out = t.run(&mut sink)?;
+        assert_eq!(out.state.step, t.total_steps());
+        assert_eq!(t.total_steps(), 3 * 3); // 5 micro-batches per epoch, 2 per update → 3 updates
+        let (first, last) = (
+            sink.0[0].loss,
+            sink.0.last().map(|l| l.loss).unwrap_or(f64::NAN),
+        );
+        assert!(last < first * 0.8, "loss {first} -> {last}");
+        assert_eq!(sink.1.len(), 4);
+        Ok(())
+    }
+
+    #[test]
+    fn accumulation_is_normalised_by_tokens() -> Result<()> {
+        // One update over 4 rows as 1 micro-batch of 4 or as 4 micro-batches of 1 gives the same weights.
+        let r = rows();
+        let mut results = Vec::new();
+        for (batch_size, grad_accum) in [(4, 1), (1, 4), (2, 2)] {
+            let m = Bigram::new(16)?;
+            let cfg = LoopConfig {
+                batch_size,
+                grad_accum,
+                max_steps: Some(1),
+                warmup_steps: 0,
+                ..config()
+            };
+            let mut t = Trainer::new(&m, cfg, &r, &[], "d".into())?;
+            let (loss, norm, _) = t.train_step()?;
+            results.push((
+                loss,
+                norm,
+                m.table.as_tensor().flatten_all()?.to_vec1::<f32>()?,
+            ));
+        }
+        for other in &results[1..] {
+            assert!(
+                (results[0].0 - other.0).abs() < 1e-6,
+                "{} vs {}",
+                results[0].0,
+                other.0
+            );
+            assert!((results[0].1 - other.1).abs() < 1e-6);
+            for (a, b) in results[0].2.iter().zip(&other.2) {
+                assert!((a - b).abs() < 1e-6);
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn resume_continues_the_same_trajectory() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let r = rows();
+        let cfg = LoopConfig {
+            save_every: 4,
+            max_steps: Some(8),
+            ..config()
+        };
+        let m = Bigram::new(16)?;
+        let mut t = Trainer::new(&m, cfg.clone(), &r, &r[..3], "d".into())?;
+        t.out_dir = Some(dir.path().to_path_buf());
+        let mut full = Collect(vec![], vec![]);
+        t.run(&mut full)?;
+        let m2 = Bigram::new(16)?;
+        let mut t2 = Trainer::new(&m2, cfg.clone(), &r, &r[..3], "d".into())?;
+        t2.resume(&dir.path().join("checkpoint-4"))?;
+        let mut rest = Collect(vec![], vec![]);
+        t2.run(&mut rest)?;
+        let a: Vec<(u64, f64)> = full.0[4..].iter().map(|l| (l.step, l.loss)).collect();
+        let b: Vec<(u64, f64)> = rest.0.iter().map(|l| (l.step, l.loss)).collect();
+        assert_eq!(a, b);
+        assert_eq!(
+            m.table.as_tensor().flatten_all()?.to_vec1::<f32>()?,
+            m2.table.as_tensor().flatten_all()?.to_vec1::<f32>()?
+        );
+        let mut t3 = Trainer::new(&m2, cfg, &r, &[], "other".into())?;
+        assert!(t3.resume(&dir.path().join("checkpoint-4")).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn loss_is_the_mean_cross_entropy_of_targets() -> Result<()> {
+        let m = Bigram::new(16)?;
+        let r = rows();
+        let b = collate(&[&r[0], &r[1]], 0);
+        let got = loss_sum(&m.logits(&b, None)?, &b, &Device::Cpu)?.to_scalar::<f32>()? as f64;
+        // By hand: -log softmax(table[ids[t]])[ids[t + 1]] over the weighted positions only.
+        let table = m.table.as_tensor().to_vec2::<f32>()?;
+        let mut want = 0f64;
+        for (i, w) in b.weights.iter().enumerate() {
+            if *w == 0.0 {
+                continue;
+            }
+            let (row, t) = (i / (b.len - 1), i % (b.len - 1));
+            let logits = &table[b.ids[row * b.len + t] as usize];
+            let lse = logits.iter().map(|&x| (x as f64).exp()).sum::<f64>().ln();
+            want += lse - logits[b.labels[i] as usize] as f64;
+        }
+        assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+        assert!(b.weights.contains(&0.0), "the example has prompt tokens");
+        Ok(())
+    }
+
+    #[test]
+    fn early_stopping_stops() -> Result<()> {
+        let m = Bigram::new(16)?;
+        let r = rows();
+        // A huge learning rate makes validation loss worse after the first evaluation.
+        let cfg = LoopConfig {
+            lr: 50.0,
+            max_grad_norm: 0.0,
+            eval_every: 1,
+            early_stop_patience: Some(2),
+            warmup_steps: 0,
+            schedule: Schedule::Constant,
+            epochs: 20,
+            ..config()
+        };
+        let mut t = Trainer::new(&m, cfg, &r, &r[5..], "d".into())?;
+        let out = t.run(&mut Collect(vec![], vec![]))?;
+        assert!(out.stopped_early, "ran {} steps", out.state.step);
+        assert!(out.state.step < t.total_steps());
+        Ok(())
+    }
+}

@@ -1,0 +1,439 @@
+//! End-to-end training runs of the real binary on tiny random models made by ftkit-model's fixtures.
+#![allow(clippy::unwrap_used)]
+
+use clap::Parser;
+use ftkit_model::fixtures::{TinySpec, write_tiny_model};
+use ftkit_testkit::{Outcome, Run, testdata};
+use std::path::{Path, PathBuf};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ft-train-lora");
+
+fn tiny(dir: &Path, spec: TinySpec) -> PathBuf {
+    let model = dir.join("model");
+    write_tiny_model(&model, &spec).unwrap();
+    model
+}
+
+fn train(model: &Path, out: &Path, extra: &[&str]) -> Outcome {
+    Run::new(BIN)
+        .arg("--model")
+        .arg(model)
+        .arg("--train")
+        .arg(testdata("train-lora", "train.jsonl"))
+        .arg("--out-dir")
+        .arg(out)
+        .args([
+            "--device",
+            "cpu",
+            "--rank",
+            "4",
+            "--alpha",
+            "8",
+            "--batch-size",
+            "4",
+            "--max-seq-len",
+            "256",
+        ])
+        .args(extra)
+        .run()
+        .expect_code(0)
+}
+
+fn losses(out: &Outcome) -> Vec<(u64, f64)> {
+    out.records()
+        .iter()
+        .filter(|r| r.get("loss").is_some())
+        .map(|r| (r["step"].as_u64().unwrap(), r["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn loss_decreases_and_everything_is_written() {
+    for spec in [TinySpec::qwen2(1), TinySpec::llama(2)] {
+        let dir = tempfile::tempdir().unwrap();
+        let model = tiny(dir.path(), spec);
+        let out = dir.path().join("out");
+        let run = Run::new(BIN)
+            .arg("--model")
+            .arg(&model)
+            .arg("--train")
+            .arg(testdata("train-lora", "train.jsonl"))
+            .arg("--val")
+            .arg(testdata("train-lora", "val.jsonl"))
+            .arg("--test")
+            .arg(testdata("train-lora", "val.jsonl"))
+            .arg("--out-dir")
+            .arg(&out)
+            .args([
+                "--device",
+                "cpu",
+                "--rank",
+                "8",
+                "--alpha",
+                "16",
+                "--lr",
+                "1e-2",
+                "--max-steps",
+                "40",
+            ])
+            .args([
+                "--eval-every",
+                "20",
+                "--warmup-steps",
+                "2",
+                "--target",
+                "all-linear",
+            ])
+            .run()
+            .expect_code(0);
+        let l = losses(&run);
+        assert_eq!(l.len(), 40);
+        let first: f64 = l[..5].iter().map(|x| x.1).sum::<f64>() / 5.0;
+        let last: f64 = l[35..].iter().map(|x| x.1).sum::<f64>() / 5.0;
+        assert!(last < first * 0.5, "loss {first} -> {last}");
+        let evals: Vec<_> = run
+            .records()
+            .into_iter()
+            .filter(|r| r.get("val_loss").is_some())
+            .collect();
+        assert_eq!(evals.len(), 2);
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("training_report.json")).unwrap())
+                .unwrap();
+        assert_eq!(report["steps"], 40);
+        assert_eq!(report["data"]["train"]["examples"], 18);
+        assert!(
+            report["val"]["loss"].as_f64().unwrap() < evals[0]["val_loss"].as_f64().unwrap() + 1e-9
+        );
+        assert!(report["test"]["perplexity"].as_f64().unwrap() > 1.0);
+        assert!(report["peak_memory_bytes"].as_u64().unwrap() > 0);
+        assert_eq!(
+            report["data"]["train"]["sha256"].as_str().unwrap().len(),
+            64
+        );
+        assert!(
+            out.join("adapter_model.safetensors").exists()
+                && out.join("adapter_config.json").exists()
+        );
+    }
+}
+
+/// Keys, shapes, dtype and config of the adapter, as PEFT writes them.
+#[test]
+fn adapter_layout_is_pefts() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path(), TinySpec::qwen2(3));
+    let out = dir.path().join("out");
+    train(
+        &model,
+        &out,
+        &["--max-steps", "1", "--target", "q_proj,v_proj,down_proj"],
+    );
+    let bytes = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut lines: Vec<String> = st
+        .tensors()
+        .iter()
+        .map(|(k, v)| format!("{k} {:?} {:?}", v.dtype(), v.shape()))
+        .collect();
+    lines.sort();
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap()).unwrap();
+    config["base_model_name_or_path"] = "<model>".into();
+    let text = format!(
+        "{}\n{}\n",
+        lines.join("\n"),
+        serde_json::to_string_pretty(&config).unwrap()
+    );
+    ftkit_testkit::golden::check(
+        &testdata("train-lora", "adapter_layout.golden"),
+        text.as_bytes(),
+    );
+}
+
+#[test]
+fn same_seed_same_adapter_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path(), TinySpec::llama(4));
+    let args = ["--max-steps", "3", "--dropout", "0.1", "--lr", "1e-2"];
+    let bytes = |name: &str, seed: &str| {
+        let out = dir.path().join(name);
+        let mut a = args.to_vec();
+        a.extend(["--seed", seed]);
+        train(&model, &out, &a);
+        std::fs::read(out.join("adapter_model.safetensors")).unwrap()
+    };
+    let a = bytes("a", "1");
+    assert_eq!(a, bytes("b", "1"));
+    assert_ne!(a, bytes("c", "2"));
+}
+
+#[test]
+fn resumed_run_follows_the_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path(), TinySpec::qwen2(5));
+    let full_dir = dir.path().join("full");
+    let common = [
+        "--max-steps",
+        "6",
+        "--save-every",
+        "3",
+        "--lr",
+        "1e-2",
+        "--grad-accum",
+        "2",
+        "--batch-size",
+        "2",
+    ];
+    let full = train(&model, &full_dir, &common);
+    let resumed_dir = dir.path().join("resumed");
+    let ck = full_dir.join("checkpoint-3");
+    let mut args = common.to_vec();
+    let ck_str = ck.to_str().unwrap();
+    args.extend(["--resume", ck_str]);
+    let resumed = train(&model, &resumed_dir, &args);
+    assert_eq!(losses(&full)[3..].to_vec(), losses(&resumed));
+    assert_eq!(losses(&resumed).first().map(|l| l.0), Some(4));
+    assert_eq!(
+        std::fs::read(full_dir.join("adapter_model.safetensors")).unwrap(),
+        std::fs::read(resumed_dir.join("adapter_model.safetensors")).unwrap()
+    );
+    // Another configuration cannot resume from it.
+    let out = Run::new(BIN)
+        .arg("--model")
+        .arg(&model)
+        .arg("--train")
+        .arg(testdata("train-lora", "train.jsonl"))
+        .arg("--out-dir")
+        .arg(dir.path().join("x"))
+        .args([
+            "--device",
+            "cpu",
+            "--max-steps",
+            "6",
+            "--lr",
+            "5e-3",
+            "--resume",
+            ck_str,
+        ])
+        .run();
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("another configuration"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn packing_trains() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path(), TinySpec::llama(6));
+    let out = dir.path().join("out");
+    let run = train(
+        &model,
+        &out,
+        &["--max-steps", "2", "--pack", "--max-seq-len", "128"],
+    );
+    assert_eq!(losses(&run).len(), 2);
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("training_report.json")).unwrap()).unwrap();
+    let rows = report["data"]["train"]["rows"].as_u64().unwrap();
+    assert!(rows < 18, "{rows} rows: nothing was packed");
+}
+
+#[test]
+fn truncation_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path(), TinySpec::qwen2(7));
+    let out = dir.path().join("out");
+    let report = |run: &Outcome| -> serde_json::Value {
+        assert!(run.stderr.contains("truncated"), "{}", run.stderr);
+        serde_json::from_slice(&std::fs::read(out.join("training_report.json")).unwrap()).unwrap()
+    };
+    let full = report(&train(
+        &model,
+        &out,
+        &["--max-steps", "1", "--max-seq-len", "4096"],
+    ));
+    assert_eq!(full["data"]["train"]["truncated"], 0);
+    let longest = 100; // the toy examples are 88 to 105 tokens with the fixture tokenizer
+    let cut = report(&train(
+        &model,
+        &out,
+        &["--max-steps", "1", "--max-seq-len", &longest.to_string()],
+    ));
+    let t = &cut["data"]["train"];
+    let truncated = t["truncated"].as_u64().unwrap();
+    assert!(truncated > 0 && truncated < 18, "{t}");
+    assert!(t["targets"].as_u64().unwrap() < full["data"]["train"]["targets"].as_u64().unwrap());
+    // Cut inside the prompt: nothing left to learn from, a clear error.
+    let run = Run::new(BIN)
+        .arg("--model")
+        .arg(&model)
+        .arg("--train")
+        .arg(testdata("train-lora", "train.jsonl"))
+        .arg("--out-dir")
+        .arg(dir.path().join("none"))
+        .args(["--max-seq-len", "8", "--device", "cpu"])
+        .run();
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("no example has a target token left"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// The tokens that carry loss are exactly the assistant's reply (and the template's end-of-turn mark).
+#[test]
+fn only_assistant_tokens_are_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path(), TinySpec::qwen2(8));
+    let args = ft_train_lora::Args::try_parse_from([
+        "ft-train-lora",
+        "--model",
+        model.to_str().unwrap(),
+        "--train",
+        "x",
+        "--out-dir",
+        "y",
+        "--device",
+        "cpu",
+    ])
+    .unwrap();
+    let lm = ft_train_lora::lm::Lm::load(&args).unwrap();
+    let msgs = vec![
+        ft_train_lora::data::Message::new("user", "Count up from two."),
+        ft_train_lora::data::Message::new("assistant", "two three four five"),
+    ];
+    let (ids, mask) = lm.encode(&msgs).unwrap();
+    let e = ft_train_lora::batch::Encoded::new(ids.clone(), mask.clone(), false);
+    let picked: Vec<u32> = ids
+        .iter()
+        .zip(&e.target)
+        .filter(|(_, t)| **t)
+        .map(|(i, _)| *i)
+        .collect();
+    let text = lm.tokenizer().decode(&picked, false).unwrap();
+    assert!(text.starts_with("two three four five"), "{text:?}");
+    assert!(
+        text.len() < "two three four five".len() + 16,
+        "prompt tokens among targets: {text:?}"
+    );
+    assert!(
+        e.target.iter().filter(|t| !**t).count() > 5,
+        "prompt tokens must carry no loss"
+    );
+    let all = ft_train_lora::batch::Encoded::new(ids, mask, true);
+    assert_eq!(all.targets(), all.ids.len() - 1);
+}
+
+/// After a few updates every LoRA tensor (A and B of every targeted layer) has moved.
+#[test]
+fn every_lora_tensor_gets_a_gradient() {
+    use ft_train_lora::train::{TrainModel, Trainer};
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path(), TinySpec::llama(9));
+    let train_path = testdata("train-lora", "train.jsonl");
+    let args = ft_train_lora::Args::try_parse_from([
+        "ft-train-lora",
+        "--model",
+        model.to_str().unwrap(),
+        "--train",
+        train_path.to_str().unwrap(),
+        "--out-dir",
+        "unused",
+        "--device",
+        "cpu",
+        "--target",
+        "all-linear",
+        "--dropout",
+        "0.1",
+    ])
+    .unwrap();
+    let lm = ft_train_lora::lm::Lm::load(&args).unwrap();
+    let data = ft_train_lora::data::load(&args.train, ftkit_core::OnError::Fail, None).unwrap();
+    let (rows, _) = ft_train_lora::job::encode_split(&lm, &data, &args, false).unwrap();
+    let params = lm.trainable();
+    assert_eq!(params.len(), 2 * 7 * 2, "A and B of 7 linears in 2 layers");
+    let before: Vec<Vec<f32>> = params
+        .iter()
+        .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+        .collect();
+    let cfg = ft_train_lora::train::LoopConfig {
+        lr: 1e-2,
+        schedule: ft_train_lora::optim::Schedule::Constant,
+        warmup_steps: 0,
+        epochs: 1,
+        max_steps: Some(3),
+        batch_size: 4,
+        grad_accum: 1,
+        max_grad_norm: 1.0,
+        adamw: Default::default(),
+        seed: 1,
+        eval_every: 0,
+        save_every: 0,
+        log_every: 1,
+        early_stop_patience: None,
+        pad_id: lm.pad_id(),
+    };
+    let mut t = Trainer::new(&lm, cfg, &rows, &[], "d".into()).unwrap();
+    for _ in 0..3 {
+        t.train_step().unwrap();
+    }
+    for ((name, v), old) in params.iter().zip(&before) {
+        let now: Vec<f32> = v.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        assert!(
+            now.iter().zip(old).any(|(a, b)| a != b),
+            "{name} did not change"
+        );
+    }
+}
+
+/// Packed rows give the same loss as one example per row: no attention crosses an example boundary
+/// and positions restart for every packed example.
+#[test]
+fn packing_does_not_leak_across_examples() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, spec) in [TinySpec::qwen2(10), TinySpec::llama(11)]
+        .into_iter()
+        .enumerate()
+    {
+        let model = dir.path().join(format!("m{i}"));
+        write_tiny_model(&model, &spec).unwrap();
+        let train_path = testdata("train-lora", "train.jsonl");
+        let args = ft_train_lora::Args::try_parse_from([
+            "ft-train-lora",
+            "--model",
+            model.to_str().unwrap(),
+            "--train",
+            train_path.to_str().unwrap(),
+            "--out-dir",
+            "unused",
+            "--device",
+            "cpu",
+            "--max-seq-len",
+            "512",
+        ])
+        .unwrap();
+        let lm = ft_train_lora::lm::Lm::load(&args).unwrap();
+        let data = ft_train_lora::data::load(&args.train, ftkit_core::OnError::Fail, None).unwrap();
+        let (single, _) = ft_train_lora::job::encode_split(&lm, &data, &args, false).unwrap();
+        let (packed, _) = ft_train_lora::job::encode_split(&lm, &data, &args, true).unwrap();
+        assert!(
+            packed.len() < single.len() / 2,
+            "{} packed rows",
+            packed.len()
+        );
+        let a = ft_train_lora::train::evaluate(&lm, &single, 4, lm.pad_id()).unwrap();
+        let b = ft_train_lora::train::evaluate(&lm, &packed, 2, lm.pad_id()).unwrap();
+        assert_eq!(a.targets, b.targets);
+        assert!(
+            (a.loss - b.loss).abs() < 1e-5,
+            "unpacked {} vs packed {}",
+            a.loss,
+            b.loss
+        );
+    }
+}
