@@ -82,9 +82,9 @@ fn main() -> Result<()> {
             out,
             "{} h{h} L{layers} seq{seq} b{batch} r{rank}: {mean:.3} s/step, {:.0} tokens/s",
             match (frozen, fused) {
-                (true, true) => "frozen-linear + fused softmax/rmsnorm:",
-                (true, false) => "frozen-linear, autograd softmax/rmsnorm:",
-                _ => "naive (candle matmul, autograd softmax/rmsnorm):",
+                (true, true) => "frozen-linear + fused softmax/rmsnorm/rope:",
+                (true, false) => "frozen-linear, autograd softmax/rmsnorm/rope:",
+                _ => "naive (candle matmul, autograd softmax/rmsnorm/rope):",
             },
             (batch * seq) as f64 / mean
         )?;
