@@ -46,7 +46,9 @@ fn main() -> Result<()> {
         .collect();
     let ids = Tensor::from_vec(ids, (batch, seq), &Device::Cpu)?;
     let mut out = std::io::stderr().lock();
-    for (frozen, fused) in [(true, true), (true, false), (false, false)] {
+    let modes = [(true, true), (true, false), (false, false)];
+    let mut runs = Vec::new();
+    for (frozen, fused) in modes {
         let mut m = CausalLm::load(&cfg, vb.clone())?;
         m.set_frozen_op(frozen);
         m.set_fused_ops(fused);
@@ -62,9 +64,12 @@ fn main() -> Result<()> {
             },
             &varmap,
         )?;
-        let mut opt = candle_nn::AdamW::new(varmap.all_vars(), candle_nn::ParamsAdamW::default())?;
-        let mut times = Vec::new();
-        for _ in 0..steps + 1 {
+        let opt = candle_nn::AdamW::new(varmap.all_vars(), candle_nn::ParamsAdamW::default())?;
+        runs.push((m, opt, Vec::new(), Vec::new()));
+    }
+    // Round-robin over the modes so machine-load drift hits them alike; step 0 is warm-up.
+    for step in 0..steps + 1 {
+        for (m, opt, times, fwd_times) in runs.iter_mut() {
             let t = Instant::now();
             let logits = m.forward(&ids.narrow(1, 0, seq - 1)?, &ForwardOpts::default())?;
             let v = logits.dim(D::Minus1)?;
@@ -72,19 +77,25 @@ fn main() -> Result<()> {
                 &logits.reshape(((seq - 1) * batch, v))?,
                 &ids.narrow(1, 1, seq - 1)?.flatten_all()?,
             )?;
+            let fwd = t.elapsed().as_secs_f64();
             let grads = loss.backward()?;
             opt.step(&grads)?;
-            times.push(t.elapsed().as_secs_f64());
+            if step > 0 {
+                times.push(t.elapsed().as_secs_f64());
+                fwd_times.push(fwd);
+            }
         }
-        let warm = &times[1..];
-        let mean = warm.iter().sum::<f64>() / warm.len() as f64;
+    }
+    for ((frozen, fused), (_, _, times, fwd_times)) in modes.iter().zip(&runs) {
+        let mean = times.iter().sum::<f64>() / times.len() as f64;
+        let fwd = fwd_times.iter().sum::<f64>() / times.len() as f64;
         writeln!(
             out,
-            "{} h{h} L{layers} seq{seq} b{batch} r{rank}: {mean:.3} s/step, {:.0} tokens/s",
+            "{} h{h} L{layers} seq{seq} b{batch} r{rank}: {mean:.3} s/step (forward+loss {fwd:.3} s), {:.0} tokens/s",
             match (frozen, fused) {
-                (true, true) => "frozen-linear + fused softmax/rmsnorm:",
-                (true, false) => "frozen-linear, autograd softmax/rmsnorm:",
-                _ => "naive (candle matmul, autograd softmax/rmsnorm):",
+                (true, true) => "frozen-linear + fused softmax/rmsnorm/rope:",
+                (true, false) => "frozen-linear, autograd softmax/rmsnorm/rope:",
+                _ => "naive (candle matmul, autograd softmax/rmsnorm/rope):",
             },
             (batch * seq) as f64 / mean
         )?;

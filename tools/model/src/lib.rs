@@ -19,10 +19,43 @@
 //! - [`device`]: `DeviceSpec`/`DTypeSpec` (`FromStr`), `open_device` (auto → CPU fallback with
 //!   a note), `resolve_dtype` (auto: bf16 on CUDA, f32 on CPU). Feature `cuda` builds candle
 //!   with CUDA.
+//! - [`ops`]: candle's fused softmax / RMSNorm / rope with a closed-form backward attached
+//!   (used by default; `CausalLm::set_fused_ops(false)` switches to autograd over basic ops).
 //! - [`fixtures`]: tiny deterministic random models + BPE tokenizers for tests.
 //! - [`rng`]: the seedable RNG used for weights, LoRA init and dropout.
 //!
 //! No clap here: tools parse flags and call these functions.
+//!
+//! Training recipe (what ft-train-lora does):
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! use ftkit_model::*;
+//! use candle_nn::Optimizer;
+//! let files = resolve(&ModelSource::parse("./tiny")?, &HubOptions::from_env(false))?;
+//! let device = device::open_device("auto".parse()?, &mut |m| eprintln!("ft-x: {m}"))?;
+//! let dtype = device::resolve_dtype("auto".parse()?, &device);
+//! let mut model = CausalLm::from_files(&files, dtype, &device)?;
+//! let varmap = candle_nn::VarMap::new();
+//! let lora = LoraConfig { rank: 16, alpha: 32.0, dropout: 0.05, rslora: false,
+//!     targets: parse_targets("q_proj,k_proj,v_proj,o_proj")?, seed: 1 };
+//! model.attach_lora(&lora, &varmap)?;
+//! let tok = load_tokenizer(&files.tokenizer)?;
+//! let tcfg = TokenizerConfig::load(files.tokenizer_config.as_deref(), files.chat_template.as_deref())?;
+//! let tmpl = ChatTemplate::from_config(&tcfg)?;
+//! let enc = encode_chat(&[ChatMessage::new("user", "Hi"), ChatMessage::new("assistant", "Hello")], &tmpl, &tok)?;
+//! let ids = candle_core::Tensor::new(enc.ids.as_slice(), &device)?.unsqueeze(0)?;
+//! let mut opts = ForwardOpts::default();
+//! opts.mode.dropout_seed = Some(1234); // per step/micro-batch: deterministic dropout
+//! let hidden = model.hidden(&ids, &opts)?;          // [1, s, h]
+//! let logits = model.logits(&hidden)?;              // select loss positions first on big vocabs
+//! # let loss = logits.sum_all()?;
+//! let grads = loss.backward()?;
+//! check_gradients(&grads, &model.lora_params())?;   // first step: fail loudly
+//! let tensors: Vec<_> = model.lora_params().into_iter().map(|(k, v)| (k, v.as_tensor().clone())).collect();
+//! peft::save_adapter("out".as_ref(), &peft::AdapterConfig::from_lora(&lora, Some("org/name")), &tensors)?;
+//! # Ok(()) }
+//! ```
 
 pub mod chat;
 pub mod config;

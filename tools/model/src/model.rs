@@ -287,7 +287,7 @@ impl CausalLm {
         }
     }
 
-    /// Use fused softmax/RMSNorm kernels with closed-form backward ([`crate::ops`], default)
+    /// Use fused softmax/RMSNorm/rope kernels with closed-form backward ([`crate::ops`], default)
     /// or the basic-op formulation differentiated by autograd.
     pub fn set_fused_ops(&mut self, on: bool) {
         self.fused = on;
@@ -303,19 +303,33 @@ impl CausalLm {
             .reshape((b, s, self.config.hidden_size))?)
     }
 
+    /// Half rope tables `[s, hd/2]` (or `[b, s, hd/2]` with position ids), in the model dtype.
     fn rope_tables(&self, b: usize, s: usize, opts: &ForwardOpts) -> Result<(Tensor, Tensor)> {
-        // freqs [b or 1, s, hd/2] in F32, duplicated to hd, then cast.
         let pos = match &opts.position_ids {
             Some(p) => p.to_dtype(DType::F32)?.reshape((b, s, 1))?,
             None => Tensor::arange(0u32, s as u32, &self.device)?
                 .to_dtype(DType::F32)?
-                .reshape((1, s, 1))?,
+                .reshape((s, 1))?,
         };
-        let freqs = pos.broadcast_mul(&self.inv_freq.unsqueeze(0)?)?;
-        let freqs = Tensor::cat(&[&freqs, &freqs], D::Minus1)?;
-        let cos = freqs.cos()?.to_dtype(self.dtype)?.unsqueeze(1)?;
-        let sin = freqs.sin()?.to_dtype(self.dtype)?.unsqueeze(1)?;
+        let freqs = pos.broadcast_mul(&self.inv_freq)?;
+        let cos = freqs.cos()?.to_dtype(self.dtype)?.contiguous()?;
+        let sin = freqs.sin()?.to_dtype(self.dtype)?.contiguous()?;
         Ok((cos, sin))
+    }
+
+    fn apply_rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        if self.fused {
+            return Ok(crate::ops::rope(x, cos, sin)?);
+        }
+        // [.., s, hd/2] -> [b|1, 1, s, hd]
+        let full = |t: &Tensor| -> Result<Tensor> {
+            let t = Tensor::cat(&[t, t], D::Minus1)?;
+            Ok(match t.rank() {
+                2 => t.unsqueeze(0)?.unsqueeze(0)?,
+                _ => t.unsqueeze(1)?,
+            })
+        };
+        Ok((x.broadcast_mul(&full(cos)?)? + rotate_half(x)?.broadcast_mul(&full(sin)?)?)?)
     }
 
     fn mask(&self, b: usize, s: usize, opts: &ForwardOpts) -> Result<Tensor> {
@@ -359,8 +373,8 @@ impl CausalLm {
             let q = q.reshape((b, s, nh, hd))?.transpose(1, 2)?;
             let k = k.reshape((b, s, nkv, hd))?.transpose(1, 2)?;
             let v = v.reshape((b, s, nkv, hd))?.transpose(1, 2)?;
-            let q = (q.broadcast_mul(&cos)? + rotate_half(&q)?.broadcast_mul(&sin)?)?;
-            let k = (k.broadcast_mul(&cos)? + rotate_half(&k)?.broadcast_mul(&sin)?)?;
+            let q = self.apply_rope(&q, &cos, &sin)?;
+            let k = self.apply_rope(&k, &cos, &sin)?;
             let k = repeat_kv(k, nh / nkv)?.contiguous()?;
             let v = repeat_kv(v, nh / nkv)?.contiguous()?;
             let att = (q.contiguous()?.matmul(&k.t()?)? * scale)?;

@@ -117,3 +117,62 @@ impl candle_core::CustomOp2 for RmsNormGrad {
         Ok((Some(dx.to_dtype(dt)?), None))
     }
 }
+
+/// Rotate-half rope (`candle_nn::rotary_emb::rope`) with its backward: rope is a rotation, so
+/// `dx = rope(g, cos, −sin)`. `cos`/`sin`: `[s, d/2]` or `[b, s, d/2]`, `x`: `[b, h, s, d]`.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let xc = x.detach().contiguous()?;
+    let y = candle_nn::rotary_emb::rope(&xc, cos, sin)?;
+    if !x.track_op() {
+        return Ok(y);
+    }
+    x.apply_op2(
+        &y,
+        RopeGrad {
+            cos: cos.detach(),
+            neg_sin: sin.detach().neg()?,
+        },
+    )
+}
+
+struct RopeGrad {
+    cos: Tensor,
+    neg_sin: Tensor,
+}
+
+impl candle_core::CustomOp2 for RopeGrad {
+    fn name(&self) -> &'static str {
+        "rope-with-grad"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        s: &CpuStorage,
+        l: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        copy_fwd(s, l)
+    }
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &Layout,
+        s: &CudaStorage,
+        l: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        copy_fwd(s, l)
+    }
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _y: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = grad.contiguous()?;
+        Ok((
+            Some(candle_nn::rotary_emb::rope(&g, &self.cos, &self.neg_sin)?),
+            None,
+        ))
+    }
+}

@@ -242,3 +242,32 @@ fn local_dir_single_and_sharded() -> Result<()> {
     assert!(missing.is_err());
     Ok(())
 }
+
+#[test]
+fn fixtures_are_byte_identical_for_a_seed() -> Result<()> {
+    let (a, b, c) = (
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+    );
+    write_tiny_model(a.path(), &TinySpec::qwen2(9))?;
+    write_tiny_model(b.path(), &TinySpec::qwen2(9))?;
+    write_tiny_model(c.path(), &TinySpec::qwen2(10))?;
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "model.safetensors",
+    ] {
+        assert_eq!(
+            std::fs::read(a.path().join(f))?,
+            std::fs::read(b.path().join(f))?,
+            "{f}"
+        );
+    }
+    assert_ne!(
+        std::fs::read(a.path().join("model.safetensors"))?,
+        std::fs::read(c.path().join("model.safetensors"))?
+    );
+    Ok(())
+}

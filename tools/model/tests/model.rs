@@ -56,6 +56,16 @@ fn qwen2_forward_matches_candle_transformers() -> Result<()> {
     )?;
     let stock_logits = h.broadcast_matmul(&embed.t()?)?;
     let diff = max_diff(&logits, &stock_logits)?;
+    eprintln!("qwen2 parity: max abs logit diff {diff:e}");
+    assert!(diff <= 1e-4, "max abs diff {diff}");
+    // The basic-op (autograd) formulation agrees too.
+    let mut basic = ours.clone();
+    basic.set_fused_ops(false);
+    let diff = max_diff(
+        &basic.forward(&ids, &ForwardOpts::default())?,
+        &stock_logits,
+    )?;
+    eprintln!("qwen2 parity (basic ops): max abs logit diff {diff:e}");
     assert!(diff <= 1e-4, "max abs diff {diff}");
     // Not trivially equal: logits vary across the vocabulary.
     let spread = logits
@@ -80,13 +90,22 @@ fn llama_forward_matches_candle_transformers() -> Result<()> {
     let logits = ours.forward(&ids, &ForwardOpts::default())?;
     let lcfg = cfg.to_llama();
     let stock = llama::Llama::load(vb.clone(), &lcfg)?;
+    let mut basic = ours.clone();
+    basic.set_fused_ops(false);
+    let basic_logits = basic.forward(&ids, &ForwardOpts::default())?;
     let mut worst = 0f32;
+    let mut worst_basic = 0f32;
     for t in 1..=10 {
         let mut cache = llama::Cache::new(false, DType::F32, &lcfg, &Device::Cpu)?;
         let last = stock.forward(&ids.narrow(1, 0, t)?, 0, &mut cache)?;
         let mine = logits.narrow(1, t - 1, 1)?.squeeze(1)?;
         worst = worst.max(max_diff(&mine, &last)?);
+        let b = basic_logits.narrow(1, t - 1, 1)?.squeeze(1)?;
+        worst_basic = worst_basic.max(max_diff(&b, &last)?);
     }
+    eprintln!("llama parity (basic ops): max abs logit diff {worst_basic:e}");
+    assert!(worst_basic <= 1e-4, "max abs diff {worst_basic}");
+    eprintln!("llama parity: max abs logit diff {worst:e}");
     assert!(worst <= 1e-4, "max abs diff {worst}");
     Ok(())
 }
