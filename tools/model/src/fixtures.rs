@@ -114,17 +114,60 @@ impl TinySpec {
     }
 }
 
-/// Train a byte-level BPE tokenizer on [`CORPUS`] with `specials` as special tokens (ids 0..).
+/// Qwen2's pre-tokenizer regex: the one in Qwen2.5's `tokenizer.json`, and the one transformers'
+/// `Qwen2Tokenizer` installs (it rebuilds the pipeline from vocab + merges, ignoring the file's
+/// `pre_tokenizer`). Unlike GPT-2's, it splits every digit on its own and never joins a space
+/// to a number.
+pub const QWEN2_PRETOKENIZE_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Train a byte-level BPE tokenizer on [`CORPUS`] with `specials` as special tokens (ids 0..),
+/// GPT-2 style pre-tokenization (what the llama fixture uses).
 pub fn train_tokenizer(specials: &[&str], vocab_size: usize) -> Result<Tokenizer> {
+    train_tokenizer_for(Arch::Llama, specials, vocab_size)
+}
+
+/// Train a byte-level BPE tokenizer on [`CORPUS`] with the pipeline `arch`'s real tokenizers
+/// use: for qwen2, NFC + [`QWEN2_PRETOKENIZE_REGEX`] split + byte-level (as Qwen2.5's
+/// `tokenizer.json`, and as transformers' `Qwen2Tokenizer` rebuilds it, so the fixture tokenises
+/// identically in transformers and here); for llama, GPT-2's byte-level regex.
+pub fn train_tokenizer_for(arch: Arch, specials: &[&str], vocab_size: usize) -> Result<Tokenizer> {
     use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
     use tokenizers::models::{ModelWrapper, TrainerWrapper};
+    use tokenizers::normalizers::{NormalizerWrapper, unicode::NFC};
     use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-    use tokenizers::{AddedToken, DecoderWrapper, PostProcessorWrapper, PreTokenizerWrapper};
+    use tokenizers::pre_tokenizers::sequence::Sequence;
+    use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+    use tokenizers::{
+        AddedToken, DecoderWrapper, PostProcessorWrapper, PreTokenizerWrapper,
+        SplitDelimiterBehavior,
+    };
 
     let mut tok = Tokenizer::new(ModelWrapper::BPE(BPE::default()));
-    tok.with_pre_tokenizer(Some(PreTokenizerWrapper::ByteLevel(
-        ByteLevel::default().add_prefix_space(false),
-    )));
+    match arch {
+        Arch::Qwen2 => {
+            let split = Split::new(
+                SplitPattern::Regex(QWEN2_PRETOKENIZE_REGEX.to_string()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| anyhow!("qwen2 pre-tokenizer regex: {e}"))?;
+            tok.with_normalizer(Some(NormalizerWrapper::NFC(NFC)))
+                .map_err(|e| anyhow!("qwen2 normalizer: {e}"))?;
+            tok.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(Sequence::new(vec![
+                PreTokenizerWrapper::Split(split),
+                PreTokenizerWrapper::ByteLevel(
+                    ByteLevel::default()
+                        .add_prefix_space(false)
+                        .use_regex(false),
+                ),
+            ]))));
+        }
+        Arch::Llama => {
+            tok.with_pre_tokenizer(Some(PreTokenizerWrapper::ByteLevel(
+                ByteLevel::default().add_prefix_space(false),
+            )));
+        }
+    }
     tok.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::default())));
     tok.with_post_processor(Some(PostProcessorWrapper::ByteLevel(
         ByteLevel::default().trim_offsets(false),
@@ -216,18 +259,26 @@ pub fn weight_shapes(spec: &TinySpec, vocab: usize) -> Vec<(String, Vec<usize>)>
 pub fn write_tiny_model(dir: &Path, spec: &TinySpec) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let specials = spec.special_tokens();
-    let tok = train_tokenizer(specials, spec.vocab_size)?;
+    let tok = train_tokenizer_for(spec.arch, specials, spec.vocab_size)?;
     let vocab = tok.get_vocab_size(true);
     tok.save(dir.join("tokenizer.json"), true)
         .map_err(|e| anyhow!("saving tokenizer.json: {e}"))?;
 
-    let (bos, eos, template, model_type) = match spec.arch {
-        Arch::Qwen2 => (None, "<|im_end|>", CHATML_TEMPLATE, "qwen2"),
+    // tokenizer_class as in Qwen2.5's and Llama-3's own tokenizer_config.json.
+    let (bos, eos, template, model_type, tokenizer_class) = match spec.arch {
+        Arch::Qwen2 => (
+            None,
+            "<|im_end|>",
+            CHATML_TEMPLATE,
+            "qwen2",
+            "Qwen2Tokenizer",
+        ),
         Arch::Llama => (
             Some("<|begin_of_text|>"),
             "<|eot_id|>",
             LLAMA3_TEMPLATE,
             "llama",
+            "PreTrainedTokenizerFast",
         ),
     };
     let id = |t: &str| tok.token_to_id(t).context("fixture special token missing");
@@ -266,6 +317,7 @@ pub fn write_tiny_model(dir: &Path, spec: &TinySpec) -> Result<()> {
         "eos_token": eos,
         "pad_token": specials[0],
         "model_max_length": 512,
+        "tokenizer_class": tokenizer_class,
         "chat_template": template,
     });
     std::fs::write(
@@ -303,4 +355,102 @@ pub fn write_tiny_model(dir: &Path, spec: &TinySpec) -> Result<()> {
         serde_json::to_string_pretty(&index)? + "\n",
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tokenizer transformers 5 builds for a `model_type: "qwen2"` directory: its
+    /// `Qwen2Tokenizer.__init__` keeps `tokenizer.json`'s vocab, merges and added tokens but
+    /// installs its own normalizer and pre-tokenizer (transformers 5.23,
+    /// `models/qwen2/tokenization_qwen2.py`, transcribed here as tokenizer.json JSON).
+    fn as_transformers_qwen2(tok: &Tokenizer) -> Result<Tokenizer> {
+        let mut json: serde_json::Value =
+            serde_json::from_str(&tok.to_string(false).map_err(|e| anyhow!("{e}"))?)?;
+        json["normalizer"] = serde_json::json!({"type": "NFC"});
+        json["pre_tokenizer"] = serde_json::json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex":
+                "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"},
+             "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}
+        ]});
+        json.to_string()
+            .parse::<Tokenizer>()
+            .map_err(|e| anyhow!("{e}"))
+    }
+
+    /// Texts where GPT-2 and Qwen2 pre-tokenization differ (digits after a space, digit runs,
+    /// punctuation before letters, NFD input), in the chat layout the trainer renders.
+    const PROBES: &[&str] = &[
+        "<|im_start|>user\nContinue 1<|im_end|>\n<|im_start|>assistant\ndata record 12 <|im_end|>\n",
+        "Numbers: 0 1 2 3 4 5 6 7 8 9 10 11 12 100 1000.",
+        "What is two plus two? It's 4, isn't it? (yes)\n\n  spaces   here\r\n",
+        "cafe\u{301} na\u{ef}ve 2024-11-22 x=3.14;",
+    ];
+
+    fn ids(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+        Ok(tok
+            .encode(text, false)
+            .map_err(|e| anyhow!("{e}"))?
+            .get_ids()
+            .to_vec())
+    }
+
+    #[test]
+    fn qwen2_fixture_tokenizes_like_transformers_qwen2_tokenizer() -> Result<()> {
+        let spec = TinySpec::qwen2(1);
+        let ours = train_tokenizer_for(Arch::Qwen2, spec.special_tokens(), spec.vocab_size)?;
+        let theirs = as_transformers_qwen2(&ours)?;
+        for text in PROBES {
+            assert_eq!(ids(&ours, text)?, ids(&theirs, text)?, "{text:?}");
+        }
+        // Qwen2 splits every digit on its own: "Continue 12" never has a " 1" or "12" token.
+        let enc = ours
+            .encode("Continue 12", false)
+            .map_err(|e| anyhow!("{e}"))?;
+        let toks = enc.get_tokens();
+        assert_eq!(&toks[toks.len() - 3..], ["Ġ", "1", "2"], "{toks:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn gpt2_style_tokenizer_is_not_what_transformers_builds_for_qwen2() -> Result<()> {
+        // The old qwen2 fixture (GPT-2 pre-tokenization) tokenised " 1" as one token while
+        // transformers split it, shifting every later position: the check above must catch it.
+        let spec = TinySpec::qwen2(1);
+        let gpt2 = train_tokenizer_for(Arch::Llama, spec.special_tokens(), spec.vocab_size)?;
+        let theirs = as_transformers_qwen2(&gpt2)?;
+        let mut differ = false;
+        for text in PROBES {
+            differ |= ids(&gpt2, text)? != ids(&theirs, text)?;
+        }
+        assert!(differ);
+        Ok(())
+    }
+
+    #[test]
+    fn tiny_model_tokenizer_config_names_the_family_class() -> Result<()> {
+        for (spec, class) in [
+            (TinySpec::qwen2(1), "Qwen2Tokenizer"),
+            (TinySpec::llama(1), "PreTrainedTokenizerFast"),
+        ] {
+            let dir = tempfile::tempdir()?;
+            write_tiny_model(dir.path(), &spec)?;
+            let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+                dir.path().join("tokenizer_config.json"),
+            )?)?;
+            assert_eq!(cfg["tokenizer_class"], class);
+            let tok: Tokenizer = std::fs::read_to_string(dir.path().join("tokenizer.json"))?
+                .parse()
+                .map_err(|e| anyhow!("{e}"))?;
+            if spec.arch == Arch::Qwen2 {
+                let theirs = as_transformers_qwen2(&tok)?;
+                for text in PROBES {
+                    assert_eq!(ids(&tok, text)?, ids(&theirs, text)?, "{text:?}");
+                }
+            }
+        }
+        Ok(())
+    }
 }

@@ -21,7 +21,8 @@
 //!   with CUDA.
 //! - [`ops`]: candle's fused softmax / RMSNorm / rope with a closed-form backward attached
 //!   (used by default; `CausalLm::set_fused_ops(false)` switches to autograd over basic ops).
-//! - [`fixtures`]: tiny deterministic random models + BPE tokenizers for tests.
+//! - [`fixtures`]: tiny deterministic random models + BPE tokenizers for tests (each family's
+//!   real pre-tokenizer, so transformers tokenises them as we do).
 //! - [`rng`]: the seedable RNG used for weights, LoRA init and dropout.
 //!
 //! No clap here: tools parse flags and call these functions.
