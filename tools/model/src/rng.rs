@@ -10,6 +10,12 @@ impl Rng {
         Self(seed ^ 0x5DEE_CE66_D1CE_4E5B)
     }
 
+    /// A generator whose raw state is `state` (no mixing with a constant): for callers that keep the
+    /// state in checkpoints or derive it themselves.
+    pub fn from_state(state: u64) -> Self {
+        Self(state)
+    }
+
     /// A generator for a named stream derived from `seed` (e.g. one per tensor).
     pub fn derive(seed: u64, name: &str) -> Self {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -38,6 +44,25 @@ impl Rng {
         let u1 = self.uniform().max(f64::MIN_POSITIVE);
         let u2 = self.uniform();
         (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+
+    /// Uniform in `0..n` (n > 0), by rejection so there is no modulo bias.
+    pub fn below(&mut self, n: u64) -> u64 {
+        let zone = u64::MAX - u64::MAX % n;
+        loop {
+            let x = self.next_u64();
+            if x < zone {
+                return x % n;
+            }
+        }
+    }
+
+    /// Fisher–Yates shuffle.
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            items.swap(i, j);
+        }
     }
 
     /// `n` values uniform in [-bound, bound).

@@ -6,7 +6,7 @@
 //! across an example boundary), rows are shuffled per epoch by a seeded generator and cut into
 //! micro-batches padded to their longest row.
 
-use serde::{Deserialize, Serialize};
+use ftkit_model::rng::Rng;
 
 /// One tokenised example.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -174,49 +174,12 @@ pub fn collate(rows: &[&Row], pad: u32) -> Batch {
     b
 }
 
-/// SplitMix64: a tiny seeded generator whose whole state is one `u64`, so checkpoints can carry it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)` with 53 random bits.
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in `0..n` (n > 0), by rejection so there is no modulo bias.
-    pub fn below(&mut self, n: u64) -> u64 {
-        let zone = u64::MAX - u64::MAX % n;
-        loop {
-            let x = self.next_u64();
-            if x < zone {
-                return x % n;
-            }
-        }
-    }
-
-    /// Fisher–Yates shuffle.
-    pub fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = self.below(i as u64 + 1) as usize;
-            items.swap(i, j);
-        }
-    }
-}
-
 /// The order rows are visited in epoch `epoch` (0-based): a permutation that depends only on the seed
 /// and the epoch, so a resumed run can rebuild it from `(epoch, position)`.
 pub fn epoch_order(rows: usize, seed: u64, epoch: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..rows).collect();
-    let mut rng = Rng(seed ^ 0xA5A5_5A5A_0000_0000 ^ epoch.wrapping_mul(0x1000_0000_01B3));
+    let mut rng =
+        Rng::from_state(seed ^ 0xA5A5_5A5A_0000_0000 ^ epoch.wrapping_mul(0x1000_0000_01B3));
     rng.shuffle(&mut order);
     order
 }

@@ -116,8 +116,9 @@ pub fn loss_sum(logits: &Tensor, batch: &Batch, device: &Device) -> Result<Tenso
 /// Seed of the dropout masks of micro-batch `micro` of update `step`: fixed by the run's seed and the
 /// data position, so a resumed run draws the same masks.
 pub fn dropout_seed(seed: u64, step: u64, micro: usize) -> u64 {
-    let mut r =
-        crate::batch::Rng(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((micro as u64) << 48));
+    let mut r = ftkit_model::rng::Rng::from_state(
+        seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((micro as u64) << 48),
+    );
     r.next_u64()
 }
 
