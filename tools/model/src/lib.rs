@@ -62,6 +62,7 @@ pub mod chat;
 pub mod config;
 pub mod device;
 pub mod fixtures;
+pub mod fused;
 pub mod lora;
 pub mod model;
 pub mod ops;

@@ -358,10 +358,16 @@ impl CausalLm {
         let (b, s) = input_ids.dims2()?;
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let (cos, sin) = self.rope_tables(b, s, opts)?;
-        let mask = self.mask(b, s, opts)?;
+        let mut x = self.embed(input_ids)?;
+        // Fused CPU kernels (crate::fused): causal masking happens in the softmax kernel.
+        let fused_cpu = self.fused && crate::fused::supported(&x);
+        let mask = if fused_cpu && opts.segment_ids.is_none() {
+            None
+        } else {
+            Some(self.mask(b, s, opts)?)
+        };
         let scale = 1.0 / (hd as f64).sqrt();
         let mode = opts.mode;
-        let mut x = self.embed(input_ids)?;
         for (li, l) in self.layers.iter().enumerate() {
             let mode_l = ForwardMode {
                 dropout_seed: mode.dropout_seed.map(|sd| sd ^ ((li as u64 + 1) << 40)),
@@ -377,20 +383,31 @@ impl CausalLm {
             let k = self.apply_rope(&k, &cos, &sin)?;
             let k = repeat_kv(k, nh / nkv)?.contiguous()?;
             let v = repeat_kv(v, nh / nkv)?.contiguous()?;
-            let att = (q.contiguous()?.matmul(&k.t()?)? * scale)?;
-            let att = att.broadcast_add(&mask)?;
-            let att = if self.fused {
-                crate::ops::softmax_last_dim(&att)?
-            } else {
-                candle_nn::ops::softmax(&att, D::Minus1)?
+            let att = q.contiguous()?.matmul(&k.t()?)?;
+            let att = match &mask {
+                _ if fused_cpu => crate::fused::masked_softmax(&att, scale, mask.as_ref())?,
+                Some(mask) => {
+                    let att = (att * scale)?.broadcast_add(mask)?;
+                    if self.fused {
+                        crate::ops::softmax_last_dim(&att)?
+                    } else {
+                        candle_nn::ops::softmax(&att, D::Minus1)?
+                    }
+                }
+                None => bail!("attention mask missing"),
             };
             let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, s, nh * hd))?;
             let y = l.o.forward(&y, mode_l)?;
             x = (x + y)?;
             let hn = rms_norm(&x, &l.post_norm, c.rms_norm_eps, self.fused)?;
-            let g = l.gate.forward(&hn, mode_l)?.apply(&c.hidden_act)?;
+            let g = l.gate.forward(&hn, mode_l)?;
             let u = l.up.forward(&hn, mode_l)?;
-            let y = l.down.forward(&(g * u)?, mode_l)?;
+            let gu = if fused_cpu && c.hidden_act == candle_nn::Activation::Silu {
+                crate::fused::swiglu(&g, &u)?
+            } else {
+                (g.apply(&c.hidden_act)? * u)?
+            };
+            let y = l.down.forward(&gu, mode_l)?;
             x = (x + y)?;
         }
         rms_norm(&x, &self.norm, c.rms_norm_eps, self.fused)
