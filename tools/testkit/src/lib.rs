@@ -102,7 +102,8 @@ impl Run {
         self
     }
 
-    pub fn run(mut self) -> Outcome {
+    /// Starts the tool with piped stdio and a thread feeding it the stdin bytes.
+    fn spawn(mut self) -> (std::process::Child, std::thread::JoinHandle<()>) {
         let mut child = self
             .cmd
             .stdin(Stdio::piped())
@@ -115,6 +116,11 @@ impl Run {
         let feeder = std::thread::spawn(move || {
             let _ = stdin.write_all(&input);
         });
+        (child, feeder)
+    }
+
+    pub fn run(self) -> Outcome {
+        let (child, feeder) = self.spawn();
         let out = child.wait_with_output().unwrap();
         feeder.join().unwrap();
         Outcome {
@@ -125,19 +131,8 @@ impl Run {
     }
 
     /// Reads only the first stdout line, then closes the pipe, like `| head -1`.
-    pub fn run_head1(mut self) -> Outcome {
-        let mut child = self
-            .cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        let input = std::mem::take(&mut self.stdin);
-        let feeder = std::thread::spawn(move || {
-            let _ = stdin.write_all(&input);
-        });
+    pub fn run_head1(self) -> Outcome {
+        let (mut child, feeder) = self.spawn();
         let mut stdout = child.stdout.take().unwrap();
         let mut first = Vec::new();
         let mut byte = [0u8; 1];
