@@ -68,6 +68,7 @@ pub mod model;
 pub mod ops;
 pub mod peft;
 pub mod rng;
+pub mod runtime;
 pub mod source;
 
 pub use chat::{ChatMessage, ChatTemplate, EncodedChat, TokenizerConfig, encode_chat};
