@@ -60,7 +60,7 @@ fn config_json(
     data: &BTreeMap<String, DataReport>,
 ) -> serde_json::Value {
     let digests: BTreeMap<&String, &String> = data.iter().map(|(k, d)| (k, &d.sha256)).collect();
-    serde_json::json!({
+    let mut json = serde_json::json!({
         "model": args.model,
         "dtype": lm.dtype_name(),
         "target": args.target,
@@ -73,7 +73,17 @@ fn config_json(
         "train_on_prompt": args.train_on_prompt,
         "loop": loop_cfg,
         "data_sha256": digests,
-    })
+    });
+    // Early stopping decides where the run ends and which adapter it keeps, and the evaluation cadence
+    // decides when it looks: a resume must use the same. (Only added when on, so that runs without
+    // early stopping keep their digest whatever --eval-every says.)
+    if let Some(patience) = args.early_stop_patience {
+        json["early_stop"] = serde_json::json!({
+            "patience": patience,
+            "eval_every": args.eval_every,
+        });
+    }
+    json
 }
 
 /// Trains and writes everything into `--out-dir`.
@@ -225,6 +235,7 @@ pub fn train(
         epochs: s.epoch as f64 + s.micro as f64 / trainer.micro_per_epoch().max(1) as f64,
         stopped_early: outcome.stopped_early,
         best_step: s.best_step,
+        best_val_loss: s.best_val,
         resumed_from: args.resume.as_ref().map(|p| p.display().to_string()),
         train: Split::of((s.targets > 0).then(|| s.loss_sum / s.targets as f64)),
         val: Split::of(val_result),

@@ -3,12 +3,14 @@
 //! - [`data`]: records → chat messages, with `path:line` errors.
 //! - [`batch`]: tokenised examples → rows (optionally packed with segment ids) → padded micro-batches.
 //! - [`optim`]: AdamW with savable moments, schedules, clipping.
-//! - [`train`]: the loop (accumulation normalised by target tokens, eval, early stop, checkpoints, resume).
+//! - [`train`]: the loop (accumulation normalised by target tokens, eval, early stop, checkpoints).
+//! - [`checkpoint`]: checkpoint folders and `--resume`.
 //! - [`lm`]: the bridge to `ftkit-model` (loading, chat template, LoRA, adapter files).
 //! - [`job`]: one run from loaded data to the output folder.
 //! - [`report`]: `training_report.json`, metrics lines, peak memory.
 
 pub mod batch;
+pub mod checkpoint;
 pub mod data;
 pub mod job;
 pub mod lm;

@@ -72,7 +72,9 @@ pub struct Report {
     pub total_steps: u64,
     pub epochs: f64,
     pub stopped_early: bool,
+    /// Step and validation loss of the best evaluation (the adapter kept under early stopping).
     pub best_step: Option<u64>,
+    pub best_val_loss: Option<f64>,
     pub resumed_from: Option<String>,
     /// Mean training loss per target token over all updates of the run.
     pub train: Split,

@@ -1,10 +1,8 @@
 //! The training loop: micro-batches, token-normalised gradient accumulation, clipping, AdamW,
-//! evaluation, early stopping, checkpoints and exact resumption.
+//! evaluation, early stopping, checkpoints (their files and `--resume`: [`crate::checkpoint`]).
 
 use crate::batch::{Batch, Row, collate, epoch_order};
-use crate::optim::{
-    AdamW, AdamWConfig, Schedule, clip_global_norm, learning_rate, load_tensors, save_tensors,
-};
+use crate::optim::{AdamW, AdamWConfig, Schedule, clip_global_norm, learning_rate};
 use anyhow::{Context, Result, bail};
 use candle_core::{D, DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -180,7 +178,7 @@ pub struct Trainer<'a, M: TrainModel> {
     pub state: State,
     /// Where checkpoints go (`checkpoint-<step>/`), when saving.
     pub out_dir: Option<PathBuf>,
-    /// Trainable tensors at the best validation loss (for early stopping).
+    /// Trainable tensors at the best validation loss (for early stopping; checkpoints carry them).
     pub best: Option<Vec<Tensor>>,
 }
 
@@ -318,9 +316,14 @@ impl<'a, M: TrainModel> Trainer<'a, M> {
         let start = Instant::now();
         let start_tokens = self.state.tokens;
         let mut last_val = None;
-        let mut stopped_early = false;
+        // A checkpoint taken at the update that triggered early stopping (it is written just before the
+        // stop): the uninterrupted run ended there, so the resumed one does too.
+        let mut stopped_early = self.patience_exhausted();
+        if stopped_early {
+            self.note_early_stop(sink);
+        }
         let per_epoch = self.micro_per_epoch().max(1) as f64;
-        while self.state.step < total {
+        while !stopped_early && self.state.step < total {
             let lr = self.current_lr();
             let (loss, grad_norm, _) = self.train_step()?;
             let step = self.state.step;
@@ -378,17 +381,9 @@ impl<'a, M: TrainModel> Trainer<'a, M> {
                 let path = self.save_checkpoint(&dir, elapsed_total)?;
                 sink.note(&format!("saved {}", path.display()));
             }
-            if let Some(p) = self.config.early_stop_patience
-                && eval_now
-                && self.state.evals_without_improvement >= p
-            {
-                sink.note(&format!(
-                        "early stop at step {step}: no validation improvement in {p} evaluations (best {:.4} at step {})",
-                        self.state.best_val.unwrap_or(f64::NAN),
-                        self.state.best_step.unwrap_or(0)
-                    ));
+            if eval_now && self.patience_exhausted() {
+                self.note_early_stop(sink);
                 stopped_early = true;
-                break;
             }
         }
         let wall_s = start.elapsed().as_secs_f64();
@@ -399,6 +394,23 @@ impl<'a, M: TrainModel> Trainer<'a, M> {
             stopped_early,
             wall_s,
         })
+    }
+
+    /// Early stopping is on and the last `patience` evaluations brought no improvement.
+    fn patience_exhausted(&self) -> bool {
+        self.config
+            .early_stop_patience
+            .is_some_and(|p| self.state.evals_without_improvement >= p)
+    }
+
+    fn note_early_stop(&self, sink: &mut dyn Sink) {
+        sink.note(&format!(
+            "early stop at step {}: no validation improvement in {} evaluations (best {:.4} at step {})",
+            self.state.step,
+            self.state.evals_without_improvement,
+            self.state.best_val.unwrap_or(f64::NAN),
+            self.state.best_step.unwrap_or(0)
+        ));
     }
 
     /// Copies of the trainable tensors.
@@ -417,85 +429,15 @@ impl<'a, M: TrainModel> Trainer<'a, M> {
         }
         Ok(())
     }
-
-    /// Writes `out/checkpoint-<step>/` (adapter, exact trainable tensors, optimizer moments, loop state),
-    /// built under a temporary name and renamed into place.
-    pub fn save_checkpoint(&self, out: &Path, elapsed_s: f64) -> Result<PathBuf> {
-        let final_dir = out.join(format!("checkpoint-{}", self.state.step));
-        let tmp = out.join(format!(".checkpoint-{}.tmp", self.state.step));
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp)?;
-        }
-        std::fs::create_dir_all(&tmp)
-            .with_context(|| format!("{}: cannot create", tmp.display()))?;
-        self.model.save_adapter(&tmp)?;
-        let trainable: Vec<(String, Tensor)> = self
-            .opt
-            .params()
-            .iter()
-            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-            .collect();
-        save_tensors(&tmp.join("trainable.safetensors"), &trainable)?;
-        self.opt.save(&tmp.join("optimizer.safetensors"))?;
-        let state = State {
-            elapsed_s,
-            ..self.state.clone()
-        };
-        ftkit_core::io::write_atomic(
-            &tmp.join("trainer_state.json"),
-            &serde_json::to_vec_pretty(&state)?,
-        )?;
-        if final_dir.exists() {
-            std::fs::remove_dir_all(&final_dir)?;
-        }
-        std::fs::rename(&tmp, &final_dir)
-            .with_context(|| format!("{}: cannot rename into place", final_dir.display()))?;
-        Ok(final_dir)
-    }
-
-    /// Continues from a checkpoint written by [`Trainer::save_checkpoint`] with the same configuration.
-    pub fn resume(&mut self, dir: &Path) -> Result<()> {
-        let state_path = dir.join("trainer_state.json");
-        let bytes = std::fs::read(&state_path)
-            .with_context(|| format!("{}: cannot read", state_path.display()))?;
-        let state: State = serde_json::from_slice(&bytes)
-            .with_context(|| format!("{}: not a trainer state", state_path.display()))?;
-        if state.config_digest != self.state.config_digest {
-            bail!(
-                "{}: the checkpoint was made with another configuration or data (digest {}, now {}); \
-                 resume with the same flags and files",
-                dir.display(),
-                state.config_digest,
-                self.state.config_digest
-            );
-        }
-        let device = self.model.device().clone();
-        let saved = load_tensors(&dir.join("trainable.safetensors"), &device)?;
-        for (name, var) in self.opt.params() {
-            let t = saved
-                .get(name)
-                .with_context(|| format!("{}: checkpoint has no {name}", dir.display()))?;
-            if t.dims() != var.dims() {
-                bail!(
-                    "{}: {name} has shape {:?}, the model has {:?}",
-                    dir.display(),
-                    t.dims(),
-                    var.dims()
-                );
-            }
-            var.set(&t.to_dtype(var.dtype())?)?;
-        }
-        let moments = load_tensors(&dir.join("optimizer.safetensors"), &device)?;
-        self.opt.load_state(&moments, state.step, &device)?;
-        self.state = state;
-        Ok(())
-    }
 }
 
 #[cfg(test)]
 pub(crate) mod toy {
-    //! A bigram model (one trainable `[vocab, vocab]` table) to test the loop without a transformer.
+    //! A bigram model (one trainable `[vocab, vocab]` table) to test the loop without a transformer,
+    //! with a toy data set, a loop configuration and a sink that collects the metrics lines.
     use super::*;
+    use crate::batch::{Encoded, make_rows};
+    use crate::optim::save_tensors;
 
     pub struct Bigram {
         pub table: Var,
@@ -533,15 +475,9 @@ pub(crate) mod toy {
             &self.device
         }
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::toy::Bigram;
-    use super::*;
-    use crate::batch::{Encoded, make_rows};
-
-    struct Collect(Vec<StepLog>, Vec<EvalLog>);
+    /// Collects metrics lines.
+    pub struct Collect(pub Vec<StepLog>, pub Vec<EvalLog>);
     impl Sink for Collect {
         fn step(&mut self, log: &StepLog) -> Result<()> {
             self.0.push(log.clone());
@@ -554,7 +490,7 @@ mod tests {
         fn note(&mut self, _: &str) {}
     }
 
-    fn config() -> LoopConfig {
+    pub fn config() -> LoopConfig {
         LoopConfig {
             lr: 0.1,
             schedule: Schedule::Cosine,
@@ -575,7 +511,7 @@ mod tests {
     }
 
     /// Sequences "p q q+1 q+2 ..." where only the counting part is a target.
-    fn rows() -> Vec<Row> {
+    pub fn rows() -> Vec<Row> {
         let ex: Vec<Encoded> = (0..10u32)
             .map(|i| {
                 let start = 1 + i % 5;
@@ -589,6 +525,12 @@ mod tests {
             .collect();
         make_rows(&ex, 64, false)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::toy::{Bigram, Collect, config, rows};
+    use super::*;
 
     #[test]
     fn loss_decreases_and_eval_runs() -> Result<()> {
@@ -642,37 +584,6 @@ mod tests {
                 assert!((a - b).abs() < 1e-6);
             }
         }
-        Ok(())
-    }
-
-    #[test]
-    fn resume_continues_the_same_trajectory() -> Result<()> {
-        let dir = tempfile::tempdir()?;
-        let r = rows();
-        let cfg = LoopConfig {
-            save_every: 4,
-            max_steps: Some(8),
-            ..config()
-        };
-        let m = Bigram::new(16)?;
-        let mut t = Trainer::new(&m, cfg.clone(), &r, &r[..3], "d".into())?;
-        t.out_dir = Some(dir.path().to_path_buf());
-        let mut full = Collect(vec![], vec![]);
-        t.run(&mut full)?;
-        let m2 = Bigram::new(16)?;
-        let mut t2 = Trainer::new(&m2, cfg.clone(), &r, &r[..3], "d".into())?;
-        t2.resume(&dir.path().join("checkpoint-4"))?;
-        let mut rest = Collect(vec![], vec![]);
-        t2.run(&mut rest)?;
-        let a: Vec<(u64, f64)> = full.0[4..].iter().map(|l| (l.step, l.loss)).collect();
-        let b: Vec<(u64, f64)> = rest.0.iter().map(|l| (l.step, l.loss)).collect();
-        assert_eq!(a, b);
-        assert_eq!(
-            m.table.as_tensor().flatten_all()?.to_vec1::<f32>()?,
-            m2.table.as_tensor().flatten_all()?.to_vec1::<f32>()?
-        );
-        let mut t3 = Trainer::new(&m2, cfg, &r, &[], "other".into())?;
-        assert!(t3.resume(&dir.path().join("checkpoint-4")).is_err());
         Ok(())
     }
 

@@ -225,6 +225,137 @@ fn resumed_run_follows_the_uninterrupted_one() {
     );
 }
 
+/// The metrics lines (training steps and evaluations) after `step`, without their timings.
+fn metrics_after(out: &Outcome, step: u64) -> Vec<serde_json::Value> {
+    out.records()
+        .into_iter()
+        .filter(|r| r["step"].as_u64().unwrap() > step)
+        .map(|mut r| {
+            let o = r.as_object_mut().unwrap();
+            o.remove("tokens_per_s");
+            o.remove("elapsed_s");
+            r
+        })
+        .collect()
+}
+
+fn report(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("training_report.json")).unwrap()).unwrap()
+}
+
+/// Early stopping keeps the adapter of the best evaluation; a run interrupted after that evaluation
+/// and resumed must still end with it (the checkpoint carries it), exactly like the uninterrupted run.
+#[test]
+fn resumed_run_keeps_the_best_adapter_of_early_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path(), TinySpec::qwen2(12));
+    let val = testdata("train-lora", "val.jsonl");
+    // A high constant learning rate makes validation loss go up and down; dropout and accumulation
+    // over a mid-epoch checkpoint make the resume exercise the data position and the dropout masks.
+    let common = [
+        "--val",
+        val.to_str().unwrap(),
+        "--eval-every",
+        "1",
+        "--early-stop-patience",
+        "3",
+        "--max-steps",
+        "16",
+        "--save-every",
+        "1",
+        "--lr",
+        "2e-1",
+        "--schedule",
+        "constant",
+        "--dropout",
+        "0.1",
+        "--grad-accum",
+        "2",
+        "--batch-size",
+        "2",
+    ];
+    let full_dir = dir.path().join("full");
+    let full = train(&model, &full_dir, &common);
+    let rep = report(&full_dir);
+    assert_eq!(rep["stopped_early"], true, "{rep}");
+    let best = rep["best_step"].as_u64().unwrap();
+    let stop = rep["steps"].as_u64().unwrap();
+    assert_eq!(stop, best + 3, "{rep}");
+    assert_eq!(rep["val"]["loss"], rep["best_val_loss"]);
+    let adapter = |d: &Path| {
+        (
+            std::fs::read(d.join("adapter_model.safetensors")).unwrap(),
+            std::fs::read(d.join("adapter_config.json")).unwrap(),
+        )
+    };
+    // The kept adapter is the best step's, not the last one's.
+    assert_eq!(
+        std::fs::read(full_dir.join(format!("checkpoint-{best}/adapter_model.safetensors")))
+            .unwrap(),
+        adapter(&full_dir).0
+    );
+    assert_ne!(
+        std::fs::read(full_dir.join(format!("checkpoint-{stop}/adapter_model.safetensors")))
+            .unwrap(),
+        adapter(&full_dir).0
+    );
+    // Interrupted just after the best evaluation (the weights then move away from the best ones),
+    // or at the update that triggered the stop.
+    for at in [best + 1, stop] {
+        let resumed_dir = dir.path().join(format!("resumed-{at}"));
+        let ck = full_dir.join(format!("checkpoint-{at}"));
+        let mut args = common.to_vec();
+        args.extend(["--resume", ck.to_str().unwrap()]);
+        let resumed = train(&model, &resumed_dir, &args);
+        assert_eq!(
+            metrics_after(&full, at),
+            metrics_after(&resumed, 0),
+            "from {at}"
+        );
+        assert_eq!(metrics_after(&resumed, 0).is_empty(), at == stop);
+        assert!(adapter(&full_dir) == adapter(&resumed_dir), "from {at}");
+        let again = report(&resumed_dir);
+        for key in [
+            "best_step",
+            "best_val_loss",
+            "stopped_early",
+            "steps",
+            "train",
+            "val",
+            "tokens_seen",
+            "config_digest",
+        ] {
+            assert_eq!(rep[key], again[key], "{key} from {at}");
+        }
+    }
+    // Early stopping is part of the configuration a resume must match.
+    let ck = full_dir.join(format!("checkpoint-{}", best + 1));
+    let mut args = common.to_vec();
+    args.extend([
+        "--resume",
+        ck.to_str().unwrap(),
+        "--early-stop-patience",
+        "4",
+    ]);
+    let out = Run::new(BIN)
+        .arg("--model")
+        .arg(&model)
+        .arg("--train")
+        .arg(testdata("train-lora", "train.jsonl"))
+        .arg("--out-dir")
+        .arg(dir.path().join("x"))
+        .args(["--device", "cpu", "--rank", "4", "--alpha", "8"])
+        .args(["--max-seq-len", "256"])
+        .args(args)
+        .run();
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("another configuration"),
+        "{}",
+        out.stderr
+    );
+}
+
 #[test]
 fn packing_trains() {
     let dir = tempfile::tempdir().unwrap();
