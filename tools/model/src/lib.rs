@@ -64,6 +64,7 @@ pub mod device;
 pub mod fixtures;
 pub mod fused;
 pub mod lora;
+pub mod matmul;
 pub mod model;
 pub mod ops;
 pub mod peft;
