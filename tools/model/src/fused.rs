@@ -2,7 +2,8 @@
 //! closed-form backward that is itself one pass.
 //!
 //! Each replaces a chain of candle ops (each a fresh activation-sized buffer, a graph node and a
-//! gradient buffer in backward): attention `softmax(x·scale + mask)` and SwiGLU `silu(g)·u`.
+//! gradient buffer in backward): SwiGLU `silu(g)·u`, and the attention softmax rows of
+//! [`crate::attention`].
 //! Rows are spread over rayon's global pool (the one gemm uses), not candle's element-wise
 //! barrier pool. Callers use them only for contiguous F32 tensors on the CPU
 //! ([`supported`]); other dtypes and devices keep the candle formulation.
@@ -15,7 +16,7 @@ pub fn supported(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     match (s, l.contiguous_offsets()) {
         (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
         (CpuStorage::F32(_), None) => bail!("{what}: input is not contiguous"),
@@ -23,43 +24,16 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]>
     }
 }
 
-fn f32_tensor(t: &Tensor) -> Result<Vec<f32>> {
-    t.contiguous()?.flatten_all()?.to_vec1::<f32>()
-}
-
-/// `softmax(x·scale + mask)` over the last dimension of attention scores `x` `[b, h, q, k]`.
-/// `mask`: additive `[b|1, 1, q, k]` (`-inf` = blocked); `None` = causal (key `j` visible
-/// from query `i` when `j ≤ i + k − q`), built on the fly. Gradient:
-/// `dx = scale · y ⊙ (g − Σ g⊙y)`.
-pub fn masked_softmax(x: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
-    let (b, _, q, k) = x.dims4()?;
-    let mask = match mask {
-        None => None,
-        Some(m) => {
-            let (mb, _, mq, mk) = m.dims4()?;
-            if (mb != 1 && mb != b) || mq != q || mk != k {
-                bail!(
-                    "masked_softmax: mask {:?} does not fit scores {:?}",
-                    m.dims(),
-                    x.dims()
-                );
-            }
-            Some((f32_tensor(&m.to_dtype(DType::F32)?)?, mb))
-        }
-    };
-    x.contiguous()?.apply_op1(MaskedSoftmax {
-        scale: scale as f32,
-        mask: mask.map(std::sync::Arc::new),
-    })
-}
-
-struct MaskedSoftmax {
+/// One attention row: `y = softmax(x·scale + mask)` over the first `visible` keys (causal rows
+/// pass `mask = None` and their visible count); entries past `visible` are left untouched, and a
+/// fully masked row becomes zeros rather than NaN.
+pub(crate) fn softmax_row(
+    x: &[f32],
+    y: &mut [f32],
     scale: f32,
-    /// Additive mask values `[mb, q, k]` and `mb`.
-    mask: Option<std::sync::Arc<(Vec<f32>, usize)>>,
-}
-
-fn softmax_row(x: &[f32], y: &mut [f32], scale: f32, mask: Option<&[f32]>, visible: usize) {
+    mask: Option<&[f32]>,
+    visible: usize,
+) {
     let x = &x[..visible];
     let y = &mut y[..visible];
     let mut max = f32::NEG_INFINITY;
@@ -90,80 +64,6 @@ fn softmax_row(x: &[f32], y: &mut [f32], scale: f32, mask: Option<&[f32]>, visib
     let inv = 1.0 / sum;
     for yv in y.iter_mut() {
         *yv *= inv;
-    }
-}
-
-impl candle_core::CustomOp1 for MaskedSoftmax {
-    fn name(&self) -> &'static str {
-        "masked-softmax"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l, "masked_softmax")?;
-        let (_, h, q, k) = l.shape().dims4()?;
-        let mut y = vec![0f32; x.len()];
-        let scale = self.scale;
-        let mask = self.mask.as_deref();
-        y.par_chunks_mut(k)
-            .zip(x.par_chunks(k))
-            .enumerate()
-            .for_each(|(row, (yr, xr))| {
-                let i = row % q;
-                match mask {
-                    None => softmax_row(xr, yr, scale, None, (i + 1 + k).saturating_sub(q)),
-                    Some((m, mb)) => {
-                        let bi = if *mb == 1 { 0 } else { row / (h * q) };
-                        let off = (bi * q + i) * k;
-                        softmax_row(xr, yr, scale, Some(&m[off..off + k]), k)
-                    }
-                }
-            });
-        Ok((CpuStorage::F32(y), l.shape().clone()))
-    }
-
-    fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let g = grad.contiguous()?;
-        Ok(Some(
-            res.detach()
-                .apply_op2_no_bwd(&g, &SoftmaxBwd { scale: self.scale })?,
-        ))
-    }
-}
-
-/// `dx = scale · y ⊙ (g − Σ g⊙y)` row by row, from `(y, g)`.
-struct SoftmaxBwd {
-    scale: f32,
-}
-
-impl candle_core::CustomOp2 for SoftmaxBwd {
-    fn name(&self) -> &'static str {
-        "masked-softmax-bwd"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let y = f32_slice(s1, l1, "masked_softmax backward")?;
-        let g = f32_slice(s2, l2, "masked_softmax backward")?;
-        if l1.shape() != l2.shape() {
-            bail!("masked_softmax backward: shape mismatch");
-        }
-        let k = l1.shape().dims().last().copied().unwrap_or(1).max(1);
-        let scale = self.scale;
-        let mut dx = vec![0f32; y.len()];
-        dx.par_chunks_mut(k)
-            .zip(y.par_chunks(k).zip(g.par_chunks(k)))
-            .for_each(|(dr, (yr, gr))| {
-                let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
-                for ((d, &yv), &gv) in dr.iter_mut().zip(yr).zip(gr) {
-                    *d = scale * yv * (gv - dot);
-                }
-            });
-        Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
 
@@ -277,7 +177,7 @@ impl candle_core::CustomOp3 for SwigluBwd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{D, Device, Var};
+    use candle_core::{Device, Var};
 
     fn rand(shape: &[usize], seed: u64) -> Result<Tensor> {
         let n = shape.iter().product();
@@ -289,65 +189,18 @@ mod tests {
         (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
     }
 
-    /// Additive mask `[mb, 1, q, k]`: causal, and per batch row a different blocked column.
-    fn additive_mask(mb: usize, q: usize, k: usize, causal_only: bool) -> Result<Tensor> {
-        let mut v = Vec::new();
-        for bi in 0..mb {
-            for i in 0..q {
-                for j in 0..k {
-                    let ok = j <= i + k - q && (causal_only || j != bi % k || j == i + k - q);
-                    v.push(if ok { 0.0 } else { f32::NEG_INFINITY });
-                }
-            }
-        }
-        Tensor::from_vec(v, (mb, 1, q, k), &Device::Cpu)
-    }
-
-    /// Values and input gradients equal the autograd path (`x·scale + mask`, softmax).
     #[test]
-    fn masked_softmax_matches_autograd() -> Result<()> {
-        let (b, h, q, k) = (2, 3, 5, 7);
-        let scale = 0.37;
-        for (mask, mb) in [(None, 1), (Some(1), 1), (Some(2), 2)] {
-            let x = Var::from_tensor(&rand(&[b, h, q, k], 1)?)?;
-            let w = rand(&[b, h, q, k], 2)?;
-            let m = match mask {
-                None => None,
-                Some(_) => Some(additive_mask(mb, q, k, false)?),
-            };
-            let reference_mask = m.clone().unwrap_or(additive_mask(1, q, k, true)?);
-            let y1 = masked_softmax(x.as_tensor(), scale, m.as_ref())?;
-            let y2 = candle_nn::ops::softmax(
-                &(x.as_tensor() * scale)?.broadcast_add(&reference_mask)?,
-                D::Minus1,
-            )?;
-            assert!(max_diff(&y1, &y2)? < 1e-6, "values, mask {mask:?}");
-            let g1 = (&y1 * &w)?.sum_all()?.backward()?;
-            let g2 = (&y2 * &w)?.sum_all()?.backward()?;
-            let (Some(g1), Some(g2)) = (g1.get(x.as_tensor()), g2.get(x.as_tensor())) else {
-                panic!("missing gradient");
-            };
-            assert!(max_diff(g1, g2)? < 1e-5, "gradients, mask {mask:?}");
-            assert!(g1.abs()?.sum_all()?.to_scalar::<f32>()? > 1e-3);
-        }
-        Ok(())
-    }
-
-    #[test]
-    fn fully_masked_row_gives_zeros_not_nan() -> Result<()> {
-        let x = rand(&[1, 1, 2, 3], 3)?;
+    fn fully_masked_row_gives_zeros_not_nan() {
         let inf = f32::NEG_INFINITY;
-        let m = Tensor::from_vec(
-            vec![inf, inf, inf, 0.0, inf, 0.0],
-            (1, 1, 2, 3),
-            &Device::Cpu,
-        )?;
-        let y = masked_softmax(&x, 1.0, Some(&m))?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        assert_eq!(&y[..3], &[0.0, 0.0, 0.0]);
-        assert!((y[3] + y[5] - 1.0).abs() < 1e-6 && y[4] == 0.0);
-        Ok(())
+        let mut y = [7.0; 3];
+        softmax_row(&[0.5, -1.0, 2.0], &mut y, 1.0, Some(&[inf, inf, inf]), 3);
+        assert_eq!(y, [0.0, 0.0, 0.0]);
+        softmax_row(&[0.5, -1.0, 2.0], &mut y, 2.0, Some(&[0.0, inf, 0.0]), 3);
+        assert!((y[0] + y[2] - 1.0).abs() < 1e-6 && y[1] == 0.0 && y[2] > y[0]);
+        // Causal: only the first `visible` entries are written.
+        let mut y = [7.0; 3];
+        softmax_row(&[0.5, -1.0, 2.0], &mut y, 1.0, None, 2);
+        assert!((y[0] + y[1] - 1.0).abs() < 1e-6 && y[2] == 7.0);
     }
 
     #[test]

@@ -58,6 +58,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod attention;
 pub mod chat;
 pub mod config;
 pub mod device;

@@ -4,6 +4,7 @@
 //! narrow/cat/mul, `candle_nn::ops::softmax` (not the fused `softmax_last_dim`), explicit
 //! causal (or block-diagonal, for packing) additive mask, GQA by repeating k/v heads.
 
+use crate::attention::{AttentionSpec, attention};
 use crate::config::{Arch, ModelConfig};
 use crate::lora::{ForwardMode, Linear, LoraConfig};
 use anyhow::{Context, Result, bail};
@@ -352,6 +353,38 @@ impl CausalLm {
         Ok(allowed.where_cond(&zero, &ninf)?.unsqueeze(1)?)
     }
 
+    /// Attention from candle ops (any device and dtype), differentiated by autograd; the CPU
+    /// F32 path uses the fused [`attention`] op instead.
+    fn composed_attention(
+        &self,
+        [q, k, v]: [Tensor; 3],
+        (cos, sin): (&Tensor, &Tensor),
+        mask: Option<&Tensor>,
+        scale: f64,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, s, _) = q.dims3()?;
+        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let q = q.reshape((b, s, nh, hd))?.transpose(1, 2)?;
+        let k = k.reshape((b, s, nkv, hd))?.transpose(1, 2)?;
+        let v = v.reshape((b, s, nkv, hd))?.transpose(1, 2)?;
+        let q = self.apply_rope(&q, cos, sin)?;
+        let k = self.apply_rope(&k, cos, sin)?;
+        let k = repeat_kv(k, nh / nkv)?.contiguous()?;
+        let v = repeat_kv(v, nh / nkv)?.contiguous()?;
+        let att = q.contiguous()?.matmul(&k.t()?)?;
+        let Some(mask) = mask else {
+            bail!("attention mask missing");
+        };
+        let att = (att * scale)?.broadcast_add(mask)?;
+        let att = if self.fused {
+            crate::ops::softmax_last_dim(&att)?
+        } else {
+            candle_nn::ops::softmax(&att, D::Minus1)?
+        };
+        Ok(att.matmul(&v)?.transpose(1, 2)?.reshape((b, s, nh * hd))?)
+    }
+
     /// Final hidden states `[b, s, hidden]` (after the last norm).
     pub fn hidden(&self, input_ids: &Tensor, opts: &ForwardOpts) -> Result<Tensor> {
         let c = &self.config;
@@ -359,7 +392,7 @@ impl CausalLm {
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let (cos, sin) = self.rope_tables(b, s, opts)?;
         let mut x = self.embed(input_ids)?;
-        // Fused CPU kernels (crate::fused): causal masking happens in the softmax kernel.
+        // Fused CPU kernels (crate::fused, crate::attention): causal masking happens in the kernel.
         let fused_cpu = self.fused && crate::fused::supported(&x);
         let mask = if fused_cpu && opts.segment_ids.is_none() {
             None
@@ -376,27 +409,19 @@ impl CausalLm {
             let q = l.q.forward(&hn, mode_l)?;
             let k = l.k.forward(&hn, mode_l)?;
             let v = l.v.forward(&hn, mode_l)?;
-            let q = q.reshape((b, s, nh, hd))?.transpose(1, 2)?;
-            let k = k.reshape((b, s, nkv, hd))?.transpose(1, 2)?;
-            let v = v.reshape((b, s, nkv, hd))?.transpose(1, 2)?;
-            let q = self.apply_rope(&q, &cos, &sin)?;
-            let k = self.apply_rope(&k, &cos, &sin)?;
-            let k = repeat_kv(k, nh / nkv)?.contiguous()?;
-            let v = repeat_kv(v, nh / nkv)?.contiguous()?;
-            let att = q.contiguous()?.matmul(&k.t()?)?;
-            let att = match &mask {
-                _ if fused_cpu => crate::fused::masked_softmax(&att, scale, mask.as_ref())?,
-                Some(mask) => {
-                    let att = (att * scale)?.broadcast_add(mask)?;
-                    if self.fused {
-                        crate::ops::softmax_last_dim(&att)?
-                    } else {
-                        candle_nn::ops::softmax(&att, D::Minus1)?
-                    }
-                }
-                None => bail!("attention mask missing"),
+            let y = if fused_cpu {
+                let spec = AttentionSpec {
+                    heads: nh,
+                    kv_heads: nkv,
+                    scale,
+                    cos: &cos,
+                    sin: &sin,
+                    mask: mask.as_ref(),
+                };
+                attention(&q, &k, &v, &spec)?
+            } else {
+                self.composed_attention([q, k, v], (&cos, &sin), mask.as_ref(), scale)?
             };
-            let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, s, nh * hd))?;
             let y = l.o.forward(&y, mode_l)?;
             x = (x + y)?;
             let hn = rms_norm(&x, &l.post_norm, c.rms_norm_eps, self.fused)?;
