@@ -18,6 +18,9 @@ use candle_core::{CpuStorage, DType, Device, Layout, Result, Shape, Storage, Ten
 use rayon::prelude::*;
 use std::sync::{Arc, OnceLock};
 
+/// Query rows per block of the causal products.
+const BLOCK: usize = 64;
+
 /// Head counts, score scale, rope tables and mask of one attention call.
 pub struct AttentionSpec<'a> {
     pub heads: usize,
@@ -199,10 +202,27 @@ struct AttentionOp {
 }
 
 impl AttentionOp {
-    /// `v` viewed as key/value head `g` of batch row `bi`: `[s, hd]` with row stride `nkv·hd`.
-    fn v_head<'a>(&self, v: &'a [f32], bi: usize, g: usize) -> Mat<'a> {
+    /// The first `rows` positions of `v` as key/value head `g` of batch row `bi`: row stride
+    /// `nkv·hd`.
+    fn v_head<'a>(&self, v: &'a [f32], bi: usize, g: usize, rows: usize) -> Mat<'a> {
         let d = &self.shape;
-        Mat::rows(&v[(bi * d.s * d.nkv + g) * d.hd..], d.s, d.hd, d.nkv * d.hd)
+        Mat::rows(
+            &v[(bi * d.s * d.nkv + g) * d.hd..],
+            rows,
+            d.hd,
+            d.nkv * d.hd,
+        )
+    }
+
+    /// Query blocks `[r0, r1)` and the number of keys they can see: with the causal mask a block
+    /// sees keys `< r1` only, so the products skip the blocked upper triangle (10/16 of the
+    /// work at 4 blocks); an explicit mask may open any key.
+    fn blocks(&self) -> impl Iterator<Item = (usize, usize, usize)> + use<> {
+        let (s, causal) = (self.shape.s, self.mask.is_none());
+        (0..s).step_by(BLOCK).map(move |r0| {
+            let r1 = (r0 + BLOCK).min(s);
+            (r0, r1, if causal { r1 } else { s })
+        })
     }
 
     fn forward(&self, q: &[f32], k: &[f32], v: &[f32]) -> Result<Vec<f32>> {
@@ -220,29 +240,36 @@ impl AttentionOp {
                 |scores, (bh, (ph, oh))| -> Result<()> {
                     let (bi, h) = (bh / d.nh, bh % d.nh);
                     let g = h / rep;
-                    let qh = Mat::dense(&qr[bh * s * hd..(bh + 1) * s * hd], s, hd);
+                    let qh = &qr[bh * s * hd..(bh + 1) * s * hd];
                     let kg = &kr[(bi * d.nkv + g) * s * hd..(bi * d.nkv + g + 1) * s * hd];
-                    let kg = Mat::dense(kg, s, hd);
-                    let sc = MatMut::dense(scores, s, s);
-                    gemm(sc, false, qh, kg.t(), 1.0, Threads::Single)?;
-                    for (i, (x, y)) in scores.chunks(s).zip(ph.chunks_mut(s)).enumerate() {
-                        match &self.mask {
-                            None => softmax_row(x, y, self.scale, None, i + 1),
-                            Some((m, mb)) => {
-                                let off = ((if *mb == 1 { 0 } else { bi }) * s + i) * s;
-                                softmax_row(x, y, self.scale, Some(&m[off..off + s]), s)
+                    for (r0, r1, c) in self.blocks() {
+                        let n = r1 - r0;
+                        let sc = MatMut::rows(&mut scores[r0 * s..r1 * s], n, c, s);
+                        let qb = Mat::dense(&qh[r0 * hd..r1 * hd], n, hd);
+                        let kb = Mat::dense(&kg[..c * hd], c, hd);
+                        gemm(sc, false, qb, kb.t(), 1.0, Threads::Single)?;
+                        for i in r0..r1 {
+                            let (x, y) = (&scores[i * s..i * s + c], &mut ph[i * s..i * s + c]);
+                            match &self.mask {
+                                None => softmax_row(x, y, self.scale, None, i + 1),
+                                Some((m, mb)) => {
+                                    let off = ((if *mb == 1 { 0 } else { bi }) * s + i) * s;
+                                    softmax_row(x, y, self.scale, Some(&m[off..off + s]), s)
+                                }
                             }
                         }
+                        let pb = Mat::rows(&ph[r0 * s..r1 * s], n, c, s);
+                        let ob = MatMut::dense(&mut oh[r0 * hd..r1 * hd], n, hd);
+                        gemm(
+                            ob,
+                            false,
+                            pb,
+                            self.v_head(v, bi, g, c),
+                            1.0,
+                            Threads::Single,
+                        )?;
                     }
-                    let (ph, vg) = (Mat::dense(ph, s, s), self.v_head(v, bi, g));
-                    gemm(
-                        MatMut::dense(oh, s, hd),
-                        false,
-                        ph,
-                        vg,
-                        1.0,
-                        Threads::Single,
-                    )
+                    Ok(())
                 },
             )?;
         if self.keep {
@@ -268,55 +295,40 @@ impl AttentionOp {
                 || vec![0f32; s * s],
                 |ds, (bg, (dq_g, (dk_g, dv_g)))| -> Result<()> {
                     let (bi, kvh) = (bg / d.nkv, bg % d.nkv);
-                    let kg = Mat::dense(&saved.k[bg * s * hd..(bg + 1) * s * hd], s, hd);
-                    let vg = self.v_head(v, bi, kvh);
+                    let kg = &saved.k[bg * s * hd..(bg + 1) * s * hd];
                     for (j, dq_h) in dq_g.chunks_mut(s * hd).enumerate() {
                         let h = kvh * rep + j;
                         let bh = bi * d.nh + h;
-                        let go = Mat::rows(&g[(bi * s * d.nh + h) * hd..], s, hd, d.nh * hd);
                         let ph = &saved.p[bh * s * s..(bh + 1) * s * s];
-                        let qh = Mat::dense(&saved.q[bh * s * hd..(bh + 1) * s * hd], s, hd);
-                        gemm(
-                            MatMut::dense(ds, s, s),
-                            false,
-                            go,
-                            vg.t(),
-                            1.0,
-                            Threads::Single,
-                        )?;
-                        for (dr, pr) in ds.chunks_mut(s).zip(ph.chunks(s)) {
-                            let dot: f32 = dr.iter().zip(pr).map(|(a, b)| a * b).sum();
-                            for (x, &pv) in dr.iter_mut().zip(pr) {
-                                *x = self.scale * pv * (*x - dot);
+                        let qh = &saved.q[bh * s * hd..(bh + 1) * s * hd];
+                        for (r0, r1, c) in self.blocks() {
+                            let n = r1 - r0;
+                            let go = &g[((bi * s + r0) * d.nh + h) * hd..];
+                            let go = Mat::rows(go, n, hd, d.nh * hd);
+                            let vb = self.v_head(v, bi, kvh, c);
+                            let dsb = MatMut::rows(&mut ds[r0 * s..r1 * s], n, c, s);
+                            gemm(dsb, false, go, vb.t(), 1.0, Threads::Single)?;
+                            for i in r0..r1 {
+                                let (dr, pr) = (&mut ds[i * s..i * s + c], &ph[i * s..i * s + c]);
+                                let dot: f32 = dr.iter().zip(pr.iter()).map(|(a, b)| a * b).sum();
+                                for (x, &pv) in dr.iter_mut().zip(pr) {
+                                    *x = self.scale * pv * (*x - dot);
+                                }
                             }
+                            let dsb = Mat::rows(&ds[r0 * s..r1 * s], n, c, s);
+                            let pb = Mat::rows(&ph[r0 * s..r1 * s], n, c, s);
+                            let (kb, qb) = (
+                                Mat::dense(&kg[..c * hd], c, hd),
+                                Mat::dense(&qh[r0 * hd..r1 * hd], n, hd),
+                            );
+                            let dqb = MatMut::dense(&mut dq_h[r0 * hd..r1 * hd], n, hd);
+                            gemm(dqb, false, dsb, kb, 1.0, Threads::Single)?;
+                            // dk and dv start at zero and sum over blocks and grouped heads.
+                            let dkb = MatMut::dense(&mut dk_g[..c * hd], c, hd);
+                            gemm(dkb, true, dsb.t(), qb, 1.0, Threads::Single)?;
+                            let dvb = MatMut::dense(&mut dv_g[..c * hd], c, hd);
+                            gemm(dvb, true, pb.t(), go, 1.0, Threads::Single)?;
                         }
-                        let dsm = Mat::dense(ds, s, s);
-                        gemm(
-                            MatMut::dense(dq_h, s, hd),
-                            false,
-                            dsm,
-                            kg,
-                            1.0,
-                            Threads::Single,
-                        )?;
-                        let acc = j > 0;
-                        gemm(
-                            MatMut::dense(dk_g, s, hd),
-                            acc,
-                            dsm.t(),
-                            qh,
-                            1.0,
-                            Threads::Single,
-                        )?;
-                        let pm = Mat::dense(ph, s, s);
-                        gemm(
-                            MatMut::dense(dv_g, s, hd),
-                            acc,
-                            pm.t(),
-                            go,
-                            1.0,
-                            Threads::Single,
-                        )?;
                     }
                     Ok(())
                 },
@@ -427,11 +439,19 @@ mod tests {
     }
 
     /// Values and the gradients of q, k, v equal the composed path: grouped heads, causal or
-    /// per-row additive mask (a blocked key in the middle of a row), shared or per-row rope.
+    /// per-row additive mask (a blocked key in the middle of a row), shared or per-row rope,
+    /// one query block or several.
     #[test]
     fn matches_autograd_over_candle_ops() -> Result<()> {
-        let (b, s, nh, nkv, hd) = (2, 6, 4, 2, 8);
-        for (case, per_row) in [(0, false), (1, true), (2, false)] {
+        let (b, nh, nkv, hd) = (2, 4, 2, 8);
+        // 150 positions: three query blocks, the last one partial.
+        for (case, per_row, s) in [
+            (0, false, 6),
+            (1, true, 6),
+            (2, false, 6),
+            (3, true, 150),
+            (4, false, 150),
+        ] {
             let q = Var::from_tensor(&rand(&[b, s, nh * hd], 1)?)?;
             let k = Var::from_tensor(&rand(&[b, s, nkv * hd], 2)?)?;
             let v = Var::from_tensor(&rand(&[b, s, nkv * hd], 3)?)?;
@@ -443,7 +463,7 @@ mod tests {
             };
             let angle = (rand(&rows, 5)? * 3.0)?;
             let (cos, sin) = (angle.cos()?, angle.sin()?);
-            let mask = (case == 2)
+            let mask = (case == 2 || case == 4)
                 .then(|| {
                     let m: Vec<f32> = (0..b * s * s)
                         .map(|i| {
