@@ -560,22 +560,15 @@ pub fn plain_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     })
 }
 
-/// `x W^T` for a frozen `W`: the backward pass returns only `dL/dx = dL/dy · W`.
+/// `x W^T` for a frozen `W`: the backward pass returns only `dL/dx = dL/dy · W`. `x` `[.., k]`
+/// goes into the op as it is (no reshape nodes: each would cost backward a zero-filled
+/// activation-sized gradient and an add).
 pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let k = *dims.last().unwrap_or(&0);
-    let m: usize = dims[..dims.len().saturating_sub(1)].iter().product();
-    let x2 = x.contiguous()?.reshape((m, k))?;
     // Records the op only when x needs a gradient (w never does).
-    let y = x2.apply_op2(w, FrozenMatmul)?;
-    let mut out_dims = dims;
-    if let Some(last) = out_dims.last_mut() {
-        *last = w.dim(0)?;
-    }
-    Ok(y.reshape(out_dims)?)
+    Ok(x.contiguous()?.apply_op2(w, FrozenMatmul)?)
 }
 
-/// `x [m, k] · w[n, k]^T`; backward: input gradient only.
+/// `x [.., k] · w[n, k]^T` → `[.., n]`; backward: input gradient only.
 struct FrozenMatmul;
 
 fn frozen_fwd<S: BackendStorage>(
@@ -584,14 +577,27 @@ fn frozen_fwd<S: BackendStorage>(
     s2: &S,
     l2: &Layout,
 ) -> candle_core::Result<(S, Shape)> {
-    let (m, k) = l1.shape().dims2()?;
+    let (m, k) = rows_cols(l1.shape());
     let (n, k2) = l2.shape().dims2()?;
-    if k != k2 {
-        candle_core::bail!("frozen_linear: input has {k} features, weight expects {k2}");
+    if k != k2 || l1.dims().is_empty() {
+        candle_core::bail!(
+            "frozen_linear: input {:?} does not fit weight {:?}",
+            l1.dims(),
+            l2.dims()
+        );
     }
+    if !l1.is_contiguous() {
+        candle_core::bail!("frozen_linear: input is not contiguous");
+    }
+    // The contiguous `[.., k]` input read as `[m, k]`.
+    let x2 = Layout::contiguous_with_offset((m, k), l1.start_offset());
     let wt = l2.transpose(0, 1)?;
-    let out = s1.matmul(s2, (1, m, n, k), l1, &wt)?;
-    Ok((out, Shape::from((m, n))))
+    let out = s1.matmul(s2, (1, m, n, k), &x2, &wt)?;
+    let mut dims = l1.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = n;
+    }
+    Ok((out, Shape::from(dims)))
 }
 
 impl candle_core::CustomOp2 for FrozenMatmul {
@@ -621,12 +627,14 @@ impl candle_core::CustomOp2 for FrozenMatmul {
 
     fn bwd(
         &self,
-        _x: &Tensor,
+        x: &Tensor,
         w: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(grad.matmul(w)?), None))
+        let (m, n) = rows_cols(grad.shape());
+        let dx = grad.reshape((m, n))?.matmul(w)?.reshape(x.shape())?;
+        Ok((Some(dx), None))
     }
 }
 
@@ -790,6 +798,33 @@ mod tests {
                     assert_eq!(changed, dropout > 0.0, "{what}");
                 }
             }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn frozen_linear_matches_matmul_without_reshape_nodes() -> Result<()> {
+        let w = rand(&[6, 8], 1, 0.3)?;
+        let weights = rand(&[2, 5, 6], 5, 1.0)?;
+        for shape in [&[2, 5, 8][..], &[10, 8], &[8]] {
+            let x = Var::from_tensor(&rand(shape, 9, 1.0)?)?;
+            let y1 = frozen_linear(x.as_tensor(), &w)?;
+            let mut out = shape.to_vec();
+            *out.last_mut().expect("non-empty") = 6;
+            let y2 = x
+                .as_tensor()
+                .reshape((x.elem_count() / 8, 8))?
+                .matmul(&w.t()?)?
+                .reshape(out)?;
+            assert!(rel_diff(&y1, &y2)? < 1e-6, "{shape:?}");
+            let weights = weights.flatten_all()?.narrow(0, 0, y1.elem_count())?;
+            let g1 = (y1.flatten_all()? * &weights)?.sum_all()?.backward()?;
+            let g2 = (y2.flatten_all()? * &weights)?.sum_all()?.backward()?;
+            let (Some(d1), Some(d2)) = (g1.get(x.as_tensor()), g2.get(x.as_tensor())) else {
+                panic!("missing gradient");
+            };
+            assert!(rel_diff(d1, d2)? < 1e-6, "{shape:?}");
+            assert!(g1.get(&w).is_none(), "no gradient for the frozen weight");
         }
         Ok(())
     }
