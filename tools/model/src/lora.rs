@@ -8,12 +8,21 @@
 //! The base matmul runs through [`frozen_linear`], a candle `CustomOp2` whose backward returns
 //! only the input gradient: candle's own matmul backward also computes (and keeps) a
 //! weight-sized gradient for the frozen weight.
+//!
+//! On the CPU in F32 a layer with an adapter is one graph node, [`lora_linear`] (a `CustomOp3`
+//! over `x`, A, B with a closed-form backward, on [`crate::matmul::gemm`]), instead of about six
+//! (each costing candle's backward a zero-filled activation-sized gradient and an add);
+//! `Linear::use_fused_op = false` keeps the composition, as do other devices and dtypes.
 
+use crate::matmul::{Mat, MatMut, Threads, gemm};
 use crate::rng::Rng;
 use anyhow::{Result, bail};
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CudaStorage, D, DType, Layout, Shape, Tensor, Var};
+use candle_core::{
+    CpuStorage, CudaStorage, D, DType, Layout, Shape, Storage, StorageRef, Tensor, Var,
+};
 use candle_nn::VarMap;
+use std::sync::OnceLock;
 
 /// Module names LoRA can target (PEFT's `all-linear` for these models = all of them).
 pub const ALL_LINEAR: [&str; 7] = [
@@ -96,6 +105,10 @@ pub struct Linear {
     pub lora: Option<LoraAdapter>,
     /// Use [`frozen_linear`] for the base matmul (default true); false = candle's matmul.
     pub use_frozen_op: bool,
+    /// With an adapter, on the CPU in F32 (and `use_frozen_op`): compute the whole layer,
+    /// base and LoRA term, as one graph node ([`lora_linear`], default true); false = the
+    /// composition of frozen matmul, dropout and two LoRA matmuls.
+    pub use_fused_op: bool,
 }
 
 /// Per-call options of a forward pass.
@@ -113,6 +126,7 @@ impl Linear {
             bias,
             lora: None,
             use_frozen_op: true,
+            use_fused_op: true,
         }
     }
 
@@ -190,7 +204,33 @@ impl Linear {
         Ok(())
     }
 
+    /// Whether [`Self::forward`] takes the single-op path ([`lora_linear`]) for input `x`.
+    pub fn uses_fused_op(&self, x: &Tensor) -> bool {
+        let f32_cpu = |t: &Tensor| crate::fused::supported(t) && t.is_contiguous();
+        self.use_fused_op
+            && self.use_frozen_op
+            && self.lora.is_some()
+            && crate::fused::supported(x)
+            && f32_cpu(&self.weight)
+            && self.bias.as_ref().is_none_or(f32_cpu)
+    }
+
     pub fn forward(&self, x: &Tensor, mode: ForwardMode) -> Result<Tensor> {
+        if let Some(l) = self.lora.as_ref().filter(|_| self.uses_fused_op(x)) {
+            let dropout = match mode.dropout_seed {
+                Some(seed) if l.dropout > 0.0 => Some((l.dropout, seed, self.name.as_str())),
+                _ => None,
+            };
+            return lora_linear(
+                x,
+                &self.weight,
+                self.bias.as_ref(),
+                l.a.as_tensor(),
+                l.b.as_tensor(),
+                l.scale,
+                dropout,
+            );
+        }
         let mut y = if self.use_frozen_op {
             frozen_linear(x, &self.weight)?
         } else {
@@ -215,22 +255,300 @@ impl Linear {
     }
 }
 
+/// Which of `n` elements dropout keeps, in element order: the stream of [`Rng::derive`]`(seed,
+/// name)`, one draw per element, dropped when the draw is below `p`.
+fn dropout_keep(n: usize, p: f32, seed: u64, name: &str) -> Vec<bool> {
+    let mut rng = Rng::derive(seed, name);
+    (0..n).map(|_| rng.uniform() >= f64::from(p)).collect()
+}
+
+/// The factor kept elements are multiplied by (inverted dropout).
+fn dropout_factor(p: f32) -> f32 {
+    1.0 / (1.0 - p)
+}
+
 /// Inverted dropout with a mask from our seeded RNG (deterministic).
 fn dropout(x: &Tensor, p: f32, seed: u64, name: &str) -> Result<Tensor> {
-    let n = x.elem_count();
-    let mut rng = Rng::derive(seed, name);
-    let keep = 1.0 / (1.0 - p);
-    let mask: Vec<f32> = (0..n)
-        .map(|_| {
-            if rng.uniform() < f64::from(p) {
-                0.0
-            } else {
-                keep
-            }
-        })
+    let keep = dropout_factor(p);
+    let mask: Vec<f32> = dropout_keep(x.elem_count(), p, seed, name)
+        .into_iter()
+        .map(|k| if k { keep } else { 0.0 })
         .collect();
     let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
     Ok((x * mask)?)
+}
+
+/// `y = x W^T (+ bias) + scale · (dropout(x) A^T) B^T` as ONE graph node (CPU, F32): a
+/// `CustomOp3(x, A, B)` whose backward returns `dx` (when `x` tracks), `dA` and `dB` in closed
+/// form. The composition it replaces records about six nodes per layer, each costing candle's
+/// backward a zero-filled gradient buffer and an add. `dropout`: `(p, seed, layer name)`, the
+/// same mask as the composed path. Callers check [`Linear::uses_fused_op`] first.
+pub fn lora_linear(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    a: &Tensor,
+    b: &Tensor,
+    scale: f64,
+    dropout: Option<(f32, u64, &str)>,
+) -> Result<Tensor> {
+    let op = LoraLinear {
+        w: w.detach(),
+        bias: bias.map(Tensor::detach),
+        scale: scale as f32,
+        dropout: dropout.map(|(p, seed, name)| (p, seed, name.to_string())),
+        saved: OnceLock::new(),
+    };
+    Ok(x.contiguous()?
+        .apply_op3(&a.contiguous()?, &b.contiguous()?, op)?)
+}
+
+struct LoraLinear {
+    /// Frozen `[n, k]`, F32, contiguous, on the CPU (as is `bias` `[n]`).
+    w: Tensor,
+    bias: Option<Tensor>,
+    scale: f32,
+    dropout: Option<(f32, u64, String)>,
+    /// Set by the forward pass for the backward.
+    saved: OnceLock<Saved>,
+}
+
+struct Saved {
+    /// `h = dropout(x) A^T`, `[m, r]`.
+    h: Vec<f32>,
+    /// Dropout's kept elements of `x` (`None` without dropout).
+    keep: Option<Vec<bool>>,
+}
+
+/// The contiguous F32 data of a CPU tensor, read-locked for as long as the guard lives.
+struct CpuF32<'a> {
+    guard: StorageRef<'a>,
+    layout: &'a Layout,
+}
+
+impl<'a> CpuF32<'a> {
+    fn new(t: &'a Tensor) -> Self {
+        let (guard, layout) = t.storage_and_layout();
+        Self { guard, layout }
+    }
+
+    fn slice(&self, what: &str) -> candle_core::Result<&[f32]> {
+        match &*self.guard {
+            Storage::Cpu(s) => crate::fused::f32_slice(s, self.layout, what),
+            _ => candle_core::bail!("{what}: only CPU tensors are supported"),
+        }
+    }
+}
+
+/// `dropout(x)`: `x` with the dropped elements zeroed and the kept ones scaled.
+fn apply_keep(x: &[f32], keep: &[bool], p: f32) -> Vec<f32> {
+    let f = dropout_factor(p);
+    x.iter()
+        .zip(keep)
+        .map(|(&v, &k)| v * if k { f } else { 0.0 })
+        .collect()
+}
+
+/// `(m, k)` of a `[.., k]` tensor's layout.
+fn rows_cols(shape: &Shape) -> (usize, usize) {
+    let k = shape.dims().last().copied().unwrap_or(1);
+    (shape.elem_count() / k.max(1), k)
+}
+
+impl candle_core::CustomOp3 for LoraLinear {
+    fn name(&self) -> &'static str {
+        "lora-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        const WHAT: &str = "lora_linear";
+        let x = crate::fused::f32_slice(s1, l1, WHAT)?;
+        let a = crate::fused::f32_slice(s2, l2, WHAT)?;
+        let b = crate::fused::f32_slice(s3, l3, WHAT)?;
+        let (m, k) = rows_cols(l1.shape());
+        let (r, ka) = l2.shape().dims2()?;
+        let (n, rb) = l3.shape().dims2()?;
+        let (nw, kw) = self.w.dims2()?;
+        if ka != k || kw != k || rb != r || nw != n {
+            candle_core::bail!(
+                "{WHAT}: input {:?}, weight {:?}, A {:?}, B {:?} do not fit",
+                l1.shape().dims(),
+                self.w.dims(),
+                l2.shape().dims(),
+                l3.shape().dims()
+            );
+        }
+        let w_data = CpuF32::new(&self.w);
+        let w = w_data.slice(WHAT)?;
+        let mut y = vec![0f32; m * n];
+        gemm(
+            MatMut::dense(&mut y, m, n),
+            false,
+            Mat::dense(x, m, k),
+            Mat::dense(w, n, k).t(),
+            1.0,
+            Threads::Pool,
+        )?;
+        if let Some(bias) = &self.bias {
+            let bias_data = CpuF32::new(bias);
+            let bias = bias_data.slice(WHAT)?;
+            if bias.len() != n {
+                candle_core::bail!("{WHAT}: bias has {} values for {n} outputs", bias.len());
+            }
+            for row in y.chunks_exact_mut(n) {
+                for (yv, bv) in row.iter_mut().zip(bias) {
+                    *yv += bv;
+                }
+            }
+        }
+        let keep = self
+            .dropout
+            .as_ref()
+            .map(|(p, seed, name)| (*p, dropout_keep(m * k, *p, *seed, name)));
+        let xd = keep.as_ref().map(|(p, keep)| apply_keep(x, keep, *p));
+        let mut h = vec![0f32; m * r];
+        gemm(
+            MatMut::dense(&mut h, m, r),
+            false,
+            Mat::dense(xd.as_deref().unwrap_or(x), m, k),
+            Mat::dense(a, r, k).t(),
+            1.0,
+            Threads::Pool,
+        )?;
+        gemm(
+            MatMut::dense(&mut y, m, n),
+            true,
+            Mat::dense(&h, m, r),
+            Mat::dense(b, n, r).t(),
+            self.scale,
+            Threads::Pool,
+        )?;
+        let saved = Saved {
+            h,
+            keep: keep.map(|(_, k)| k),
+        };
+        if self.saved.set(saved).is_err() {
+            candle_core::bail!("{WHAT}: op applied twice");
+        }
+        let mut dims = l1.shape().dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = n;
+        }
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+
+    fn bwd(
+        &self,
+        x_t: &Tensor,
+        a_t: &Tensor,
+        b_t: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        const WHAT: &str = "lora_linear backward";
+        let Some(saved) = self.saved.get() else {
+            candle_core::bail!("{WHAT}: no saved forward state");
+        };
+        let g_t = grad.contiguous()?;
+        let (g_data, x_data) = (CpuF32::new(&g_t), CpuF32::new(x_t));
+        let (a_data, b_data) = (CpuF32::new(a_t), CpuF32::new(b_t));
+        let (g, x) = (g_data.slice(WHAT)?, x_data.slice(WHAT)?);
+        let (a, b) = (a_data.slice(WHAT)?, b_data.slice(WHAT)?);
+        let (m, k) = rows_cols(x_t.shape());
+        let (r, n) = (a_t.dim(0)?, b_t.dim(0)?);
+        if g.len() != m * n || saved.h.len() != m * r {
+            candle_core::bail!("{WHAT}: gradient {:?} does not fit", grad.dims());
+        }
+        let scale = self.scale;
+        // gB = g·B, [m, r].
+        let mut gb = vec![0f32; m * r];
+        gemm(
+            MatMut::dense(&mut gb, m, r),
+            false,
+            Mat::dense(g, m, n),
+            Mat::dense(b, n, r),
+            1.0,
+            Threads::Pool,
+        )?;
+        // dB = scale·g^T·h, [n, r].
+        let mut db = vec![0f32; n * r];
+        gemm(
+            MatMut::dense(&mut db, n, r),
+            false,
+            Mat::dense(g, m, n).t(),
+            Mat::dense(&saved.h, m, r),
+            scale,
+            Threads::Pool,
+        )?;
+        // dA = scale·gB^T·dropout(x), [r, k].
+        let p = self.dropout.as_ref().map_or(0.0, |d| d.0);
+        let xd = saved.keep.as_ref().map(|keep| apply_keep(x, keep, p));
+        let mut da = vec![0f32; r * k];
+        gemm(
+            MatMut::dense(&mut da, r, k),
+            false,
+            Mat::dense(&gb, m, r).t(),
+            Mat::dense(xd.as_deref().unwrap_or(x), m, k),
+            scale,
+            Threads::Pool,
+        )?;
+        drop(xd);
+        // dx = g·W + scale·(gB·A) [⊙ dropout mask], [m, k].
+        let dx = if x_t.track_op() {
+            let w_data = CpuF32::new(&self.w);
+            let w = w_data.slice(WHAT)?;
+            let mut dx = vec![0f32; m * k];
+            gemm(
+                MatMut::dense(&mut dx, m, k),
+                false,
+                Mat::dense(g, m, n),
+                Mat::dense(w, n, k),
+                1.0,
+                Threads::Pool,
+            )?;
+            match &saved.keep {
+                None => gemm(
+                    MatMut::dense(&mut dx, m, k),
+                    true,
+                    Mat::dense(&gb, m, r),
+                    Mat::dense(a, r, k),
+                    scale,
+                    Threads::Pool,
+                )?,
+                Some(keep) => {
+                    let mut t = vec![0f32; m * k];
+                    gemm(
+                        MatMut::dense(&mut t, m, k),
+                        false,
+                        Mat::dense(&gb, m, r),
+                        Mat::dense(a, r, k),
+                        scale,
+                        Threads::Pool,
+                    )?;
+                    let f = dropout_factor(p);
+                    for ((d, tv), &kept) in dx.iter_mut().zip(&t).zip(keep) {
+                        *d += tv * if kept { f } else { 0.0 };
+                    }
+                }
+            }
+            Some(Tensor::from_vec(dx, x_t.shape(), x_t.device())?)
+        } else {
+            None
+        };
+        Ok((
+            dx,
+            Some(Tensor::from_vec(da, a_t.shape(), a_t.device())?),
+            Some(Tensor::from_vec(db, b_t.shape(), b_t.device())?),
+        ))
+    }
 }
 
 /// `x W^T` with candle's matmul (records gradients for both operands).
@@ -242,22 +560,15 @@ pub fn plain_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     })
 }
 
-/// `x W^T` for a frozen `W`: the backward pass returns only `dL/dx = dL/dy · W`.
+/// `x W^T` for a frozen `W`: the backward pass returns only `dL/dx = dL/dy · W`. `x` `[.., k]`
+/// goes into the op as it is (no reshape nodes: each would cost backward a zero-filled
+/// activation-sized gradient and an add).
 pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let k = *dims.last().unwrap_or(&0);
-    let m: usize = dims[..dims.len().saturating_sub(1)].iter().product();
-    let x2 = x.contiguous()?.reshape((m, k))?;
     // Records the op only when x needs a gradient (w never does).
-    let y = x2.apply_op2(w, FrozenMatmul)?;
-    let mut out_dims = dims;
-    if let Some(last) = out_dims.last_mut() {
-        *last = w.dim(0)?;
-    }
-    Ok(y.reshape(out_dims)?)
+    Ok(x.contiguous()?.apply_op2(w, FrozenMatmul)?)
 }
 
-/// `x [m, k] · w[n, k]^T`; backward: input gradient only.
+/// `x [.., k] · w[n, k]^T` → `[.., n]`; backward: input gradient only.
 struct FrozenMatmul;
 
 fn frozen_fwd<S: BackendStorage>(
@@ -266,14 +577,27 @@ fn frozen_fwd<S: BackendStorage>(
     s2: &S,
     l2: &Layout,
 ) -> candle_core::Result<(S, Shape)> {
-    let (m, k) = l1.shape().dims2()?;
+    let (m, k) = rows_cols(l1.shape());
     let (n, k2) = l2.shape().dims2()?;
-    if k != k2 {
-        candle_core::bail!("frozen_linear: input has {k} features, weight expects {k2}");
+    if k != k2 || l1.dims().is_empty() {
+        candle_core::bail!(
+            "frozen_linear: input {:?} does not fit weight {:?}",
+            l1.dims(),
+            l2.dims()
+        );
     }
+    if !l1.is_contiguous() {
+        candle_core::bail!("frozen_linear: input is not contiguous");
+    }
+    // The contiguous `[.., k]` input read as `[m, k]`.
+    let x2 = Layout::contiguous_with_offset((m, k), l1.start_offset());
     let wt = l2.transpose(0, 1)?;
-    let out = s1.matmul(s2, (1, m, n, k), l1, &wt)?;
-    Ok((out, Shape::from((m, n))))
+    let out = s1.matmul(s2, (1, m, n, k), &x2, &wt)?;
+    let mut dims = l1.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = n;
+    }
+    Ok((out, Shape::from(dims)))
 }
 
 impl candle_core::CustomOp2 for FrozenMatmul {
@@ -303,12 +627,14 @@ impl candle_core::CustomOp2 for FrozenMatmul {
 
     fn bwd(
         &self,
-        _x: &Tensor,
+        x: &Tensor,
         w: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(grad.matmul(w)?), None))
+        let (m, n) = rows_cols(grad.shape());
+        let dx = grad.reshape((m, n))?.matmul(w)?.reshape(x.shape())?;
+        Ok((Some(dx), None))
     }
 }
 
@@ -377,4 +703,149 @@ pub fn check_gradients(
         bail!("all-zero gradient for {}", show(&zero));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn rand(shape: &[usize], seed: u64, std: f64) -> Result<Tensor> {
+        let n = shape.iter().product();
+        let v = Rng::derive(seed, "lora-test").normal_vec(n, 0.0, std);
+        Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+    }
+
+    /// `max |a − b| / max(max |b|, 1e-6)`.
+    fn rel_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        assert_eq!(a.dims(), b.dims());
+        let d = (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        let s = b.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        Ok(d / s.max(1e-6))
+    }
+
+    /// A layer `[6, 8]` with rank-3 LoRA, random non-zero A and B.
+    fn layer(bias: bool, dropout: f32) -> Result<Linear> {
+        let w = rand(&[6, 8], 1, 0.3)?;
+        let bias = if bias {
+            Some(rand(&[6], 2, 0.5)?)
+        } else {
+            None
+        };
+        let mut lin = Linear::new("model.layers.0.self_attn.q_proj", w, bias);
+        let (a, b) = (rand(&[3, 8], 3, 0.4)?, rand(&[6, 3], 4, 0.4)?);
+        lin.attach_lora_from(&a, &b, 2.5, dropout, &VarMap::new())?;
+        Ok(lin)
+    }
+
+    /// Output and gradients (x when it tracks, A, B) of `Σ y ⊙ weights`.
+    fn run(
+        lin: &Linear,
+        x: &Tensor,
+        mode: ForwardMode,
+        weights: &Tensor,
+    ) -> Result<(Tensor, Option<Tensor>, Tensor, Tensor)> {
+        let y = lin.forward(x, mode)?;
+        let grads = (&y * weights)?.sum_all()?.backward()?;
+        let l = lin.lora.as_ref().expect("adapter");
+        let get = |t: &Tensor| grads.get(t).cloned();
+        let (Some(da), Some(db)) = (get(l.a.as_tensor()), get(l.b.as_tensor())) else {
+            panic!("no gradient for A or B");
+        };
+        Ok((y, get(x), da, db))
+    }
+
+    #[test]
+    fn fused_op_matches_the_composed_path() -> Result<()> {
+        let weights = rand(&[2, 5, 6], 5, 1.0)?;
+        for bias in [false, true] {
+            for dropout in [0.0, 0.3] {
+                for x_tracks in [true, false] {
+                    let fused = layer(bias, dropout)?;
+                    let mut composed = fused.clone();
+                    composed.use_fused_op = false;
+                    let x0 = rand(&[2, 5, 8], 6, 1.0)?;
+                    let x = if x_tracks {
+                        Var::from_tensor(&x0)?.as_tensor().clone()
+                    } else {
+                        x0
+                    };
+                    assert!(fused.uses_fused_op(&x) && !composed.uses_fused_op(&x));
+                    let mode = ForwardMode {
+                        dropout_seed: Some(11),
+                    };
+                    let what = format!("bias {bias}, dropout {dropout}, x tracks {x_tracks}");
+                    let (y1, dx1, da1, db1) = run(&fused, &x, mode, &weights)?;
+                    let (y2, dx2, da2, db2) = run(&composed, &x, mode, &weights)?;
+                    assert!(rel_diff(&y1, &y2)? < 1e-5, "y, {what}");
+                    assert!(rel_diff(&da1, &da2)? < 1e-5, "dA, {what}");
+                    assert!(rel_diff(&db1, &db2)? < 1e-5, "dB, {what}");
+                    match (dx1, dx2) {
+                        (Some(dx1), Some(dx2)) => {
+                            assert!(x_tracks, "{what}");
+                            assert!(rel_diff(&dx1, &dx2)? < 1e-5, "dx, {what}");
+                            assert!(dx1.abs()?.sum_all()?.to_scalar::<f32>()? > 1e-3);
+                        }
+                        (None, None) => assert!(!x_tracks, "{what}"),
+                        _ => panic!("dx present on one path only, {what}"),
+                    }
+                    for g in [&da1, &db1] {
+                        assert!(g.abs()?.sum_all()?.to_scalar::<f32>()? > 1e-3, "{what}");
+                    }
+                    // Dropout is really on (and off without a seed): the outputs differ.
+                    let (y0, ..) = run(&fused, &x, ForwardMode::default(), &weights)?;
+                    let changed = rel_diff(&y1, &y0)? > 1e-3;
+                    assert_eq!(changed, dropout > 0.0, "{what}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn frozen_linear_matches_matmul_without_reshape_nodes() -> Result<()> {
+        let w = rand(&[6, 8], 1, 0.3)?;
+        let weights = rand(&[2, 5, 6], 5, 1.0)?;
+        for shape in [&[2, 5, 8][..], &[10, 8], &[8]] {
+            let x = Var::from_tensor(&rand(shape, 9, 1.0)?)?;
+            let y1 = frozen_linear(x.as_tensor(), &w)?;
+            let mut out = shape.to_vec();
+            *out.last_mut().expect("non-empty") = 6;
+            let y2 = x
+                .as_tensor()
+                .reshape((x.elem_count() / 8, 8))?
+                .matmul(&w.t()?)?
+                .reshape(out)?;
+            assert!(rel_diff(&y1, &y2)? < 1e-6, "{shape:?}");
+            let weights = weights.flatten_all()?.narrow(0, 0, y1.elem_count())?;
+            let g1 = (y1.flatten_all()? * &weights)?.sum_all()?.backward()?;
+            let g2 = (y2.flatten_all()? * &weights)?.sum_all()?.backward()?;
+            let (Some(d1), Some(d2)) = (g1.get(x.as_tensor()), g2.get(x.as_tensor())) else {
+                panic!("missing gradient");
+            };
+            assert!(rel_diff(d1, d2)? < 1e-6, "{shape:?}");
+            assert!(g1.get(&w).is_none(), "no gradient for the frozen weight");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_op_takes_strided_inputs_and_keeps_other_dtypes_composed() -> Result<()> {
+        let lin = layer(true, 0.0)?;
+        let mut composed = lin.clone();
+        composed.use_fused_op = false;
+        // A transposed (non-contiguous) input.
+        let xt = rand(&[2, 8, 5], 7, 1.0)?.transpose(1, 2)?;
+        assert!(!xt.is_contiguous() && lin.uses_fused_op(&xt));
+        let mode = ForwardMode::default();
+        let diff = rel_diff(&lin.forward(&xt, mode)?, &composed.forward(&xt, mode)?)?;
+        assert!(diff < 1e-5);
+        // 2-D input.
+        let x2 = rand(&[4, 8], 8, 1.0)?;
+        let diff = rel_diff(&lin.forward(&x2, mode)?, &composed.forward(&x2, mode)?)?;
+        assert!(diff < 1e-5);
+        // F64 input: not fused.
+        assert!(!lin.uses_fused_op(&x2.to_dtype(DType::F64)?));
+        Ok(())
+    }
 }
