@@ -67,6 +67,65 @@ pub(crate) fn softmax_row(
     }
 }
 
+/// RMSNorm's input gradient in one pass per row (F32, CPU), for a frozen weight `w`:
+/// `dx = r·(g⊙w) − x·r³·mean((g⊙w)⊙x)`, `r = 1/√(mean(x²)+eps)`.
+pub fn rms_norm_bwd(x: &Tensor, w: &Tensor, g: &Tensor, eps: f64) -> Result<Tensor> {
+    let n = x.dim(candle_core::D::Minus1)?;
+    if w.dims() != [n] || g.shape() != x.shape() {
+        bail!(
+            "rms_norm backward: x {:?}, weight {:?}, gradient {:?}",
+            x.dims(),
+            w.dims(),
+            g.dims()
+        );
+    }
+    let w = w.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    let (x, g) = (x.detach().contiguous()?, g.contiguous()?);
+    x.apply_op2_no_bwd(&g, &RmsNormBwd { w, eps: eps as f32 })
+}
+
+struct RmsNormBwd {
+    w: Vec<f32>,
+    eps: f32,
+}
+
+impl candle_core::CustomOp2 for RmsNormBwd {
+    fn name(&self) -> &'static str {
+        "rms-norm-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "rms_norm backward")?;
+        let g = f32_slice(s2, l2, "rms_norm backward")?;
+        let n = self.w.len().max(1);
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(n)
+            .zip(x.par_chunks(n).zip(g.par_chunks(n)))
+            .for_each(|(dr, (xr, gr))| {
+                let ms = xr.iter().map(|v| v * v).sum::<f32>() / n as f32;
+                let r = 1.0 / (ms + self.eps).sqrt();
+                let m = xr
+                    .iter()
+                    .zip(gr)
+                    .zip(&self.w)
+                    .map(|((xv, gv), wv)| gv * wv * xv)
+                    .sum::<f32>()
+                    / n as f32;
+                let c = r * r * r * m;
+                for (((d, &xv), &gv), &wv) in dr.iter_mut().zip(xr).zip(gr).zip(&self.w) {
+                    *d = r * gv * wv - xv * c;
+                }
+            });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
 /// SwiGLU `silu(gate) ⊙ up` for same-shaped `gate`, `up`. Gradients:
 /// `d_up = g ⊙ silu(gate)`, `d_gate = g ⊙ up ⊙ σ(gate)·(1 + gate·(1 − σ(gate)))`.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
@@ -201,6 +260,26 @@ mod tests {
         let mut y = [7.0; 3];
         softmax_row(&[0.5, -1.0, 2.0], &mut y, 1.0, None, 2);
         assert!((y[0] + y[1] - 1.0).abs() < 1e-6 && y[2] == 7.0);
+    }
+
+    /// The one-pass kernel equals the candle-op formula it replaces (ops::rms_norm's backward).
+    #[test]
+    fn rms_norm_backward_matches_autograd() -> Result<()> {
+        let x = Var::from_tensor(&rand(&[3, 5, 64], 7)?)?;
+        let w = (rand(&[64], 8)? + 1.0)?;
+        let weights = rand(&[3, 5, 64], 9)?;
+        let eps = 1e-5;
+        let xt = x.as_tensor();
+        let r = (xt.sqr()?.mean_keepdim(candle_core::D::Minus1)? + eps)?.sqrt()?;
+        let y = xt.broadcast_div(&r)?.broadcast_mul(&w)?;
+        let g = (&y * &weights)?.sum_all()?.backward()?;
+        let Some(want) = g.get(xt) else {
+            panic!("missing gradient");
+        };
+        let got = rms_norm_bwd(xt, &w, &weights, eps)?;
+        let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        assert!(max_diff(&got, want)? / scale < 1e-5);
+        Ok(())
     }
 
     #[test]

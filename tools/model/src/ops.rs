@@ -103,6 +103,10 @@ impl candle_core::CustomOp2 for RmsNormGrad {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        if crate::fused::supported(x) && crate::fused::supported(grad) {
+            let dx = crate::fused::rms_norm_bwd(x, &self.w, grad, self.eps)?;
+            return Ok((Some(dx), None));
+        }
         let dt = x.dtype();
         let x = x.detach().to_dtype(DType::F32)?;
         let gw = grad
