@@ -829,6 +829,41 @@ mod tests {
         Ok(())
     }
 
+    /// The same bits whatever the thread count (gemm splits rows and columns, never the sums).
+    #[test]
+    fn fused_op_is_deterministic_across_thread_counts() -> Result<()> {
+        let (n, k, r) = (192, 256, 16);
+        let mut lin = Linear::new("l", rand(&[n, k], 1, 0.05)?, Some(rand(&[n], 2, 0.1)?));
+        let (a, b) = (rand(&[r, k], 3, 0.05)?, rand(&[n, r], 4, 0.05)?);
+        lin.attach_lora_from(&a, &b, 2.0, 0.1, &VarMap::new())?;
+        let x = Var::from_tensor(&rand(&[2, 96, k], 5, 1.0)?)?;
+        let weights = rand(&[2, 96, n], 6, 1.0)?;
+        let mode = ForwardMode {
+            dropout_seed: Some(3),
+        };
+        let bits = |threads: usize| -> Result<Vec<Vec<u32>>> {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()?;
+            pool.install(|| {
+                let (y, dx, da, db) = run(&lin, x.as_tensor(), mode, &weights)?;
+                let dx = dx.expect("x tracks");
+                [y, dx, da, db]
+                    .iter()
+                    .map(|t| {
+                        Ok(t.flatten_all()?
+                            .to_vec1::<f32>()?
+                            .iter()
+                            .map(|v| v.to_bits())
+                            .collect())
+                    })
+                    .collect()
+            })
+        };
+        assert!(bits(1)? == bits(4)?);
+        Ok(())
+    }
+
     #[test]
     fn fused_op_takes_strided_inputs_and_keeps_other_dtypes_composed() -> Result<()> {
         let lin = layer(true, 0.0)?;
