@@ -1,4 +1,4 @@
-//! LoRA training-step timing on the CPU: our fused/frozen ops vs the naive candle formulation.
+//! LoRA training-step timing on the CPU: our fused ops, step by step, vs the naive candle formulation.
 //!
 //! `cargo run --release -p ftkit-model --example bench_lora_step [HIDDEN LAYERS SEQ BATCH RANK STEPS]`
 //! (defaults: 512 4 256 4 16 5, q/k/v/o targets, the FINDINGS.md shape). Prints one line per mode.
@@ -46,12 +46,19 @@ fn main() -> Result<()> {
         .collect();
     let ids = Tensor::from_vec(ids, (batch, seq), &Device::Cpu)?;
     let mut out = std::io::stderr().lock();
-    let modes = [(true, true), (true, false), (false, false)];
+    // (frozen-linear op, fused attention/norm/SwiGLU kernels, one-op LoRA layers)
+    let modes = [
+        (true, true, true),
+        (true, true, false),
+        (true, false, false),
+        (false, false, false),
+    ];
     let mut runs = Vec::new();
-    for (frozen, fused) in modes {
+    for (frozen, fused, fused_lora) in modes {
         let mut m = CausalLm::load(&cfg, vb.clone())?;
         m.set_frozen_op(frozen);
         m.set_fused_ops(fused);
+        m.set_fused_lora(fused_lora);
         let varmap = VarMap::new();
         m.attach_lora(
             &LoraConfig {
@@ -86,15 +93,16 @@ fn main() -> Result<()> {
             }
         }
     }
-    for ((frozen, fused), (_, _, times, fwd_times)) in modes.iter().zip(&runs) {
+    for ((frozen, fused, fused_lora), (_, _, times, fwd_times)) in modes.iter().zip(&runs) {
         let mean = times.iter().sum::<f64>() / times.len() as f64;
         let fwd = fwd_times.iter().sum::<f64>() / times.len() as f64;
         writeln!(
             out,
             "{} h{h} L{layers} seq{seq} b{batch} r{rank}: {mean:.3} s/step (forward+loss {fwd:.3} s), {:.0} tokens/s",
-            match (frozen, fused) {
-                (true, true) => "frozen-linear + fused softmax/rmsnorm/rope:",
-                (true, false) => "frozen-linear, autograd softmax/rmsnorm/rope:",
+            match (frozen, fused, fused_lora) {
+                (true, true, true) => "fused attention, LoRA layers and kernels (default):",
+                (true, true, false) => "fused attention and kernels, composed LoRA layers:",
+                (true, false, _) => "frozen-linear, autograd attention/rmsnorm/rope:",
                 _ => "naive (candle matmul, autograd softmax/rmsnorm/rope):",
             },
             (batch * seq) as f64 / mean

@@ -13,7 +13,8 @@
 //! - [`lora`]: `LoraConfig` (rank, alpha, dropout, rslora, targets from `parse_targets`,
 //!   seed), `CausalLm::attach_lora(cfg, &varmap)` (A/B F32 Vars under PEFT keys),
 //!   `CausalLm::lora_params()` (sorted `(peft_key, Var)`), `check_gradients(&grads, &params)`
-//!   (fail loudly at start-up), `frozen_linear` (CustomOp2: backward returns only dL/dx).
+//!   (fail loudly at start-up), `frozen_linear` (CustomOp2: backward returns only dL/dx),
+//!   `lora_linear` (the whole LoRA layer as one CPU F32 op, default; `CausalLm::set_fused_lora`).
 //! - [`peft`]: `save_adapter`, `load_adapter`, `AdapterConfig::from_lora`,
 //!   `CausalLm::attach_adapter` (resume / continue from PEFT files), `merge_weight`/`merge_into`.
 //! - [`device`]: `DeviceSpec`/`DTypeSpec` (`FromStr`), `open_device` (auto → CPU fallback with
@@ -21,6 +22,11 @@
 //!   with CUDA.
 //! - [`ops`]: candle's fused softmax / RMSNorm / rope with a closed-form backward attached
 //!   (used by default; `CausalLm::set_fused_ops(false)` switches to autograd over basic ops).
+//! - [`attention`]: self-attention (rope, grouped heads, mask, softmax, values) as one CPU F32
+//!   op with a closed-form backward; [`fused`]: one-pass SwiGLU and RMSNorm-backward kernels;
+//!   [`matmul`]: bounds-checked strided views over gemm for them. Other devices and dtypes keep
+//!   the candle-op formulation.
+//! - [`runtime`]: glibc allocator settings for CPU training (`tune_for_cpu_training`).
 //! - [`fixtures`]: tiny deterministic random models + BPE tokenizers for tests (each family's
 //!   real pre-tokenizer, so transformers tokenises them as we do).
 //! - [`rng`]: the seedable RNG used for weights, LoRA init and dropout.

@@ -288,6 +288,14 @@ impl CausalLm {
         }
     }
 
+    /// Run each LoRA layer as one fused CPU op (default; see `lora_linear`) or as composed
+    /// candle ops.
+    pub fn set_fused_lora(&mut self, on: bool) {
+        for lin in self.linears_mut() {
+            lin.use_fused_op = on;
+        }
+    }
+
     /// Use fused softmax/RMSNorm/rope kernels with closed-form backward ([`crate::ops`], default)
     /// or the basic-op formulation differentiated by autograd.
     pub fn set_fused_ops(&mut self, on: bool) {
