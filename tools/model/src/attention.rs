@@ -12,9 +12,9 @@
 //! `dk_r += dSᵀ q_r`, `dv += Pᵀ dO` (summed over the heads sharing `g`), and rope's gradient is
 //! the inverse rotation.
 
-use crate::fused::softmax_row;
+use crate::fused::{CpuF32, softmax_row};
 use crate::matmul::{Mat, MatMut, Threads, gemm};
-use candle_core::{CpuStorage, DType, Device, Layout, Result, Shape, Storage, Tensor, bail};
+use candle_core::{CpuStorage, DType, Device, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 use std::sync::{Arc, OnceLock};
 
@@ -93,15 +93,6 @@ fn f32_vec(t: &Tensor) -> Result<Vec<f32>> {
         .contiguous()?
         .flatten_all()?
         .to_vec1::<f32>()
-}
-
-/// Runs `f` on the F32 elements of a contiguous CPU tensor, without a copy.
-fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(cpu) => f(crate::fused::f32_slice(cpu, layout, "attention")?),
-        _ => bail!("attention: the fused kernel runs on the CPU only"),
-    }
 }
 
 #[derive(Clone, Copy)]
@@ -373,7 +364,8 @@ impl candle_core::CustomOp3 for AttentionOp {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = grad.contiguous()?;
-        let [dq, dk, dv] = with_f32(v, |v| with_f32(&g, |g| self.backward(v, g)))?;
+        let (v, g) = (CpuF32::new(v), CpuF32::new(&g));
+        let [dq, dk, dv] = self.backward(v.slice("attention")?, g.slice("attention")?)?;
         let d = self.shape;
         let (q_shape, kv_shape) = ((d.b, d.s, d.nh * d.hd), (d.b, d.s, d.nkv * d.hd));
         Ok((

@@ -8,7 +8,7 @@
 //! barrier pool. Callers use them only for contiguous F32 tensors on the CPU
 //! ([`supported`]); other dtypes and devices keep the candle formulation.
 
-use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor, bail};
+use candle_core::{CpuStorage, DType, Layout, Result, Shape, Storage, StorageRef, Tensor, bail};
 use rayon::prelude::*;
 
 /// Whether the fused kernels handle this tensor (F32 on the CPU).
@@ -21,6 +21,26 @@ pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result
         (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
         (CpuStorage::F32(_), None) => bail!("{what}: input is not contiguous"),
         _ => bail!("{what}: only F32 is supported"),
+    }
+}
+
+/// The contiguous F32 data of a CPU tensor, read-locked for as long as the guard lives.
+pub(crate) struct CpuF32<'a> {
+    guard: StorageRef<'a>,
+    layout: &'a Layout,
+}
+
+impl<'a> CpuF32<'a> {
+    pub(crate) fn new(t: &'a Tensor) -> Self {
+        let (guard, layout) = t.storage_and_layout();
+        Self { guard, layout }
+    }
+
+    pub(crate) fn slice(&self, what: &str) -> candle_core::Result<&[f32]> {
+        match &*self.guard {
+            Storage::Cpu(s) => f32_slice(s, self.layout, what),
+            _ => candle_core::bail!("{what}: only CPU tensors are supported"),
+        }
     }
 }
 

@@ -14,13 +14,12 @@
 //! (each costing candle's backward a zero-filled activation-sized gradient and an add);
 //! `Linear::use_fused_op = false` keeps the composition, as do other devices and dtypes.
 
-use crate::matmul::{Mat, MatMut, Threads, gemm};
+use crate::fused::CpuF32;
+use crate::matmul::{Mat, MatMut, Threads, gemm, product};
 use crate::rng::Rng;
 use anyhow::{Result, bail};
 use candle_core::backend::BackendStorage;
-use candle_core::{
-    CpuStorage, CudaStorage, D, DType, Layout, Shape, Storage, StorageRef, Tensor, Var,
-};
+use candle_core::{CpuStorage, CudaStorage, D, DType, Layout, Shape, Tensor, Var};
 use candle_nn::VarMap;
 use std::sync::OnceLock;
 
@@ -320,26 +319,6 @@ struct Saved {
     keep: Option<Vec<bool>>,
 }
 
-/// The contiguous F32 data of a CPU tensor, read-locked for as long as the guard lives.
-struct CpuF32<'a> {
-    guard: StorageRef<'a>,
-    layout: &'a Layout,
-}
-
-impl<'a> CpuF32<'a> {
-    fn new(t: &'a Tensor) -> Self {
-        let (guard, layout) = t.storage_and_layout();
-        Self { guard, layout }
-    }
-
-    fn slice(&self, what: &str) -> candle_core::Result<&[f32]> {
-        match &*self.guard {
-            Storage::Cpu(s) => crate::fused::f32_slice(s, self.layout, what),
-            _ => candle_core::bail!("{what}: only CPU tensors are supported"),
-        }
-    }
-}
-
 /// `dropout(x)`: `x` with the dropped elements zeroed and the kept ones scaled.
 fn apply_keep(x: &[f32], keep: &[bool], p: f32) -> Vec<f32> {
     let f = dropout_factor(p);
@@ -388,15 +367,7 @@ impl candle_core::CustomOp3 for LoraLinear {
         }
         let w_data = CpuF32::new(&self.w);
         let w = w_data.slice(WHAT)?;
-        let mut y = vec![0f32; m * n];
-        gemm(
-            MatMut::dense(&mut y, m, n),
-            false,
-            Mat::dense(x, m, k),
-            Mat::dense(w, n, k).t(),
-            1.0,
-            Threads::Pool,
-        )?;
+        let mut y = product(Mat::dense(x, m, k), Mat::dense(w, n, k).t(), 1.0)?;
         if let Some(bias) = &self.bias {
             let bias_data = CpuF32::new(bias);
             let bias = bias_data.slice(WHAT)?;
@@ -414,15 +385,8 @@ impl candle_core::CustomOp3 for LoraLinear {
             .as_ref()
             .map(|(p, seed, name)| (*p, dropout_keep(m * k, *p, *seed, name)));
         let xd = keep.as_ref().map(|(p, keep)| apply_keep(x, keep, *p));
-        let mut h = vec![0f32; m * r];
-        gemm(
-            MatMut::dense(&mut h, m, r),
-            false,
-            Mat::dense(xd.as_deref().unwrap_or(x), m, k),
-            Mat::dense(a, r, k).t(),
-            1.0,
-            Threads::Pool,
-        )?;
+        let xd_or_x = Mat::dense(xd.as_deref().unwrap_or(x), m, k);
+        let h = product(xd_or_x, Mat::dense(a, r, k).t(), 1.0)?;
         gemm(
             MatMut::dense(&mut y, m, n),
             true,
@@ -469,51 +433,20 @@ impl candle_core::CustomOp3 for LoraLinear {
         }
         let scale = self.scale;
         // gB = g·B, [m, r].
-        let mut gb = vec![0f32; m * r];
-        gemm(
-            MatMut::dense(&mut gb, m, r),
-            false,
-            Mat::dense(g, m, n),
-            Mat::dense(b, n, r),
-            1.0,
-            Threads::Pool,
-        )?;
+        let gb = product(Mat::dense(g, m, n), Mat::dense(b, n, r), 1.0)?;
         // dB = scale·g^T·h, [n, r].
-        let mut db = vec![0f32; n * r];
-        gemm(
-            MatMut::dense(&mut db, n, r),
-            false,
-            Mat::dense(g, m, n).t(),
-            Mat::dense(&saved.h, m, r),
-            scale,
-            Threads::Pool,
-        )?;
+        let db = product(Mat::dense(g, m, n).t(), Mat::dense(&saved.h, m, r), scale)?;
         // dA = scale·gB^T·dropout(x), [r, k].
         let p = self.dropout.as_ref().map_or(0.0, |d| d.0);
         let xd = saved.keep.as_ref().map(|keep| apply_keep(x, keep, p));
-        let mut da = vec![0f32; r * k];
-        gemm(
-            MatMut::dense(&mut da, r, k),
-            false,
-            Mat::dense(&gb, m, r).t(),
-            Mat::dense(xd.as_deref().unwrap_or(x), m, k),
-            scale,
-            Threads::Pool,
-        )?;
+        let xd_or_x = Mat::dense(xd.as_deref().unwrap_or(x), m, k);
+        let da = product(Mat::dense(&gb, m, r).t(), xd_or_x, scale)?;
         drop(xd);
         // dx = g·W + scale·(gB·A) [⊙ dropout mask], [m, k].
         let dx = if x_t.track_op() {
             let w_data = CpuF32::new(&self.w);
             let w = w_data.slice(WHAT)?;
-            let mut dx = vec![0f32; m * k];
-            gemm(
-                MatMut::dense(&mut dx, m, k),
-                false,
-                Mat::dense(g, m, n),
-                Mat::dense(w, n, k),
-                1.0,
-                Threads::Pool,
-            )?;
+            let mut dx = product(Mat::dense(g, m, n), Mat::dense(w, n, k), 1.0)?;
             match &saved.keep {
                 None => gemm(
                     MatMut::dense(&mut dx, m, k),
@@ -524,15 +457,7 @@ impl candle_core::CustomOp3 for LoraLinear {
                     Threads::Pool,
                 )?,
                 Some(keep) => {
-                    let mut t = vec![0f32; m * k];
-                    gemm(
-                        MatMut::dense(&mut t, m, k),
-                        false,
-                        Mat::dense(&gb, m, r),
-                        Mat::dense(a, r, k),
-                        scale,
-                        Threads::Pool,
-                    )?;
+                    let t = product(Mat::dense(&gb, m, r), Mat::dense(a, r, k), scale)?;
                     let f = dropout_factor(p);
                     for ((d, tv), &kept) in dx.iter_mut().zip(&t).zip(keep) {
                         *d += tv * if kept { f } else { 0.0 };

@@ -152,6 +152,20 @@ pub fn gemm(
     Ok(())
 }
 
+/// A new dense `[a.rows, b.cols]` matrix `scale · a·b` (rows spread over rayon's pool).
+pub fn product(a: Mat<'_>, b: Mat<'_>, scale: f32) -> Result<Vec<f32>> {
+    let mut out = vec![0f32; a.rows * b.cols];
+    gemm(
+        MatMut::dense(&mut out, a.rows, b.cols),
+        false,
+        a,
+        b,
+        scale,
+        Threads::Pool,
+    )?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -250,7 +250,8 @@ fn resumed_run_keeps_the_best_adapter_of_early_stopping() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny(dir.path(), TinySpec::qwen2(12));
     let val = testdata("train-lora", "val.jsonl");
-    // A high constant learning rate makes validation loss go up and down; dropout and accumulation
+    // A learning rate of 1 makes validation loss climb within a few steps whatever the kernels'
+    // summation order (at 0.2 the stop depended on it); dropout and accumulation
     // over a mid-epoch checkpoint make the resume exercise the data position and the dropout masks.
     let common = [
         "--val",
@@ -264,7 +265,7 @@ fn resumed_run_keeps_the_best_adapter_of_early_stopping() {
         "--save-every",
         "1",
         "--lr",
-        "2e-1",
+        "1",
         "--schedule",
         "constant",
         "--dropout",
