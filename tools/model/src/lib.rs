@@ -72,6 +72,7 @@ pub mod fixtures;
 pub mod fused;
 pub mod lora;
 pub mod matmul;
+pub mod mlp;
 pub mod model;
 pub mod ops;
 pub mod peft;

@@ -129,6 +129,12 @@ impl Linear {
         }
     }
 
+    /// No adapter, no bias, and the frozen-linear op in use: the layer is `x W^T` with a
+    /// frozen `W` (fusable into larger ops).
+    pub fn is_frozen(&self) -> bool {
+        self.lora.is_none() && self.bias.is_none() && self.use_frozen_op
+    }
+
     /// Module's last path component (`q_proj`).
     pub fn module(&self) -> &str {
         self.name.rsplit('.').next().unwrap_or(&self.name)

@@ -433,14 +433,22 @@ impl CausalLm {
             let y = l.o.forward(&y, mode_l)?;
             x = (x + y)?;
             let hn = rms_norm(&x, &l.post_norm, c.rms_norm_eps, self.fused)?;
-            let g = l.gate.forward(&hn, mode_l)?;
-            let u = l.up.forward(&hn, mode_l)?;
-            let gu = if fused_cpu && c.hidden_act == candle_nn::Activation::Silu {
-                crate::fused::swiglu(&g, &u)?
+            let swiglu = c.hidden_act == candle_nn::Activation::Silu;
+            let y = if fused_cpu
+                && swiglu
+                && [&l.gate, &l.up, &l.down].iter().all(|m| m.is_frozen())
+            {
+                crate::mlp::frozen_swiglu_mlp(&hn, &l.gate.weight, &l.up.weight, &l.down.weight)?
             } else {
-                (g.apply(&c.hidden_act)? * u)?
+                let g = l.gate.forward(&hn, mode_l)?;
+                let u = l.up.forward(&hn, mode_l)?;
+                let gu = if fused_cpu && swiglu {
+                    crate::fused::swiglu(&g, &u)?
+                } else {
+                    (g.apply(&c.hidden_act)? * u)?
+                };
+                l.down.forward(&gu, mode_l)?
             };
-            let y = l.down.forward(&gu, mode_l)?;
             x = (x + y)?;
         }
         rms_norm(&x, &self.norm, c.rms_norm_eps, self.fused)
