@@ -65,6 +65,9 @@ pub struct TinySpec {
     pub tie_word_embeddings: bool,
     /// Tokenizer vocabulary size target (specials + 256 bytes + merges).
     pub vocab_size: usize,
+    /// Rows of the embedding and `lm_head` (`config.json` `vocab_size`) when larger than the
+    /// tokenizer's vocabulary, as real models pad it (Qwen2.5: 151936); `None` = the tokenizer's.
+    pub model_vocab_size: Option<usize>,
     /// Number of safetensors shards (1 = a single `model.safetensors`).
     pub shards: usize,
     /// Standard deviation of the random weights.
@@ -84,6 +87,7 @@ impl TinySpec {
             num_key_value_heads: 2,
             tie_word_embeddings: true,
             vocab_size: 400,
+            model_vocab_size: None,
             shards: 1,
             init_std: 0.1,
             seed,
@@ -260,7 +264,9 @@ pub fn write_tiny_model(dir: &Path, spec: &TinySpec) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let specials = spec.special_tokens();
     let tok = train_tokenizer_for(spec.arch, specials, spec.vocab_size)?;
-    let vocab = tok.get_vocab_size(true);
+    let vocab = tok
+        .get_vocab_size(true)
+        .max(spec.model_vocab_size.unwrap_or(0));
     tok.save(dir.join("tokenizer.json"), true)
         .map_err(|e| anyhow!("saving tokenizer.json: {e}"))?;
 
