@@ -15,13 +15,12 @@ use candle_core::{CpuStorage, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
-/// Rows per block: enough blocks for every thread, but at least 64 rows (each block packs the
-/// weights anew) and at most 256 (measured on the bench shape: 64-row blocks on one thread were
-/// 16 % slower than candle's whole-matrix products, 256 and 512 as fast, and faster on two).
-fn block_rows(m: usize) -> usize {
-    m.div_ceil(rayon::current_num_threads().max(1))
-        .clamp(64, 256)
-}
+/// Rows per block. Fixed, so the partition (and with it every bit of the result) does not depend
+/// on the thread count; 256 rows amortise the packing of the weights that each block repeats
+/// (measured on the bench shape: 64-row blocks 16 % slower on one thread than candle's
+/// whole-matrix products, 256 and 512 as fast, and faster on two threads). Batches of 4 × 1024
+/// tokens give 16 blocks.
+const ROWS: usize = 256;
 
 /// `x` `[.., h]` through the MLP with `gate`, `up` `[i, h]` and `down` `[h, i]`; the gradient
 /// flows to `x` only.
@@ -78,7 +77,7 @@ impl candle_core::CustomOp1 for Mlp {
         let w = self.w.each_ref().map(CpuF32::new);
         let (wg, wu, wd) = (w[0].slice(WHAT)?, w[1].slice(WHAT)?, w[2].slice(WHAT)?);
         let (mut g, mut u, mut y) = (vec![0f32; m * i], vec![0f32; m * i], vec![0f32; m * h]);
-        let rows = block_rows(m);
+        let rows = ROWS;
         g.par_chunks_mut(rows * i)
             .zip(u.par_chunks_mut(rows * i))
             .zip(y.par_chunks_mut(rows * h).zip(x.par_chunks(rows * h)))
@@ -141,7 +140,7 @@ impl candle_core::CustomOp1 for Mlp {
             bail!("{WHAT}: gradient {:?} does not fit", grad.dims());
         }
         let mut dx = vec![0f32; m * h];
-        let rows = block_rows(m);
+        let rows = ROWS;
         dx.par_chunks_mut(rows * h)
             .zip(dy.par_chunks(rows * h))
             .zip(g.par_chunks(rows * i).zip(u.par_chunks(rows * i)))
@@ -201,8 +200,34 @@ mod tests {
         Tensor::from_vec(v, shape, &Device::Cpu)
     }
 
-    /// Values and the input gradient equal candle's ops under autograd; 2·301 rows make at
-    /// least three blocks on up to two threads, the last one partial.
+    #[test]
+    fn same_bits_on_one_and_three_threads() -> Result<()> {
+        let x = Var::from_tensor(&rand(&[3, 200, 16], 6, 1.0)?)?;
+        let w = [
+            rand(&[24, 16], 7, 0.3)?,
+            rand(&[24, 16], 8, 0.3)?,
+            rand(&[16, 24], 9, 0.3)?,
+        ];
+        let run = |threads: usize| -> Result<(Vec<f32>, Vec<f32>)> {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .map_err(candle_core::Error::wrap)?;
+            pool.install(|| {
+                let y = frozen_swiglu_mlp(x.as_tensor(), &w[0], &w[1], &w[2])?;
+                let g = y.sqr()?.sum_all()?.backward()?;
+                let Some(dx) = g.get(x.as_tensor()) else {
+                    bail!("missing gradient");
+                };
+                Ok((y.flatten_all()?.to_vec1()?, dx.flatten_all()?.to_vec1()?))
+            })
+        };
+        assert_eq!(run(1)?, run(3)?);
+        Ok(())
+    }
+
+    /// Values and the input gradient equal candle's ops under autograd; 2·301 rows make three
+    /// blocks, the last one partial.
     #[test]
     fn matches_autograd_over_candle_ops() -> Result<()> {
         let (h, i) = (16, 24);

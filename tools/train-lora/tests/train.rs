@@ -15,6 +15,10 @@ fn tiny(dir: &Path, spec: TinySpec) -> PathBuf {
 }
 
 fn train(model: &Path, out: &Path, extra: &[&str]) -> Outcome {
+    train_cmd(model, out, extra).run().expect_code(0)
+}
+
+fn train_cmd(model: &Path, out: &Path, extra: &[&str]) -> Run {
     Run::new(BIN)
         .arg("--model")
         .arg(model)
@@ -35,8 +39,6 @@ fn train(model: &Path, out: &Path, extra: &[&str]) -> Outcome {
             "256",
         ])
         .args(extra)
-        .run()
-        .expect_code(0)
 }
 
 fn losses(out: &Outcome) -> Vec<(u64, f64)> {
@@ -166,6 +168,18 @@ fn same_seed_same_adapter_bytes() {
     let a = bytes("a", "1");
     assert_eq!(a, bytes("b", "1"));
     assert_ne!(a, bytes("c", "2"));
+    // The fused CPU kernels split work over rayon's threads; the bytes must not depend on it.
+    for threads in ["1", "3"] {
+        let out = dir.path().join(format!("threads-{threads}"));
+        let mut a2 = args.to_vec();
+        a2.extend(["--seed", "1"]);
+        train_cmd(&model, &out, &a2)
+            .env("RAYON_NUM_THREADS", threads)
+            .run()
+            .expect_code(0);
+        let got = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
+        assert_eq!(got, a, "RAYON_NUM_THREADS={threads}");
+    }
 }
 
 #[test]
