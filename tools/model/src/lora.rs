@@ -688,14 +688,21 @@ mod tests {
 
     #[test]
     fn fused_op_matches_the_composed_path() -> Result<()> {
-        let weights = rand(&[2, 5, 6], 5, 1.0)?;
+        for rows in [5, 301] {
+            fused_op_matches_the_composed_path_on(rows)?;
+        }
+        Ok(())
+    }
+
+    fn fused_op_matches_the_composed_path_on(rows: usize) -> Result<()> {
+        let weights = rand(&[2, rows, 6], 5, 1.0)?;
         for bias in [false, true] {
             for dropout in [0.0, 0.3] {
                 for x_tracks in [true, false] {
                     let fused = layer(bias, dropout)?;
                     let mut composed = fused.clone();
                     composed.use_fused_op = false;
-                    let x0 = rand(&[2, 5, 8], 6, 1.0)?;
+                    let x0 = rand(&[2, rows, 8], 6, 1.0)?;
                     let x = if x_tracks {
                         Var::from_tensor(&x0)?.as_tensor().clone()
                     } else {
@@ -705,7 +712,8 @@ mod tests {
                     let mode = ForwardMode {
                         dropout_seed: Some(11),
                     };
-                    let what = format!("bias {bias}, dropout {dropout}, x tracks {x_tracks}");
+                    let what =
+                        format!("{rows} rows, bias {bias}, dropout {dropout}, x tracks {x_tracks}");
                     let (y1, dx1, da1, db1) = run(&fused, &x, mode, &weights)?;
                     let (y2, dx2, da2, db2) = run(&composed, &x, mode, &weights)?;
                     assert!(rel_diff(&y1, &y2)? < 1e-5, "y, {what}");

@@ -10,17 +10,10 @@
 //! `dU = dA ⊙ silu(G)`, `dx = dG·Wg + dU·Wu`.
 
 use crate::fused::{CpuF32, f32_slice};
-use crate::matmul::{Mat, MatMut, Threads, gemm};
+use crate::matmul::{Mat, MatMut, ROW_BLOCK, Threads, gemm};
 use candle_core::{CpuStorage, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 use std::sync::OnceLock;
-
-/// Rows per block. Fixed, so the partition (and with it every bit of the result) does not depend
-/// on the thread count; 256 rows amortise the packing of the weights that each block repeats
-/// (measured on the bench shape: 64-row blocks 16 % slower on one thread than candle's
-/// whole-matrix products, 256 and 512 as fast, and faster on two threads). Batches of 4 × 1024
-/// tokens give 16 blocks.
-const ROWS: usize = 256;
 
 /// `x` `[.., h]` through the MLP with `gate`, `up` `[i, h]` and `down` `[h, i]`; the gradient
 /// flows to `x` only.
@@ -77,12 +70,15 @@ impl candle_core::CustomOp1 for Mlp {
         let w = self.w.each_ref().map(CpuF32::new);
         let (wg, wu, wd) = (w[0].slice(WHAT)?, w[1].slice(WHAT)?, w[2].slice(WHAT)?);
         let (mut g, mut u, mut y) = (vec![0f32; m * i], vec![0f32; m * i], vec![0f32; m * h]);
-        let rows = ROWS;
-        g.par_chunks_mut(rows * i)
-            .zip(u.par_chunks_mut(rows * i))
-            .zip(y.par_chunks_mut(rows * h).zip(x.par_chunks(rows * h)))
+
+        g.par_chunks_mut(ROW_BLOCK * i)
+            .zip(u.par_chunks_mut(ROW_BLOCK * i))
+            .zip(
+                y.par_chunks_mut(ROW_BLOCK * h)
+                    .zip(x.par_chunks(ROW_BLOCK * h)),
+            )
             .try_for_each_init(
-                || vec![0f32; rows * i],
+                || vec![0f32; ROW_BLOCK * i],
                 |act, ((gb, ub), (yb, xb))| -> Result<()> {
                     let n = xb.len() / h;
                     let xm = Mat::dense(xb, n, h);
@@ -140,12 +136,12 @@ impl candle_core::CustomOp1 for Mlp {
             bail!("{WHAT}: gradient {:?} does not fit", grad.dims());
         }
         let mut dx = vec![0f32; m * h];
-        let rows = ROWS;
-        dx.par_chunks_mut(rows * h)
-            .zip(dy.par_chunks(rows * h))
-            .zip(g.par_chunks(rows * i).zip(u.par_chunks(rows * i)))
+
+        dx.par_chunks_mut(ROW_BLOCK * h)
+            .zip(dy.par_chunks(ROW_BLOCK * h))
+            .zip(g.par_chunks(ROW_BLOCK * i).zip(u.par_chunks(ROW_BLOCK * i)))
             .try_for_each_init(
-                || (vec![0f32; rows * i], vec![0f32; rows * i]),
+                || (vec![0f32; ROW_BLOCK * i], vec![0f32; ROW_BLOCK * i]),
                 |(dg, du), ((dxb, dyb), (gb, ub))| -> Result<()> {
                     let n = dyb.len() / h;
                     let one = Threads::Single;
