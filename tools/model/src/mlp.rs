@@ -37,6 +37,11 @@ pub fn frozen_swiglu_mlp(x: &Tensor, gate: &Tensor, up: &Tensor, down: &Tensor) 
     x.contiguous()?.apply_op1(op)
 }
 
+/// `dst = a·b` (or `+=` when `accumulate`) on the calling thread: blocks run in parallel.
+fn mul(dst: MatMut<'_>, accumulate: bool, a: Mat<'_>, b: Mat<'_>) -> Result<()> {
+    gemm(dst, accumulate, a, b, 1.0, Threads::Single)
+}
+
 fn silu_and_sigmoid(g: f32) -> (f32, f32) {
     let s = 1.0 / (1.0 + (-g).exp());
     (g * s, s)
@@ -82,36 +87,14 @@ impl candle_core::CustomOp1 for Mlp {
                 |act, ((gb, ub), (yb, xb))| -> Result<()> {
                     let n = xb.len() / h;
                     let xm = Mat::dense(xb, n, h);
-                    let one = Threads::Single;
-                    gemm(
-                        MatMut::dense(gb, n, i),
-                        false,
-                        xm,
-                        Mat::dense(wg, i, h).t(),
-                        1.0,
-                        one,
-                    )?;
-                    gemm(
-                        MatMut::dense(ub, n, i),
-                        false,
-                        xm,
-                        Mat::dense(wu, i, h).t(),
-                        1.0,
-                        one,
-                    )?;
+                    mul(MatMut::dense(gb, n, i), false, xm, Mat::dense(wg, i, h).t())?;
+                    mul(MatMut::dense(ub, n, i), false, xm, Mat::dense(wu, i, h).t())?;
                     let act = &mut act[..n * i];
                     for ((a, &gv), &uv) in act.iter_mut().zip(gb.iter()).zip(ub.iter()) {
                         *a = silu_and_sigmoid(gv).0 * uv;
                     }
                     let am = Mat::dense(act, n, i);
-                    gemm(
-                        MatMut::dense(yb, n, h),
-                        false,
-                        am,
-                        Mat::dense(wd, h, i).t(),
-                        1.0,
-                        one,
-                    )
+                    mul(MatMut::dense(yb, n, h), false, am, Mat::dense(wd, h, i).t())
                 },
             )?;
         if self.keep {
@@ -144,17 +127,9 @@ impl candle_core::CustomOp1 for Mlp {
                 || (vec![0f32; ROW_BLOCK * i], vec![0f32; ROW_BLOCK * i]),
                 |(dg, du), ((dxb, dyb), (gb, ub))| -> Result<()> {
                     let n = dyb.len() / h;
-                    let one = Threads::Single;
                     let (dg, du) = (&mut dg[..n * i], &mut du[..n * i]);
                     let dym = Mat::dense(dyb, n, h);
-                    gemm(
-                        MatMut::dense(dg, n, i),
-                        false,
-                        dym,
-                        Mat::dense(wd, h, i),
-                        1.0,
-                        one,
-                    )?;
+                    mul(MatMut::dense(dg, n, i), false, dym, Mat::dense(wd, h, i))?;
                     for (((dgv, duv), &gv), &uv) in dg.iter_mut().zip(du.iter_mut()).zip(gb).zip(ub)
                     {
                         let (silu, s) = silu_and_sigmoid(gv);
@@ -163,22 +138,8 @@ impl candle_core::CustomOp1 for Mlp {
                         *dgv = da * uv * s * (1.0 + gv * (1.0 - s));
                     }
                     let (dgm, dum) = (Mat::dense(dg, n, i), Mat::dense(du, n, i));
-                    gemm(
-                        MatMut::dense(dxb, n, h),
-                        false,
-                        dgm,
-                        Mat::dense(wg, i, h),
-                        1.0,
-                        one,
-                    )?;
-                    gemm(
-                        MatMut::dense(dxb, n, h),
-                        true,
-                        dum,
-                        Mat::dense(wu, i, h),
-                        1.0,
-                        one,
-                    )
+                    mul(MatMut::dense(dxb, n, h), false, dgm, Mat::dense(wg, i, h))?;
+                    mul(MatMut::dense(dxb, n, h), true, dum, Mat::dense(wu, i, h))
                 },
             )?;
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
