@@ -87,6 +87,63 @@ pub(crate) fn softmax_row(
     }
 }
 
+/// RMSNorm `x / √(mean(x²)+eps) · w` over the last dimension with a frozen `w`, as one graph node
+/// whose backward is [`rms_norm_bwd`] (F32, CPU).
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&w.detach(), RmsNorm { eps })
+}
+
+struct RmsNorm {
+    eps: f64,
+}
+
+impl candle_core::CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "rms_norm")?;
+        let w = f32_slice(s2, l2, "rms_norm")?;
+        let n = w.len().max(1);
+        if l1.shape().dims().last() != Some(&w.len()) {
+            bail!(
+                "rms_norm: input {:?}, weight {:?}",
+                l1.shape().dims(),
+                l2.shape().dims()
+            );
+        }
+        let eps = self.eps as f32;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(n)
+            .zip(x.par_chunks(n))
+            .for_each(|(yr, xr)| {
+                // As candle_nn::ops::rms_norm computes it, so both paths agree to the bit.
+                let m = (xr.iter().map(|v| v * v).sum::<f32>() / n as f32 + eps).sqrt();
+                for ((yv, &xv), &wv) in yr.iter_mut().zip(xr).zip(w) {
+                    *yv = xv / m * wv;
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(rms_norm_bwd(x, w, grad, self.eps)?), None))
+    }
+}
+
 /// RMSNorm's input gradient in one pass per row (F32, CPU), for a frozen weight `w`:
 /// `dx = r·(g⊙w) − x·r³·mean((g⊙w)⊙x)`, `r = 1/√(mean(x²)+eps)`.
 pub fn rms_norm_bwd(x: &Tensor, w: &Tensor, g: &Tensor, eps: f64) -> Result<Tensor> {
@@ -299,6 +356,15 @@ mod tests {
         let got = rms_norm_bwd(xt, &w, &weights, eps)?;
         let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
         assert!(max_diff(&got, want)? / scale < 1e-5);
+        // The one-node forward: candle_nn's values, and the same gradient through autograd.
+        let fused = rms_norm(xt, &w, eps)?;
+        let stock = candle_nn::ops::rms_norm(xt, &w, eps as f32)?;
+        assert_eq!(max_diff(&fused, &stock)?, 0.0);
+        let g = (&fused * &weights)?.sum_all()?.backward()?;
+        let Some(via_op) = g.get(xt) else {
+            panic!("missing gradient through the fused op");
+        };
+        assert!(max_diff(via_op, want)? / scale < 1e-5);
         Ok(())
     }
 

@@ -58,9 +58,13 @@ impl candle_core::CustomOp2 for SoftmaxGrad {
     }
 }
 
-/// RMSNorm with a frozen weight; gradient for `x` only:
+/// RMSNorm with a frozen weight (on the CPU in F32: one fused node, [`crate::fused::rms_norm`]);
+/// gradient for `x` only:
 /// `dx = r·(g⊙w) − x·r³·mean((g⊙w)⊙x)`, `r = 1/√(mean(x²)+eps)`, computed in F32.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    if crate::fused::supported(x) && crate::fused::supported(w) {
+        return crate::fused::rms_norm(x, w, eps);
+    }
     let xc = x.detach().contiguous()?;
     let y = candle_nn::ops::rms_norm(&xc, w, eps as f32)?;
     if !x.track_op() {
@@ -103,10 +107,6 @@ impl candle_core::CustomOp2 for RmsNormGrad {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        if crate::fused::supported(x) && crate::fused::supported(grad) {
-            let dx = crate::fused::rms_norm_bwd(x, &self.w, grad, self.eps)?;
-            return Ok((Some(dx), None));
-        }
         let dt = x.dtype();
         let x = x.detach().to_dtype(DType::F32)?;
         let gw = grad
