@@ -23,9 +23,9 @@
 //! - [`ops`]: candle's fused softmax / RMSNorm / rope with a closed-form backward attached
 //!   (used by default; `CausalLm::set_fused_ops(false)` switches to autograd over basic ops).
 //! - [`attention`]: self-attention (rope, grouped heads, mask, softmax, values) as one CPU F32
-//!   op with a closed-form backward; [`fused`]: one-pass SwiGLU and RMSNorm-backward kernels;
-//!   [`matmul`]: bounds-checked strided views over gemm for them. Other devices and dtypes keep
-//!   the candle-op formulation.
+//!   op with a closed-form backward; [`mlp`]: a frozen SwiGLU MLP as one op in row blocks;
+//!   [`fused`]: one-pass SwiGLU and RMSNorm kernels; [`matmul`]: bounds-checked strided views
+//!   over gemm for them. Other devices and dtypes keep the candle-op formulation.
 //! - [`runtime`]: glibc allocator settings for CPU training (`tune_for_cpu_training`).
 //! - [`fixtures`]: tiny deterministic random models + BPE tokenizers for tests (each family's
 //!   real pre-tokenizer, so transformers tokenises them as we do).
