@@ -3,7 +3,7 @@
 //!
 //! candle's `matmul` allocates and zero-fills a fresh output per call and cannot accumulate
 //! into an existing buffer or read a head out of a `[b, s, heads·d]` tensor without a copy;
-//! the kernels here need all three. `unsafe` is confined to [`gemm`], after checking that
+//! the kernels here need all three. `unsafe` is confined to [`gemm()`], after checking that
 //! every element the views address lies inside their slices.
 
 use candle_core::{Result, bail};

@@ -51,8 +51,12 @@ and metrics as JSON lines on stdout; messages go to stderr.",
     args_override_self = true
 )]
 pub struct Args {
-    /// Base model: a local folder or a Hugging Face id ORG/NAME[@REVISION] (HF_HOME, HF_ENDPOINT, HF_TOKEN honoured).
-    #[arg(long, value_name = "DIR|ORG/NAME[@REV]")]
+    // Help as an attribute: rustdoc would read `[@REVISION]` as a link.
+    #[arg(
+        long,
+        value_name = "DIR|ORG/NAME[@REV]",
+        help = "Base model: a local folder or a Hugging Face id ORG/NAME[@REVISION] (HF_HOME, HF_ENDPOINT, HF_TOKEN honoured)"
+    )]
     pub model: String,
 
     /// Use only files already in the Hugging Face cache (also HF_HUB_OFFLINE=1).
@@ -171,8 +175,13 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub early_stop_patience: Option<u64>,
 
-    /// Write checkpoint-<step>/ (adapter, optimizer state, data position) every N updates.
-    #[arg(long, default_value_t = 0, value_name = "N")]
+    // Help as an attribute: rustdoc would read `<step>` as an HTML tag.
+    #[arg(
+        long,
+        default_value_t = 0,
+        value_name = "N",
+        help = "Write checkpoint-<step>/ (adapter, optimizer state, data position) every N updates"
+    )]
     pub save_every: u64,
 
     /// Continue exactly from a checkpoint folder (same flags and data required).
