@@ -14,8 +14,13 @@ use std::time::Duration;
 
 #[derive(Args, Clone, Debug)]
 pub struct LlmArgs {
-    /// OpenAI-compatible endpoint (default: $OPENAI_BASE_URL, then $BASE_URL, then https://api.openai.com/v1).
-    #[arg(long, value_name = "URL", help_heading = "Model")]
+    // Help as an attribute: rustdoc wants the URL as a link.
+    #[arg(
+        long,
+        value_name = "URL",
+        help_heading = "Model",
+        help = "OpenAI-compatible endpoint (default: $OPENAI_BASE_URL, then $BASE_URL, then https://api.openai.com/v1)"
+    )]
     pub base_url: Option<String>,
 
     /// Model name sent to the endpoint (default: $MODEL).
@@ -85,8 +90,13 @@ pub struct LlmArgs {
     #[arg(long, value_name = "N", default_value_t = 2, help_heading = "Limits")]
     pub parse_retries: u32,
 
-    /// Response cache folder (default: <user cache dir>/ftkit/llm).
-    #[arg(long, value_name = "DIR", help_heading = "Cache and budget")]
+    // Help as an attribute: rustdoc would read `<user cache dir>` as an HTML tag.
+    #[arg(
+        long,
+        value_name = "DIR",
+        help_heading = "Cache and budget",
+        help = "Response cache folder (default: <user cache dir>/ftkit/llm)"
+    )]
     pub cache: Option<PathBuf>,
 
     /// Neither read nor write the response cache.

@@ -28,7 +28,7 @@ pub fn unit(seed: &str, value: &str) -> f64 {
     first_u64(&stable_id(&[seed, value])) as f64 / 18_446_744_073_709_551_616.0
 }
 
-/// The cap rank of `value`: independent of [`unit`], so that the records kept by a cap spread over
+/// The cap rank of `value`: independent of [`unit()`], so that the records kept by a cap spread over
 /// every split.
 pub fn rank(seed: &str, value: &str) -> u64 {
     first_u64(&stable_id(&[seed, "rank", value]))
