@@ -425,7 +425,17 @@ fn resume_after_kill_replays_from_cache() {
         "killed too late or too early: {answered} answers cached"
     );
 
-    let before = server.hits();
+    // Requests the killed run had already sent can still reach the server's count after the kill
+    // (a busy machine delays the server thread reading them): wait for the count to settle.
+    let mut before = server.hits();
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = server.hits();
+        if now == before {
+            break;
+        }
+        before = now;
+    }
     let resumed = Run::new(BIN)
         .args(&args)
         .arg(&input_path)
