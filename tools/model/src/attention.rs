@@ -33,11 +33,6 @@ pub struct AttentionSpec<'a> {
     pub mask: Option<&'a Tensor>,
 }
 
-/// Whether [`attention`] handles these projections (F32 on the CPU).
-pub fn supported(q: &Tensor) -> bool {
-    crate::fused::supported(q)
-}
-
 /// Attention over projections `q` `[b, s, heads·hd]`, `k` and `v` `[b, s, kv_heads·hd]`, as
 /// the linear layers produce them; returns `[b, s, heads·hd]` ready for the output projection.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, spec: &AttentionSpec) -> Result<Tensor> {
