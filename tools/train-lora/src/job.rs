@@ -208,12 +208,30 @@ pub fn train(
     } else if outcome.state.best_step.is_some() && args.early_stop_patience.is_some() {
         outcome.state.best_val
     } else {
-        Some(evaluate(&lm, &val_rows, args.batch_size, lm.pad_id())?.loss)
+        Some(
+            evaluate(
+                &lm,
+                &val_rows,
+                args.batch_size,
+                lm.pad_id(),
+                &trainer.parallel,
+            )?
+            .loss,
+        )
     };
     let test_result = if test_rows.is_empty() {
         None
     } else {
-        Some(evaluate(&lm, &test_rows, args.batch_size, lm.pad_id())?.loss)
+        Some(
+            evaluate(
+                &lm,
+                &test_rows,
+                args.batch_size,
+                lm.pad_id(),
+                &trainer.parallel,
+            )?
+            .loss,
+        )
     };
 
     save_adapter_atomically(&lm, &args.out_dir)?;

@@ -16,6 +16,7 @@ pub mod job;
 pub mod lm;
 pub mod optim;
 pub mod report;
+pub mod shard;
 pub mod train;
 
 use anyhow::{Context, Result};

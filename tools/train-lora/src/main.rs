@@ -1,4 +1,8 @@
 fn main() -> std::process::ExitCode {
-    ftkit_model::runtime::tune_for_cpu_training();
+    // SAFETY: nothing has started a thread yet.
+    #[allow(unsafe_code)]
+    unsafe {
+        ftkit_model::runtime::tune_for_cpu_training()
+    };
     ftkit_core::run_main("ft-train-lora", ft_train_lora::run)
 }

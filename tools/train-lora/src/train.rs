@@ -3,6 +3,7 @@
 
 use crate::batch::{Batch, Row, collate, epoch_order};
 use crate::optim::{AdamW, AdamWConfig, Schedule, clip_global_norm, learning_rate};
+use crate::shard::Parallel;
 use anyhow::{Context, Result, bail};
 use candle_core::{D, DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -10,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// What the loop needs from a model.
-pub trait TrainModel {
+pub trait TrainModel: Sync {
     /// Logits `[batch.select.len(), vocab]` at the positions `batch.select` (flat `row * len + t`)
     /// that predict a target; `dropout_seed` turns (deterministic) dropout on.
     fn logits(&self, batch: &Batch, dropout_seed: Option<u64>) -> Result<Tensor>;
@@ -120,25 +121,31 @@ pub fn dropout_seed(seed: u64, step: u64, micro: usize) -> u64 {
     r.next_u64()
 }
 
-/// Mean loss over `rows` in fixed order, `batch_size` rows at a time, without gradients.
+/// Mean loss over `rows` without gradients, `batch_size` rows at a time (one-row shards on the CPU),
+/// summed in row order.
 pub fn evaluate<M: TrainModel>(
     model: &M,
     rows: &[Row],
     batch_size: usize,
     pad: u32,
+    parallel: &Parallel,
 ) -> Result<EvalResult> {
-    let mut sum = 0f64;
-    let mut targets = 0u64;
-    for chunk in rows.chunks(batch_size.max(1)) {
-        let refs: Vec<&Row> = chunk.iter().collect();
-        let batch = collate(&refs, pad);
+    let batches: Vec<Batch> = rows
+        .chunks(parallel.shard_rows(batch_size))
+        .map(|chunk| collate(&chunk.iter().collect::<Vec<_>>(), pad))
+        .collect();
+    let shard_loss = |_: usize, batch: &Batch| -> Result<(f64, u64)> {
         if batch.targets == 0 {
-            continue;
+            return Ok((0.0, 0));
         }
-        let logits = model.logits(&batch, None)?.detach();
-        sum += loss_sum(&logits, &batch, model.device())?.to_scalar::<f32>()? as f64;
-        targets += batch.targets as u64;
-    }
+        let logits = model.logits(batch, None)?.detach();
+        let sum = loss_sum(&logits, batch, model.device())?.to_scalar::<f32>()?;
+        Ok((sum as f64, batch.targets as u64))
+    };
+    let (sum, targets) =
+        parallel.fold(&batches, shard_loss, (0f64, 0u64), |(s, t), (ds, dt)| {
+            Ok((s + ds, t + dt))
+        })?;
     let loss = if targets == 0 {
         f64::NAN
     } else {
@@ -180,6 +187,8 @@ pub struct Trainer<'a, M: TrainModel> {
     pub out_dir: Option<PathBuf>,
     /// Trainable tensors at the best validation loss (for early stopping; checkpoints carry them).
     pub best: Option<Vec<Tensor>>,
+    /// Where the shards of an update (and of an evaluation) run.
+    pub parallel: Parallel,
 }
 
 impl<'a, M: TrainModel> Trainer<'a, M> {
@@ -194,6 +203,7 @@ impl<'a, M: TrainModel> Trainer<'a, M> {
             bail!("no training rows");
         }
         let opt = AdamW::new(model.trainable(), config.adamw)?;
+        let parallel = Parallel::for_device(model.device(), config.batch_size * config.grad_accum)?;
         let state = State {
             config_digest: digest,
             ..Default::default()
@@ -207,6 +217,7 @@ impl<'a, M: TrainModel> Trainer<'a, M> {
             state,
             out_dir: None,
             best: None,
+            parallel,
         })
     }
 
@@ -229,7 +240,7 @@ impl<'a, M: TrainModel> Trainer<'a, M> {
     }
 
     /// The micro-batches of the next update, advancing (epoch, micro).
-    fn next_micro_batches(&mut self) -> Vec<Batch> {
+    fn next_micro_batches(&mut self) -> Vec<Vec<&'a Row>> {
         let per_epoch = self.micro_per_epoch();
         if self.state.micro >= per_epoch {
             self.state.epoch += 1;
@@ -240,8 +251,8 @@ impl<'a, M: TrainModel> Trainer<'a, M> {
         while out.len() < self.config.grad_accum && self.state.micro < per_epoch {
             let start = self.state.micro as usize * self.config.batch_size;
             let end = (start + self.config.batch_size).min(order.len());
-            let refs: Vec<&Row> = order[start..end].iter().map(|&i| &self.rows[i]).collect();
-            out.push(collate(&refs, self.config.pad_id));
+            let rows = self.rows;
+            out.push(order[start..end].iter().map(|&i| &rows[i]).collect());
             self.state.micro += 1;
         }
         out
@@ -250,40 +261,57 @@ impl<'a, M: TrainModel> Trainer<'a, M> {
     /// Runs one update: forward/backward over its micro-batches (loss = Σ token losses / Σ targets of
     /// the whole update), clip, AdamW. Returns (mean loss, grad norm before clipping, tokens).
     pub fn train_step(&mut self) -> Result<(f64, f64, u64)> {
-        let batches = self.next_micro_batches();
-        let targets: usize = batches.iter().map(|b| b.targets).sum();
-        let tokens: usize = batches.iter().map(|b| b.tokens).sum();
+        let micro = self.next_micro_batches();
+        let shard_rows = self.parallel.shard_rows(self.config.batch_size);
+        let shards: Vec<Batch> = micro
+            .iter()
+            .flat_map(|rows| rows.chunks(shard_rows))
+            .map(|rows| collate(rows, self.config.pad_id))
+            .collect();
+        let targets: usize = shards.iter().map(|b| b.targets).sum();
+        let tokens: usize = shards.iter().map(|b| b.tokens).sum();
         if targets == 0 {
             bail!("an update with no loss targets (every example needs an assistant token)");
         }
-        let device = self.model.device().clone();
-        let params: Vec<(String, Var)> = self.opt.params().to_vec();
-        let mut grads: Vec<Option<Tensor>> = vec![None; params.len()];
-        let mut loss_total = 0f64;
-        for (mi, batch) in batches.iter().enumerate() {
+        let (model, params) = (self.model, self.opt.params());
+        let (seed, step) = (self.config.seed, self.state.step);
+        // Each shard: its summed loss and the gradients of (its loss sum / the update's targets).
+        let shard_grads = |si: usize, batch: &Batch| -> Result<(f64, Option<Vec<Tensor>>)> {
             if batch.targets == 0 {
-                continue;
+                return Ok((0.0, None));
             }
-            let seed = dropout_seed(self.config.seed, self.state.step, mi);
-            let logits = self.model.logits(batch, Some(seed))?;
-            let sum = loss_sum(&logits, batch, &device)?;
-            loss_total += sum.to_scalar::<f32>()? as f64;
-            let scaled = (sum / targets as f64)?;
-            let store = scaled.backward()?;
-            for (i, (name, var)) in params.iter().enumerate() {
-                let g = store.get(var.as_tensor()).with_context(|| {
-                    format!("trainable tensor {name} received no gradient: the forward pass does not reach it")
-                })?;
-                grads[i] = Some(match grads[i].take() {
-                    None => g.clone(),
-                    Some(acc) => (acc + g)?,
-                });
-            }
-        }
-        let mut grads: Vec<Tensor> = grads
-            .into_iter()
-            .map(|g| g.context("no gradient"))
-            .collect::<Result<_>>()?;
+            let logits = model.logits(batch, Some(dropout_seed(seed, step, si)))?;
+            let sum = loss_sum(&logits, batch, model.device())?;
+            let loss = sum.to_scalar::<f32>()? as f64;
+            let store = (sum / targets as f64)?.backward()?;
+            let grads = params
+                .iter()
+                .map(|(name, var)| {
+                    store.get(var.as_tensor()).cloned().with_context(|| {
+                        format!("trainable tensor {name} received no gradient: the forward pass does not reach it")
+                    })
+                })
+                .collect::<Result<_>>()?;
+            Ok((loss, Some(grads)))
+        };
+        let (loss_total, grads) = self.parallel.fold(
+            &shards,
+            shard_grads,
+            (0f64, None::<Vec<Tensor>>),
+            |(loss_total, acc), (loss, grads)| {
+                let acc = match (acc, grads) {
+                    (Some(acc), Some(grads)) => Some(
+                        acc.iter()
+                            .zip(&grads)
+                            .map(|(a, g)| a + g)
+                            .collect::<candle_core::Result<_>>()?,
+                    ),
+                    (acc, grads) => acc.or(grads),
+                };
+                Ok((loss_total + loss, acc))
+            },
+        )?;
+        let mut grads = grads.context("no gradient")?;
         let norm = clip_global_norm(&mut grads, self.config.max_grad_norm)?;
         let lr = self.current_lr();
         self.opt.step(&grads, lr)?;
@@ -354,6 +382,7 @@ impl<'a, M: TrainModel> Trainer<'a, M> {
                     self.val_rows,
                     self.config.batch_size,
                     self.config.pad_id,
+                    &self.parallel,
                 )?;
                 sink.eval(&EvalLog {
                     step,

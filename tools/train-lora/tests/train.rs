@@ -1,7 +1,10 @@
 //! End-to-end training runs of the real binary on tiny random models made by ftkit-model's fixtures.
 #![allow(clippy::unwrap_used)]
 
+use candle_core::Device;
 use clap::Parser;
+use ft_train_lora::shard::Parallel;
+use ft_train_lora::train::evaluate;
 use ftkit_model::fixtures::{TinySpec, write_tiny_model};
 use ftkit_testkit::{Outcome, Run, testdata};
 use std::path::{Path, PathBuf};
@@ -261,9 +264,10 @@ fn resumed_run_keeps_the_best_adapter_of_early_stopping() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny(dir.path(), TinySpec::qwen2(12));
     let val = testdata("train-lora", "val.jsonl");
-    // A learning rate of 1 makes validation loss climb within a few steps whatever the kernels'
-    // summation order (at 0.2 the stop depended on it); dropout and accumulation
-    // over a mid-epoch checkpoint make the resume exercise the data position and the dropout masks.
+    // A learning rate of 4 makes validation loss climb within a few steps whatever the kernels'
+    // summation order (at 0.2, and later at 1, the stop depended on it; 2, 4 and 8 all stop).
+    // Dropout and accumulation over a mid-epoch checkpoint make the resume exercise the data
+    // position and the dropout masks.
     let common = [
         "--val",
         val.to_str().unwrap(),
@@ -276,7 +280,7 @@ fn resumed_run_keeps_the_best_adapter_of_early_stopping() {
         "--save-every",
         "1",
         "--lr",
-        "1",
+        "4",
         "--schedule",
         "constant",
         "--dropout",
@@ -569,14 +573,23 @@ fn packing_does_not_leak_across_examples() {
             "{} packed rows",
             packed.len()
         );
-        let a = ft_train_lora::train::evaluate(&lm, &single, 4, lm.pad_id()).unwrap();
-        let b = ft_train_lora::train::evaluate(&lm, &packed, 2, lm.pad_id()).unwrap();
-        assert_eq!(a.targets, b.targets);
-        assert!(
-            (a.loss - b.loss).abs() < 1e-5,
-            "unpacked {} vs packed {}",
-            a.loss,
-            b.loss
-        );
+        // Padded 4-row batches on the calling thread (as on a GPU), one-row shards on workers.
+        let batched = Parallel::Inline;
+        let sharded = Parallel::for_device(&Device::Cpu, 4).unwrap();
+        let a = evaluate(&lm, &single, 4, lm.pad_id(), &batched).unwrap();
+        for (rows, parallel) in [
+            (&single, &sharded),
+            (&packed, &batched),
+            (&packed, &sharded),
+        ] {
+            let b = evaluate(&lm, rows, 2, lm.pad_id(), parallel).unwrap();
+            assert_eq!(a.targets, b.targets);
+            assert!(
+                (a.loss - b.loss).abs() < 1e-5,
+                "unpacked batches {} vs {}",
+                a.loss,
+                b.loss
+            );
+        }
     }
 }
