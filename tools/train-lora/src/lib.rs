@@ -36,7 +36,11 @@ Every logged step is one JSON line on stdout:
   {\"step\":10,\"epoch\":0.4,\"loss\":1.93,\"lr\":0.0002,\"grad_norm\":0.8,\"tokens\":20480,\"tokens_per_s\":812.5,\"elapsed_s\":25.2}
 and every evaluation: {\"step\":50,\"val_loss\":1.41,\"val_perplexity\":4.1}.
 The output folder receives adapter_config.json and adapter_model.safetensors (PEFT's layout, loadable with
-PeftModel.from_pretrained), training_report.json, and checkpoint-<step>/ folders with --save-every.";
+PeftModel.from_pretrained), training_report.json, and checkpoint-<step>/ folders with --save-every.
+
+CPU threads: RAYON_NUM_THREADS (default: all cores). The rows of an update train in parallel, one per
+thread, so --batch-size times --grad-accum at least the thread count keeps every core busy; the output
+is the same on any thread count.";
 
 /// Fine-tune a LoRA adapter on chat data and write it in PEFT's format.
 #[derive(Parser, Debug, Clone)]
