@@ -21,6 +21,17 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// Full SHA-256 hex digest of a file's bytes, read in a stream (model weights run to gigabytes).
+pub fn sha256_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -41,5 +52,21 @@ mod tests {
     fn id_matches_the_documented_recipe() {
         // sha256("hello\x1f") computed independently with coreutils: printf 'hello\x1f' | sha256sum
         assert_eq!(stable_id(&["hello"]), &sha256_hex(b"hello\x1f")[..32]);
+    }
+
+    #[test]
+    fn file_digest_streams_the_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, "hello\n").unwrap();
+        // printf 'hello\n' | sha256sum
+        let want = "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03";
+        assert_eq!(sha256_file(&path).unwrap(), want);
+        assert_eq!(sha256_hex(b"hello\n"), want);
+        let err = sha256_file(&dir.path().join("missing")).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("missing: cannot open"),
+            "{err:#}"
+        );
     }
 }

@@ -62,6 +62,7 @@ fn config_json(
     let digests: BTreeMap<&String, &String> = data.iter().map(|(k, d)| (k, &d.sha256)).collect();
     let mut json = serde_json::json!({
         "model": args.model,
+        "model_sha256": lm.model_sha256(),
         "dtype": lm.dtype_name(),
         "target": args.target,
         "rank": args.rank,

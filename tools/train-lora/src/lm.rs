@@ -22,6 +22,7 @@ pub struct Lm {
     params: Vec<(String, Var)>,
     lora: LoraConfig,
     model_name: String,
+    model_sha256: String,
     tokenizer: Tokenizer,
     template: ChatTemplate,
     pad_id: u32,
@@ -39,6 +40,7 @@ impl Lm {
         let targets = parse_targets(&args.target).map_err(usage_of)?;
         let source = ModelSource::parse(&args.model)?;
         let files = resolve(&source, &HubOptions::from_env(args.offline))?;
+        let model_sha256 = files.digest()?;
         let quiet = args.quiet;
         let device = open_device(device_spec, &mut |m: &str| {
             if !quiet {
@@ -75,6 +77,7 @@ impl Lm {
             params,
             lora,
             model_name: args.model.clone(),
+            model_sha256,
             tokenizer,
             template,
             pad_id,
@@ -93,6 +96,11 @@ impl Lm {
             .collect();
         let e = encode_chat(&msgs, &self.template, &self.tokenizer)?;
         Ok((e.ids, e.assistant_mask))
+    }
+
+    /// SHA-256 over the model's files (see `ModelFiles::digest`).
+    pub fn model_sha256(&self) -> &str {
+        &self.model_sha256
     }
 
     pub fn pad_id(&self) -> u32 {

@@ -237,6 +237,15 @@ fn resumed_run_follows_the_uninterrupted_one() {
         "{}",
         out.stderr
     );
+    // Nor can the same flags once the folder holds another model (same shapes, other weights).
+    write_tiny_model(&model, &TinySpec::qwen2(6)).unwrap();
+    let out = train_cmd(&model, &dir.path().join("y"), &args).run();
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("another configuration"),
+        "{}",
+        out.stderr
+    );
 }
 
 /// The metrics lines (training steps and evaluations) after `step`, without their timings.
