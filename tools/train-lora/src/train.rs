@@ -581,10 +581,15 @@ mod tests {
 
     #[test]
     fn accumulation_is_normalised_by_tokens() -> Result<()> {
-        // One update over 4 rows as 1 micro-batch of 4 or as 4 micro-batches of 1 gives the same weights.
+        // One update over 4 rows as 1 micro-batch of 4 or as 4 micro-batches of 1 gives the same
+        // weights, whether the micro-batches run whole (as on a GPU) or as one-row shards on workers.
         let r = rows();
         let mut results = Vec::new();
-        for (batch_size, grad_accum) in [(4, 1), (1, 4), (2, 2)] {
+        let sharded = [false, true];
+        for ((batch_size, grad_accum), shards) in [(4, 1), (1, 4), (2, 2)]
+            .into_iter()
+            .flat_map(|c| sharded.map(|s| (c, s)))
+        {
             let m = Bigram::new(16)?;
             let cfg = LoopConfig {
                 batch_size,
@@ -594,6 +599,9 @@ mod tests {
                 ..config()
             };
             let mut t = Trainer::new(&m, cfg, &r, &[], "d".into())?;
+            if !shards {
+                t.parallel = Parallel::Inline;
+            }
             let (loss, norm, _) = t.train_step()?;
             results.push((
                 loss,
