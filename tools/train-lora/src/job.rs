@@ -204,35 +204,20 @@ pub fn train(
         ));
     }
 
+    let loss_on = |rows: &[Row]| -> Result<f64> {
+        Ok(evaluate(&lm, rows, args.batch_size, lm.pad_id(), &trainer.parallel)?.loss)
+    };
     let val_result = if val_rows.is_empty() {
         None
     } else if outcome.state.best_step.is_some() && args.early_stop_patience.is_some() {
         outcome.state.best_val
     } else {
-        Some(
-            evaluate(
-                &lm,
-                &val_rows,
-                args.batch_size,
-                lm.pad_id(),
-                &trainer.parallel,
-            )?
-            .loss,
-        )
+        Some(loss_on(&val_rows)?)
     };
     let test_result = if test_rows.is_empty() {
         None
     } else {
-        Some(
-            evaluate(
-                &lm,
-                &test_rows,
-                args.batch_size,
-                lm.pad_id(),
-                &trainer.parallel,
-            )?
-            .loss,
-        )
+        Some(loss_on(&test_rows)?)
     };
 
     save_adapter_atomically(&lm, &args.out_dir)?;

@@ -4,6 +4,7 @@
 //! - [`batch`]: tokenised examples → rows (optionally packed with segment ids) → padded micro-batches.
 //! - [`optim`]: AdamW with savable moments, schedules, clipping.
 //! - [`train`]: the loop (accumulation normalised by target tokens, eval, early stop, checkpoints).
+//! - [`shard`]: where the pieces of an update run (one-row shards on CPU workers, folded in order).
 //! - [`checkpoint`]: checkpoint folders and `--resume`.
 //! - [`lm`]: the bridge to `ftkit-model` (loading, chat template, LoRA, adapter files).
 //! - [`job`]: one run from loaded data to the output folder.

@@ -1,5 +1,5 @@
-//! The training loop: micro-batches, token-normalised gradient accumulation, clipping, AdamW,
-//! evaluation, early stopping, checkpoints (their files and `--resume`: [`crate::checkpoint`]).
+//! The training loop: micro-batches (run as shards: [`crate::shard`]), token-normalised gradient
+//! accumulation, clipping, AdamW, evaluation, early stopping, checkpoints (their files and `--resume`: [`crate::checkpoint`]).
 
 use crate::batch::{Batch, Row, collate, epoch_order};
 use crate::optim::{AdamW, AdamWConfig, Schedule, clip_global_norm, learning_rate};
@@ -112,11 +112,11 @@ pub fn loss_sum(logits: &Tensor, batch: &Batch, device: &Device) -> Result<Tenso
         .neg()?)
 }
 
-/// Seed of the dropout masks of micro-batch `micro` of update `step`: fixed by the run's seed and the
-/// data position, so a resumed run draws the same masks.
-pub fn dropout_seed(seed: u64, step: u64, micro: usize) -> u64 {
+/// Seed of the dropout masks of shard `shard` of update `step` (see [`crate::shard`]): fixed by the
+/// run's seed and the data position, so a resumed run draws the same masks.
+pub fn dropout_seed(seed: u64, step: u64, shard: usize) -> u64 {
     let mut r = ftkit_model::rng::Rng::from_state(
-        seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((micro as u64) << 48),
+        seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((shard as u64) << 48),
     );
     r.next_u64()
 }
