@@ -300,7 +300,7 @@ pub fn run(args: Args) -> Result<()> {
         text_field: args.text_field,
         id_field: args.id_field,
     };
-    let mut out = Output::create(args.common.output.as_deref())?;
+    let mut out = Output::create(args.common.run.output.as_deref())?;
     let mut engine = Engine::new(&args.common)?;
     engine.map(&mut out, |_, line, buf| chunker.process(line, buf))?;
     engine.finish()?;

@@ -47,13 +47,32 @@ pub enum OnError {
     Skip,
 }
 
-/// Options shared by every JSONL filter; flatten them into a tool's Args.
+/// Options shared by every JSONL filter: input files and [`RunArgs`]; flatten them into a tool's Args.
 #[derive(Args, Clone, Debug, Default)]
 pub struct CommonArgs {
     /// Input JSONL files; none or `-` reads stdin. zstd input is detected automatically.
     #[arg(value_name = "FILE")]
     pub files: Vec<String>,
 
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+impl CommonArgs {
+    /// The input list, with stdin standing in for an empty one.
+    pub fn inputs(&self) -> Vec<String> {
+        if self.files.is_empty() {
+            vec!["-".to_string()]
+        } else {
+            self.files.clone()
+        }
+    }
+}
+
+/// Where output goes, what a bad input does, threads, quietness: every tool's, including those
+/// that take paths rather than JSONL files (ft-ingest).
+#[derive(Args, Clone, Debug, Default)]
+pub struct RunArgs {
     /// Write output here instead of stdout (written atomically; `.zst` compresses).
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -62,7 +81,7 @@ pub struct CommonArgs {
     #[arg(long, value_enum, default_value_t = OnError::Fail, value_name = "POLICY")]
     pub on_error: OnError,
 
-    /// Append every rejected input line, verbatim, to this file.
+    /// Write every rejected input line here, verbatim (written atomically when the run completes).
     #[arg(long, value_name = "FILE")]
     pub rejects: Option<PathBuf>,
 
@@ -75,16 +94,7 @@ pub struct CommonArgs {
     pub quiet: bool,
 }
 
-impl CommonArgs {
-    /// The input list, with stdin standing in for an empty one.
-    pub fn inputs(&self) -> Vec<String> {
-        if self.files.is_empty() {
-            vec!["-".to_string()]
-        } else {
-            self.files.clone()
-        }
-    }
-
+impl RunArgs {
     /// A rayon pool of `--threads` workers.
     pub fn pool(&self) -> anyhow::Result<rayon::ThreadPool> {
         let mut b = rayon::ThreadPoolBuilder::new();

@@ -230,16 +230,17 @@ fn as_utf8(line: &[u8]) -> Result<&str> {
 impl Engine {
     pub fn new(args: &CommonArgs) -> Result<Self> {
         let rejects = args
+            .run
             .rejects
             .as_deref()
             .map(AtomicFile::create)
             .transpose()?;
         Ok(Self {
             inputs: args.inputs(),
-            pool: args.pool()?,
-            progress: Progress::bytes(args.quiet, "reading"),
+            pool: args.run.pool()?,
+            progress: Progress::bytes(args.run.quiet, "reading"),
             policy: Policy {
-                on_error: args.on_error,
+                on_error: args.run.on_error,
                 rejects,
                 summary: Summary::default(),
             },
@@ -469,15 +470,18 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::RunArgs;
     use crate::jsonl::RawRecord;
 
     fn args(file: &std::path::Path, on_error: OnError, threads: usize) -> CommonArgs {
         CommonArgs {
             files: vec![file.display().to_string()],
-            on_error,
-            threads: Some(threads),
-            quiet: true,
-            ..Default::default()
+            run: RunArgs {
+                on_error,
+                threads: Some(threads),
+                quiet: true,
+                ..Default::default()
+            },
         }
     }
 
@@ -523,7 +527,7 @@ mod tests {
 
         let rejects = dir.path().join("rejects.jsonl");
         let mut skip = args(&path, OnError::Skip, 2);
-        skip.rejects = Some(rejects.clone());
+        skip.run.rejects = Some(rejects.clone());
         let mut out = Vec::new();
         let mut engine = Engine::new(&skip)?;
         engine.map(&mut out, upper)?;

@@ -13,7 +13,7 @@ pub mod io;
 pub mod jsonl;
 pub mod progress;
 
-pub use cli::{CommonArgs, OnError, Usage, run_main};
+pub use cli::{CommonArgs, OnError, RunArgs, Usage, run_main};
 pub use engine::{Engine, Summary};
 pub use id::stable_id;
 pub use jsonl::{Loc, ObjectWriter, RawRecord};

@@ -332,7 +332,7 @@ fn build(args: &Args) -> Result<Filter> {
                 usage!("--shingle-size must be at least 1");
             }
             let (bands, rows) = dedup::optimal_params(threshold, args.num_perm);
-            if !args.common.quiet {
+            if !args.common.run.quiet {
                 warn(format!(
                     "minhash: threshold {threshold}, {} permutations, {bands} bands x {rows} rows, {}-word shingles",
                     args.num_perm, args.shingle_size
@@ -371,13 +371,13 @@ pub fn run(args: Args) -> Result<()> {
     // The engine's own --rejects would only take unreadable lines; this tool writes both kinds itself,
     // in input order, into one file.
     let mut common = args.common.clone();
-    let rejects_path = common.rejects.take();
+    let rejects_path = common.run.rejects.take();
     let mut engine = Engine::new(&common)?;
     let mut rejects = rejects_path
         .as_deref()
         .map(AtomicFile::create)
         .transpose()?;
-    let mut out = Output::create(args.common.output.as_deref())?;
+    let mut out = Output::create(args.common.run.output.as_deref())?;
 
     let reasons = filter.reasons();
     let mut dropped = vec![0u64; reasons.len()];
@@ -460,7 +460,7 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(file) = rejects {
         file.commit().context("--rejects")?;
     }
-    if !args.common.quiet {
+    if !args.common.run.quiet {
         let total: u64 = dropped.iter().sum();
         let mut line = format!("kept {kept} of {} records", kept + total);
         if total > 0 {

@@ -17,10 +17,9 @@ use format::Kind;
 use ftkit_core::cli::warn;
 use ftkit_core::io::{AtomicFile, Output};
 use ftkit_core::progress::Progress;
-use ftkit_core::{OnError, usage};
+use ftkit_core::{OnError, RunArgs, usage};
 use rayon::prelude::*;
 use std::io::Write;
-use std::path::PathBuf;
 use template::TextSpec;
 use walk::{Filter, Found, Patterns};
 
@@ -134,25 +133,8 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub max_records: Option<u64>,
 
-    /// Write output here instead of stdout (written atomically; `.zst` compresses).
-    #[arg(short, long, value_name = "FILE")]
-    pub output: Option<PathBuf>,
-
-    /// What to do with a bad record (malformed JSON line, missing text field).
-    #[arg(long, value_enum, default_value_t = OnError::Fail, value_name = "POLICY")]
-    pub on_error: OnError,
-
-    /// Write every rejected record here, verbatim, one per line.
-    #[arg(long, value_name = "FILE")]
-    pub rejects: Option<PathBuf>,
-
-    /// Worker threads (default: all cores). Output is identical for any value.
-    #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
-
-    /// No progress, warnings about skipped files, or summary on stderr.
-    #[arg(short, long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 /// Input bytes per parallel batch: files in a batch are converted together, then written in order.
@@ -196,31 +178,28 @@ pub fn run(args: Args) -> Result<()> {
     if args.paths.iter().filter(|p| *p == "-").count() > 1 {
         usage!("'-' (stdin) can be given only once");
     }
-    let common = ftkit_core::CommonArgs {
-        threads: args.threads,
-        ..Default::default()
-    };
-    let pool = common.pool()?;
+    let pool = args.run.pool()?;
     let opts = Opts {
         text,
         max_records: args.max_records,
-        on_error: args.on_error,
+        on_error: args.run.on_error,
         kind: args.format.kind(),
     };
 
     let found = walk::collect(&args.paths, &filter)?;
     let mut w = Writer {
-        out: Output::create(args.output.as_deref())?,
+        out: Output::create(args.run.output.as_deref())?,
         rejects: args
+            .run
             .rejects
             .as_deref()
             .map(AtomicFile::create)
             .transpose()?,
         stats: Stats::default(),
-        on_error: args.on_error,
-        quiet: args.quiet,
+        on_error: args.run.on_error,
+        quiet: args.run.quiet,
     };
-    let progress = Progress::items(args.quiet, "files", Some(found.len() as u64));
+    let progress = Progress::items(args.run.quiet, "files", Some(found.len() as u64));
 
     // Big record files (and stdin) are converted as streams on this thread, writing as they go;
     // everything else is converted in parallel batches, written in list order.
@@ -270,7 +249,7 @@ pub fn run(args: Args) -> Result<()> {
             match (found, result) {
                 (Found::Unwalkable { source, reason }, _) => {
                     *w.stats.skipped.entry(Skip::Unreadable).or_default() += 1;
-                    if !args.quiet {
+                    if !args.run.quiet {
                         warn(format!("{source}: skipped ({reason})"));
                     }
                 }
@@ -285,7 +264,7 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(file) = w.rejects {
         file.commit()?;
     }
-    if !args.quiet {
+    if !args.run.quiet {
         warn(summary(&w.stats));
     }
     Ok(())

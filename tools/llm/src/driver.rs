@@ -96,7 +96,7 @@ impl Driver<'_> {
         let halt = AtomicBool::new(false);
         let mut summary = RunSummary::default();
         let mut end = End::Complete;
-        let progress = ftkit_core::progress::Progress::items(self.common.quiet, "items", None);
+        let progress = ftkit_core::progress::Progress::items(self.common.run.quiet, "items", None);
         let result = std::thread::scope(|scope| -> Result<()> {
             let (job_tx, job_rx) = mpsc::sync_channel::<Job<J>>(workers);
             let job_rx = Arc::new(Mutex::new(job_rx));
@@ -205,7 +205,7 @@ impl Driver<'_> {
                                     file.write_all(&buf)?;
                                     file.write_all(b"\n")?;
                                 }
-                                match self.common.on_error {
+                                match self.common.run.on_error {
                                     OnError::Fail => {
                                         end = End::BadLine(err.context(loc.to_string()));
                                         break 'inputs;

@@ -169,7 +169,7 @@ pub fn backend_for(kind: BackendKind, llm: &LlmArgs) -> Result<Box<dyn Backend>>
 
 pub fn run(args: Args) -> Result<()> {
     args.llm.validate()?;
-    args.common.pool()?; // validates --threads; the workers are --concurrency
+    args.common.run.pool()?; // validates --threads; the workers are --concurrency
     if args.pairs == 0 {
         usage!("--pairs must be at least 1");
     }
@@ -221,9 +221,10 @@ pub fn run(args: Args) -> Result<()> {
         keep_context: args.keep_context,
     };
 
-    let mut out = Output::create(args.common.output.as_deref())?;
+    let mut out = Output::create(args.common.run.output.as_deref())?;
     let mut rejects = args
         .common
+        .run
         .rejects
         .as_deref()
         .map(AtomicFile::create)
@@ -246,7 +247,7 @@ pub fn run(args: Args) -> Result<()> {
         r.commit()?;
     }
     let report = |out_done: bool| {
-        if !args.common.quiet || !out_done {
+        if !args.common.run.quiet || !out_done {
             warn(format!(
                 "{} chunks: {} QA records, {} summaries, {} chunks without pairs, {} rejected; {}",
                 summary.records - summary.bad_lines,
@@ -277,7 +278,7 @@ pub fn run(args: Args) -> Result<()> {
             summary.not_started
         ));
     }
-    if summary.failed > 0 && args.common.on_error == OnError::Fail {
+    if summary.failed > 0 && args.common.run.on_error == OnError::Fail {
         bail!(
             "{} chunks failed (kept in --rejects when given; use --on-error skip to exit 0)",
             summary.failed

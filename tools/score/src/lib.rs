@@ -221,7 +221,7 @@ fn load_chunks(path: &str) -> Result<HashMap<String, String>> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    args.common.pool()?;
+    args.common.run.pool()?;
     if !(1.0..=10.0).contains(&args.pass_at) || !(1.0..=10.0).contains(&args.review_at) {
         usage!("--pass and --review are scores from 1 to 10");
     }
@@ -241,9 +241,10 @@ pub fn run(args: Args) -> Result<()> {
         }
     };
     let chunks = args.chunks.as_deref().map(load_chunks).transpose()?;
-    let mut out = Output::create(args.common.output.as_deref())?;
+    let mut out = Output::create(args.common.run.output.as_deref())?;
     let mut rejects = args
         .common
+        .run
         .rejects
         .as_deref()
         .map(AtomicFile::create)
@@ -254,7 +255,7 @@ pub fn run(args: Args) -> Result<()> {
     let workers = if client.is_some() {
         args.llm.concurrency
     } else {
-        args.common.threads.unwrap_or(cores)
+        args.common.run.threads.unwrap_or(cores)
     };
     let driver = Driver {
         common: &args.common,
@@ -314,7 +315,7 @@ pub fn run(args: Args) -> Result<()> {
         bytes.push(b'\n');
         ftkit_core::io::write_atomic(path, &bytes)?;
     }
-    if !args.common.quiet {
+    if !args.common.run.quiet {
         warn(dist.text(judge));
         if no_context > 0 {
             warn(format!(
@@ -330,7 +331,7 @@ pub fn run(args: Args) -> Result<()> {
             "budget reached: stopped early; the output holds every record scored (rerun to continue from the cache)",
         );
     }
-    if summary.failed > 0 && args.common.on_error == OnError::Fail {
+    if summary.failed > 0 && args.common.run.on_error == OnError::Fail {
         bail!(
             "{} records could not be judged (kept in --rejects when given; --on-error skip exits 0)",
             summary.failed

@@ -243,7 +243,7 @@ fn check(args: &Args) -> Result<(Vec<String>, Vec<f64>)> {
             usage!("split name {n:?} given twice");
         }
     }
-    if args.out_dir.is_some() && args.common.output.is_some() {
+    if args.out_dir.is_some() && args.common.run.output.is_some() {
         usage!("--out-dir and --output exclude each other");
     }
     if args.compress && args.out_dir.is_none() {
@@ -284,7 +284,7 @@ pub fn run(args: Args) -> Result<()> {
             .iter()
             .map(|n| Output::create(Some(&dir.join(format!("{n}.{ext}")))))
             .collect::<Result<_>>()?,
-        None => vec![Output::create(args.common.output.as_deref())?],
+        None => vec![Output::create(args.common.run.output.as_deref())?],
     };
     let out_index = |split: usize| if args.out_dir.is_some() { split } else { 0 };
     let capped = args.max_per_split.is_some() || args.max_total.is_some();
@@ -389,7 +389,7 @@ pub fn run(args: Args) -> Result<()> {
         bytes.push(b'\n');
         write_atomic(&dir.join("split_stats.json"), &bytes).context("split_stats.json")?;
     }
-    if !args.common.quiet {
+    if !args.common.run.quiet {
         let parts: Vec<String> = names
             .iter()
             .zip(&counts)

@@ -387,7 +387,7 @@ pub fn run(args: Args) -> Result<()> {
         strip_meta: args.strip_meta,
     };
     let mut engine = Engine::new(&args.common)?;
-    let mut out = Output::create(args.common.output.as_deref())?;
+    let mut out = Output::create(args.common.run.output.as_deref())?;
     engine.map(&mut out, |_, line, buf| converter.convert(line, buf))?;
     out.finish()?;
     engine.finish()?;
