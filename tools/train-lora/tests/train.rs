@@ -161,8 +161,9 @@ fn same_seed_same_adapter_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny(dir.path(), TinySpec::llama(4));
     let args = ["--max-steps", "3", "--dropout", "0.1", "--lr", "1e-2"];
-    // RAYON_NUM_THREADS: the fused CPU kernels split work over rayon's threads; the bytes must
-    // not depend on it.
+    // RAYON_NUM_THREADS: the rows run as shards on worker pools sized from it (6 threads over 4
+    // rows: pools of 2, 2, 1 and 1 threads) and the fused CPU kernels split work over each pool's
+    // threads; the bytes must not depend on it.
     let bytes = |name: &str, seed: &str, threads: &str| {
         let out = dir.path().join(name);
         let mut a = args.to_vec();
@@ -176,7 +177,7 @@ fn same_seed_same_adapter_bytes() {
     let a = bytes("a", "1", "2");
     assert_eq!(a, bytes("b", "1", "2"));
     assert_ne!(a, bytes("c", "2", "2"));
-    for threads in ["1", "3"] {
+    for threads in ["1", "3", "6"] {
         let got = bytes(&format!("threads-{threads}"), "1", threads);
         assert_eq!(got, a, "RAYON_NUM_THREADS={threads}");
     }
