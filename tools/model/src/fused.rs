@@ -222,6 +222,17 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
+/// SwiGLU at one element: `silu(gate)·up`.
+pub(crate) fn swiglu_value(gate: f32, up: f32) -> f32 {
+    gate * sigmoid(gate) * up
+}
+
+/// SwiGLU's input gradients at one element for the output gradient `g`: `(d_gate, d_up)`.
+pub(crate) fn swiglu_grads(gate: f32, up: f32, g: f32) -> (f32, f32) {
+    let s = sigmoid(gate);
+    (g * up * s * (1.0 + gate * (1.0 - s)), g * gate * s)
+}
+
 const CHUNK: usize = 4096;
 
 impl candle_core::CustomOp2 for Swiglu {
@@ -243,7 +254,7 @@ impl candle_core::CustomOp2 for Swiglu {
             .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
             .for_each(|(yc, (gc, uc))| {
                 for ((yv, &gv), &uv) in yc.iter_mut().zip(gc).zip(uc) {
-                    *yv = gv * sigmoid(gv) * uv;
+                    *yv = swiglu_value(gv, uv);
                 }
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
@@ -298,12 +309,8 @@ impl candle_core::CustomOp3 for SwigluBwd {
             )
             .for_each(|(dc, (gac, (uc, gc)))| {
                 for (((dv, &a), &u), &gv) in dc.iter_mut().zip(gac).zip(uc).zip(gc) {
-                    let s = sigmoid(a);
-                    *dv = if want_gate {
-                        gv * u * s * (1.0 + a * (1.0 - s))
-                    } else {
-                        gv * a * s
-                    };
+                    let (d_gate, d_up) = swiglu_grads(a, u, gv);
+                    *dv = if want_gate { d_gate } else { d_up };
                 }
             });
         Ok((CpuStorage::F32(d), l1.shape().clone()))

@@ -9,7 +9,7 @@
 //! backward). Backward: `dA = dY·Wd`, `dG = dA ⊙ U ⊙ σ(G)(1 + G(1 − σ(G)))`,
 //! `dU = dA ⊙ silu(G)`, `dx = dG·Wg + dU·Wu`.
 
-use crate::fused::{CpuF32, f32_slice};
+use crate::fused::{CpuF32, f32_slice, swiglu_grads, swiglu_value};
 use crate::matmul::{Mat, MatMut, ROW_BLOCK, Threads, gemm};
 use candle_core::{CpuStorage, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
@@ -40,11 +40,6 @@ pub fn frozen_swiglu_mlp(x: &Tensor, gate: &Tensor, up: &Tensor, down: &Tensor) 
 /// `dst = a·b` (or `+=` when `accumulate`) on the calling thread: blocks run in parallel.
 fn mul(dst: MatMut<'_>, accumulate: bool, a: Mat<'_>, b: Mat<'_>) -> Result<()> {
     gemm(dst, accumulate, a, b, 1.0, Threads::Single)
-}
-
-fn silu_and_sigmoid(g: f32) -> (f32, f32) {
-    let s = 1.0 / (1.0 + (-g).exp());
-    (g * s, s)
 }
 
 struct Mlp {
@@ -91,7 +86,7 @@ impl candle_core::CustomOp1 for Mlp {
                     mul(MatMut::dense(ub, n, i), false, xm, Mat::dense(wu, i, h).t())?;
                     let act = &mut act[..n * i];
                     for ((a, &gv), &uv) in act.iter_mut().zip(gb.iter()).zip(ub.iter()) {
-                        *a = silu_and_sigmoid(gv).0 * uv;
+                        *a = swiglu_value(gv, uv);
                     }
                     let am = Mat::dense(act, n, i);
                     mul(MatMut::dense(yb, n, h), false, am, Mat::dense(wd, h, i).t())
@@ -132,10 +127,7 @@ impl candle_core::CustomOp1 for Mlp {
                     mul(MatMut::dense(dg, n, i), false, dym, Mat::dense(wd, h, i))?;
                     for (((dgv, duv), &gv), &uv) in dg.iter_mut().zip(du.iter_mut()).zip(gb).zip(ub)
                     {
-                        let (silu, s) = silu_and_sigmoid(gv);
-                        let da = *dgv;
-                        *duv = da * silu;
-                        *dgv = da * uv * s * (1.0 + gv * (1.0 - s));
+                        (*dgv, *duv) = swiglu_grads(gv, uv, *dgv);
                     }
                     let (dgm, dum) = (Mat::dense(dg, n, i), Mat::dense(du, n, i));
                     mul(MatMut::dense(dxb, n, h), false, dgm, Mat::dense(wg, i, h))?;
