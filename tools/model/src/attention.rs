@@ -374,12 +374,11 @@ impl candle_core::CustomOp3 for AttentionOp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::{max_rel_diff, random_normal};
     use candle_core::{D, Var};
 
     fn rand(shape: &[usize], seed: u64) -> Result<Tensor> {
-        let n = shape.iter().product();
-        let v = crate::rng::Rng::derive(seed, "attention-test").normal_vec(n, 0.0, 1.0);
-        Tensor::from_vec(v, shape, &Device::Cpu)
+        random_normal("attention-test", shape, seed, 1.0)
     }
 
     /// The same attention from candle ops, differentiated by autograd.
@@ -413,16 +412,6 @@ mod tests {
         let att = (q.matmul(&k.t()?)? * spec.scale)?.broadcast_add(&mask)?;
         let att = candle_nn::ops::softmax(&att, D::Minus1)?;
         att.matmul(&v)?.transpose(1, 2)?.reshape((b, s, nh * hd))
-    }
-
-    fn max_rel_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
-        let scale = b
-            .abs()?
-            .flatten_all()?
-            .max(0)?
-            .to_scalar::<f32>()?
-            .max(1e-6);
-        Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? / scale)
     }
 
     /// Values and the gradients of q, k, v equal the composed path: grouped heads, causal or

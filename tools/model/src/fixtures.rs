@@ -12,9 +12,29 @@
 use crate::config::Arch;
 use crate::rng::Rng;
 use anyhow::{Context, Result, anyhow};
+use candle_core::{Device, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
 use tokenizers::Tokenizer;
+
+/// A `shape` tensor (CPU, F32) of Normal(0, `std`) values from the stream `(seed, label)`: tests'
+/// random inputs.
+pub fn random_normal(
+    label: &str,
+    shape: &[usize],
+    seed: u64,
+    std: f64,
+) -> candle_core::Result<Tensor> {
+    let v = Rng::derive(seed, label).normal_vec(shape.iter().product(), 0.0, std);
+    Tensor::from_vec(v, shape, &Device::Cpu)
+}
+
+/// `max |a − b| / max(max |b|, 1e-6)`: how far `a` strays from the reference `b`, relative to
+/// `b`'s largest value (shapes must match).
+pub fn max_rel_diff(a: &Tensor, b: &Tensor) -> candle_core::Result<f32> {
+    let max_abs = |t: &Tensor| t.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>();
+    Ok(max_abs(&(a - b)?)? / max_abs(b)?.max(1e-6))
+}
 
 /// Qwen2.5's ChatML template (tool branches omitted; the text paths are Qwen's own).
 pub const CHATML_TEMPLATE: &str = r#"{%- if messages[0]['role'] == 'system' %}

@@ -320,12 +320,10 @@ impl candle_core::CustomOp3 for SwigluBwd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::Var;
 
     fn rand(shape: &[usize], seed: u64) -> Result<Tensor> {
-        let n = shape.iter().product();
-        let v = crate::rng::Rng::derive(seed, "fused-test").normal_vec(n, 0.0, 1.0);
-        Tensor::from_vec(v, shape, &Device::Cpu)
+        crate::fixtures::random_normal("fused-test", shape, seed, 1.0)
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {

@@ -639,20 +639,18 @@ pub fn check_gradients(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
 
     fn rand(shape: &[usize], seed: u64, std: f64) -> Result<Tensor> {
-        let n = shape.iter().product();
-        let v = Rng::derive(seed, "lora-test").normal_vec(n, 0.0, std);
-        Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+        Ok(crate::fixtures::random_normal(
+            "lora-test",
+            shape,
+            seed,
+            std,
+        )?)
     }
 
-    /// `max |a − b| / max(max |b|, 1e-6)`.
     fn rel_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
-        assert_eq!(a.dims(), b.dims());
-        let d = (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-        let s = b.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-        Ok(d / s.max(1e-6))
+        Ok(crate::fixtures::max_rel_diff(a, b)?)
     }
 
     /// A layer `[6, 8]` with rank-3 LoRA, random non-zero A and B.

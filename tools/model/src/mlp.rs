@@ -141,12 +141,11 @@ impl candle_core::CustomOp1 for Mlp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use crate::fixtures::max_rel_diff;
+    use candle_core::Var;
 
     fn rand(shape: &[usize], seed: u64, std: f64) -> Result<Tensor> {
-        let n = shape.iter().product();
-        let v = crate::rng::Rng::derive(seed, "mlp-test").normal_vec(n, 0.0, std);
-        Tensor::from_vec(v, shape, &Device::Cpu)
+        crate::fixtures::random_normal("mlp-test", shape, seed, std)
     }
 
     #[test]
@@ -193,17 +192,13 @@ mod tests {
             let gate = xt.broadcast_matmul(&wg.t()?)?;
             let up = xt.broadcast_matmul(&wu.t()?)?;
             let y2 = (candle_nn::ops::silu(&gate)? * up)?.broadcast_matmul(&wd.t()?)?;
-            let rel = |a: &Tensor, b: &Tensor| -> Result<f32> {
-                let scale = b.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-                Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? / scale)
-            };
-            assert!(rel(&y1, &y2)? < 1e-5, "values, {rows} rows");
+            assert!(max_rel_diff(&y1, &y2)? < 1e-5, "values, {rows} rows");
             let g1 = (&y1 * &weights)?.sum_all()?.backward()?;
             let g2 = (&y2 * &weights)?.sum_all()?.backward()?;
             let (Some(a), Some(b)) = (g1.get(xt), g2.get(xt)) else {
                 panic!("missing gradient");
             };
-            assert!(rel(a, b)? < 1e-5, "gradient, {rows} rows");
+            assert!(max_rel_diff(a, b)? < 1e-5, "gradient, {rows} rows");
             assert!(g1.get(&wg).is_none(), "frozen weights get no gradient");
         }
         Ok(())
