@@ -408,6 +408,7 @@ impl CausalLm {
             Some(self.mask(b, s, opts)?)
         };
         let scale = 1.0 / (hd as f64).sqrt();
+        let swiglu = c.hidden_act == candle_nn::Activation::Silu;
         let mode = opts.mode;
         for (li, l) in self.layers.iter().enumerate() {
             let mode_l = ForwardMode {
@@ -433,7 +434,6 @@ impl CausalLm {
             let y = l.o.forward(&y, mode_l)?;
             x = (x + y)?;
             let hn = rms_norm(&x, &l.post_norm, c.rms_norm_eps, self.fused)?;
-            let swiglu = c.hidden_act == candle_nn::Activation::Silu;
             let y = if fused_cpu
                 && swiglu
                 && [&l.gate, &l.up, &l.down].iter().all(|m| m.is_frozen())

@@ -10,7 +10,7 @@
 //!   best validation loss and step, evaluations without improvement, and the config digest to match.
 //!
 //! Nothing else needs saving: the learning rate is a function of the step, the shuffling order of
-//! (seed, epoch) and the dropout masks of (seed, step, micro-batch, layer), and a checkpoint is only
+//! (seed, epoch) and the dropout masks of (seed, step, shard, layer), and a checkpoint is only
 //! written between updates, so no gradient accumulation is ever in flight.
 
 use crate::optim::{load_tensors, save_tensors};
@@ -66,8 +66,8 @@ impl<M: TrainModel> Trainer<'_, M> {
             .with_context(|| format!("{}: not a trainer state", state_path.display()))?;
         if state.config_digest != self.state.config_digest {
             bail!(
-                "{}: the checkpoint was made with another configuration or data (digest {}, now {}); \
-                 resume with the same flags and files",
+                "{}: the checkpoint was made with another configuration, data or model (digest {}, \
+                 now {}); resume with the same flags and files",
                 dir.display(),
                 state.config_digest,
                 self.state.config_digest
