@@ -30,7 +30,7 @@ Keeps the JSONL records that pass every predicate given, and drops duplicates.
 
 Predicates: --min-score (reads score.overall unless --score-field says otherwise), --where 'FIELD OP \
 VALUE' (repeatable, all must hold; OP is ==, !=, <, <=, >, >=, contains or matches; FIELD may be a \
-dotted path such as score.overall; VALUE is JSON when it parses as a JSON scalar, else bare text), \
+dotted path such as score.overall or tags.0, see ftkit(7); VALUE is JSON when it parses as a JSON scalar, else bare text), \
 --min-chars/--max-chars on a text field, --lang on a language field. A missing or null field fails \
 every --where operator except != (and '== null' matches it), fails --min-score and --lang.
 

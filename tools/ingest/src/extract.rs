@@ -271,30 +271,18 @@ pub fn push_compact(buf: &mut Vec<u8>, json: &[u8]) {
     }
 }
 
-/// A record's fields → a document, or the reason it cannot be one.
-fn record(
-    out: &mut FileOut,
-    source: &str,
-    fields: &[(Cow<'_, str>, Cow<'_, str>)],
-    at: At,
-    opts: &Opts,
-) -> Result<()> {
-    let text = opts.text.render(fields)?;
-    let consumed = opts.text.consumed(fields);
-    let meta: Vec<(&str, &str)> = fields
+/// A record → a document, or the reason it cannot be one.
+fn record(out: &mut FileOut, source: &str, rec: &RawRecord<'_>, at: At, opts: &Opts) -> Result<()> {
+    let text = opts.text.render(rec)?;
+    let consumed = opts.text.consumed(rec);
+    let meta: Vec<(&str, &str)> = rec
+        .fields
         .iter()
         .filter(|(k, _)| !consumed.contains(&k.as_ref()))
-        .map(|(k, v)| (k.as_ref(), v.as_ref()))
+        .map(|(k, v)| (k.as_ref(), v.get()))
         .collect();
     emit(out, source, &text, Some(at), &meta);
     Ok(())
-}
-
-fn raw_fields<'a>(rec: &RawRecord<'a>) -> Vec<(Cow<'a, str>, Cow<'a, str>)> {
-    rec.fields
-        .iter()
-        .map(|(k, v)| (k.clone(), Cow::Borrowed(v.get())))
-        .collect()
 }
 
 /// JSONL lines read per parallel batch, and per task within a batch.
@@ -305,7 +293,7 @@ const JSONL_TASK_BYTES: usize = 256 << 10;
 fn jsonl_line(out: &mut FileOut, source: &str, line: &[u8], at: At, opts: &Opts) -> bool {
     let outcome = std::str::from_utf8(line)
         .map_err(|e| anyhow!("invalid UTF-8 at byte {}", e.valid_up_to()))
-        .and_then(|s| record(out, source, &raw_fields(&RawRecord::parse(s)?), at, opts));
+        .and_then(|s| record(out, source, &RawRecord::parse(s)?, at, opts));
     match outcome {
         Ok(()) => false,
         Err(e) => out.reject(opts, at.line, line, e),
@@ -432,7 +420,7 @@ fn json(out: &mut FileOut, source: &str, text: &str, opts: &Opts) {
         };
         let outcome = RawRecord::parse(item.get())
             .map_err(|_| anyhow!("record {index} is not a JSON object"))
-            .and_then(|rec| record(out, source, &raw_fields(&rec), at, opts));
+            .and_then(|rec| record(out, source, &rec, at, opts));
         if let Err(e) = outcome
             && out.reject(opts, line, item.get().as_bytes(), e)
         {
@@ -516,7 +504,15 @@ fn csv(
         };
         let at = At { line, index };
         index += 1;
-        if let Err(e) = fields.and_then(|f| record(out, source, &f, at, opts))
+        let outcome = fields.and_then(|values| {
+            let fields = names
+                .iter()
+                .zip(&values)
+                .map(|(k, v)| Ok((Cow::Borrowed(k.as_str()), serde_json::from_str(v)?)))
+                .collect::<Result<_>>()?;
+            record(out, source, &RawRecord { fields }, at, opts)
+        });
+        if let Err(e) = outcome
             && out.reject(opts, line, raw, e)
         {
             return;
@@ -524,10 +520,8 @@ fn csv(
     }
 }
 
-fn csv_fields(
-    names: &[String],
-    row: &::csv::ByteRecord,
-) -> Result<Vec<(Cow<'static, str>, Cow<'static, str>)>> {
+/// A row's values as JSON string literals, in header order.
+fn csv_fields(names: &[String], row: &::csv::ByteRecord) -> Result<Vec<String>> {
     if row.len() != names.len() {
         return Err(anyhow!(
             "row has {} fields, the header {}",
@@ -545,10 +539,7 @@ fn csv_fields(
         })?;
         let mut json = Vec::with_capacity(value.len() + 2);
         write_json_str(&mut json, value);
-        fields.push((
-            Cow::Owned(name.clone()),
-            Cow::Owned(String::from_utf8(json)?),
-        ));
+        fields.push(String::from_utf8(json)?);
     }
     Ok(fields)
 }

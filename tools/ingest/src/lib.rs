@@ -125,7 +125,8 @@ pub struct Args {
     )]
     pub text_field: String,
 
-    /// Build a record's text from fields: `{question}\n{answer}` (`\n`, `\t` escapes; `{{` `}}` braces).
+    /// Build a record's text from fields: `{question}\n{answer}` (`\n`, `\t`, `\\` escapes; `{{` `}}`
+    /// braces; the same syntax as ft-to-alpaca --template).
     #[arg(long, value_name = "TEMPLATE")]
     pub template: Option<String>,
 

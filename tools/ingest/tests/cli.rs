@@ -653,3 +653,21 @@ fn bundled_docs_are_ingested() {
         out.stderr
     );
 }
+
+/// The one template rule, shared with ft-to-alpaca (the same template and expected text are in its
+/// `templates_read_escapes_like_ingest`): `\n`, `\t`, `\\`, `{{` `}}` are read in the template.
+#[test]
+fn templates_read_escapes_like_to_alpaca() {
+    let out = ingest()
+        .args([
+            "-",
+            "--format",
+            "jsonl",
+            "--template",
+            r"Q: {q}\nTopic:\t{{{t}}} \\n \x",
+        ])
+        .stdin("{\"q\":\"Why?\",\"t\":\"lora\",\"a\":\"Because.\"}\n")
+        .run()
+        .expect_code(0);
+    assert_eq!(texts(&out), ["Q: Why?\nTopic:\t{lora} \\n \\x"]);
+}
