@@ -490,12 +490,23 @@ fn csv(
     }
     let mut row = ::csv::ByteRecord::new();
     let mut index = 0;
+    // Line numbers by counting newlines up to each row's first byte, each byte counted once: the
+    // csv crate's own line count is one short after a CRLF line end.
+    let (mut seen, mut line) = (0usize, 1u64);
     while !out.full(opts) && maybe_flush(out, flush) {
-        let start = reader.position().clone();
+        let start = reader.position().byte();
         let more = reader.read_byte_record(&mut row);
-        let line = row.position().map_or(start.line(), |p| p.line());
-        let begin = row.position().map_or(start.byte(), |p| p.byte()) as usize;
         let end = (reader.position().byte() as usize).min(bytes.len());
+        let begin = (row.position().map_or(start, |p| p.byte()) as usize).min(end);
+        // A row's position may sit on the line end before it (the `\n` of a `\r\n`).
+        let begin = begin
+            + bytes[begin..end]
+                .iter()
+                .take_while(|b| matches!(b, b'\r' | b'\n'))
+                .count();
+        let begin = begin.clamp(seen, end.max(seen));
+        line += memchr::memchr_iter(b'\n', &bytes[seen..begin]).count() as u64;
+        seen = begin;
         let raw = trim_eol(&bytes[begin.min(end)..end]);
         let fields = match more {
             Ok(false) => break,

@@ -671,3 +671,52 @@ fn templates_read_escapes_like_to_alpaca() {
         .expect_code(0);
     assert_eq!(texts(&out), ["Q: Why?\nTopic:\t{lora} \\n \\x"]);
 }
+
+/// Issue 10, item 12: CSV/TSV with CRLF line ends give the same `source_line` as with LF (the first
+/// line of the row), a quoted field holding a line break included; `--rejects` gets the row alone.
+#[test]
+fn crlf_csv_rows_report_their_own_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    // Lines: 1 header, 2 a, 3 b, 4-5 the quoted c, 6 blank, 7 a bad row, 8 d.
+    let rows = [
+        "text,n", "a,1", "b,2", "\"c", "more\",3", "", "bad", "d,4", "",
+    ];
+    let expected = [(2, "a"), (3, "b"), (4, "c\nmore"), (8, "d")];
+    for (name, eol) in [("lf.csv", "\n"), ("crlf.csv", "\r\n"), ("crlf.tsv", "\r\n")] {
+        let mut body = rows.join(eol);
+        if name.ends_with(".tsv") {
+            body = body.replace(',', "\t");
+        }
+        let path = dir.path().join(name);
+        write(&path, &body);
+        let rejects = dir.path().join(format!("{name}.rejects"));
+        let out = ingest()
+            .arg(&path)
+            .args(["--on-error", "skip", "--rejects"])
+            .arg(&rejects)
+            .run()
+            .expect_code(0);
+        let got: Vec<(u64, String)> = out
+            .records()
+            .iter()
+            .map(|r| {
+                let text = r["text"].as_str().unwrap().replace("\r\n", "\n");
+                (r["source_line"].as_u64().unwrap(), text)
+            })
+            .collect();
+        let want: Vec<(u64, String)> = expected.iter().map(|(l, t)| (*l, t.to_string())).collect();
+        assert_eq!(got, want, "{name}");
+        let shown = path.display();
+        assert!(
+            out.stderr
+                .contains(&format!("{shown}:7: row has 1 fields, the header 2")),
+            "{name}: {}",
+            out.stderr
+        );
+        assert_eq!(
+            std::fs::read_to_string(&rejects).unwrap(),
+            "bad\n",
+            "{name}"
+        );
+    }
+}
