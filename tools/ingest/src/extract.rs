@@ -8,7 +8,7 @@
 //! - `meta`: every field of the record not consumed by the text, raw and in input order (CSV values are
 //!   strings); `{}` for text and HTML documents.
 
-use crate::format::{Kind, looks_binary};
+use crate::format::{BINARY_SNIFF, Kind, looks_binary};
 use crate::html;
 use crate::template::TextSpec;
 use anyhow::{Result, anyhow};
@@ -26,6 +26,8 @@ pub struct Opts {
     pub on_error: OnError,
     /// Forces a kind for every source (`--format`); else the extension decides (stdin: text).
     pub kind: Option<Kind>,
+    /// Bytes one source read whole may hold, on disk and decompressed (`--max-file-size`).
+    pub max_file_size: u64,
 }
 
 /// Why a whole file was skipped (a warning, not an error).
@@ -37,15 +39,24 @@ pub enum Skip {
     Unreadable,
     /// A JSON file that does not parse, with `--on-error skip`.
     Malformed,
+    /// A FIFO, socket or device.
+    NotRegular,
+    /// A symbolic link out of the walked folder (without `--follow-links`).
+    OutsideLink,
+    /// Over `--max-file-size`.
+    TooBig,
 }
 
 impl Skip {
-    pub const ALL: [Skip; 5] = [
+    pub const ALL: [Skip; 8] = [
         Skip::Binary,
         Skip::InvalidUtf8,
         Skip::UnknownType,
         Skip::Unreadable,
         Skip::Malformed,
+        Skip::NotRegular,
+        Skip::OutsideLink,
+        Skip::TooBig,
     ];
 
     pub fn label(self) -> &'static str {
@@ -55,6 +66,9 @@ impl Skip {
             Skip::UnknownType => "unknown type",
             Skip::Unreadable => "unreadable",
             Skip::Malformed => "malformed JSON",
+            Skip::NotRegular => "not regular",
+            Skip::OutsideLink => "outside the folder",
+            Skip::TooBig => "too big",
         }
     }
 }
@@ -160,13 +174,11 @@ pub fn process_streaming(source: &str, opts: &Opts, flush: Flush<'_>) -> FileOut
         jsonl(&mut out, shown, input.reader, opts, flush);
         return out;
     }
-    let bytes = match ftkit_core::io::read_all(source) {
-        Ok(b) => b,
+    let bytes = match read_whole(source, opts.max_file_size) {
+        Ok(Ok(b)) => b,
+        Ok(Err(skipped)) => return skipped,
         Err(e) => return unreadable(e),
     };
-    if looks_binary(&bytes) {
-        return FileOut::skip(Skip::Binary, "binary: a NUL byte in the first 8 KiB");
-    }
     let mut out = FileOut::default();
     match kind {
         Kind::Csv { delimiter } => csv(&mut out, shown, &bytes, delimiter, opts, flush),
@@ -189,6 +201,45 @@ pub fn process_streaming(source: &str, opts: &Opts, flush: Flush<'_>) -> FileOut
         }
     }
     out
+}
+
+/// Reads a source that is converted whole, after looking at its first bytes: a binary file is
+/// skipped having read 8 KiB, one over `max` bytes (on disk, or once decompressed) having read at
+/// most `max` bytes. A FIFO or device never gets here (the walk skips them).
+fn read_whole(source: &str, max: u64) -> Result<std::result::Result<Vec<u8>, FileOut>> {
+    use std::io::Read;
+    let mut input = ftkit_core::io::open_input(source)?;
+    let mut bytes = Vec::new();
+    (&mut input.reader)
+        .take(BINARY_SNIFF as u64)
+        .read_to_end(&mut bytes)?;
+    if looks_binary(&bytes) {
+        return Ok(Err(FileOut::skip(
+            Skip::Binary,
+            "binary: a NUL byte in the first 8 KiB",
+        )));
+    }
+    let too_big = |size: String| {
+        Ok(Err(FileOut::skip(
+            Skip::TooBig,
+            format!("too big: {size} over --max-file-size ({max} bytes)"),
+        )))
+    };
+    if source != "-" {
+        let on_disk = std::fs::metadata(source)?.len();
+        if on_disk > max {
+            return too_big(format!("{on_disk} bytes"));
+        }
+    }
+    // One byte more than allowed tells a file of exactly `max` bytes from a bigger one.
+    input
+        .reader
+        .take(max.saturating_add(1).saturating_sub(bytes.len() as u64))
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return too_big("the decompressed text".to_string());
+    }
+    Ok(Ok(bytes))
 }
 
 /// Hands the output to `flush` once it is big; false when the source must stop.
@@ -583,6 +634,7 @@ mod tests {
             max_records: None,
             on_error,
             kind: None,
+            max_file_size: u64::MAX,
         }
     }
 
