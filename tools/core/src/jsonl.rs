@@ -146,6 +146,18 @@ impl<'a> RawRecord<'a> {
         Ok(Some(value))
     }
 
+    /// The field at a dotted path as text: a string's contents, any other value's JSON text; `None`
+    /// when missing or null. What ft-filter compares, ft-split hashes and ft-to-alpaca writes.
+    pub fn text_at(&self, path: &str) -> Result<Option<Cow<'a, str>>> {
+        let Some(raw) = self.lookup(path)? else {
+            return Ok(None);
+        };
+        if raw.get() == "null" {
+            return Ok(None);
+        }
+        Ok(Some(str_of(raw)?.unwrap_or(Cow::Borrowed(raw.get()))))
+    }
+
     /// Fields other than `skip`, for pass-through.
     pub fn others<'s>(
         &'s self,
@@ -387,6 +399,18 @@ mod tests {
         ] {
             assert_eq!(at(missing)?, None, "{missing}");
         }
+        let text = |p: &str| rec.text_at(p).map(|t| t.map(Cow::into_owned));
+        assert_eq!(text("tags.1.k.1")?.as_deref(), Some("y"), "strings decoded");
+        assert_eq!(
+            text("tags.1.k")?.as_deref(),
+            Some("[10,\"y\"]"),
+            "others as JSON"
+        );
+        assert_eq!(text("tags.1.k.0")?.as_deref(), Some("10"));
+        assert_eq!(text("tags.9")?, None);
+        let rec = RawRecord::parse(r#"{"tags":["x","z"],"n":null,"e":"a\"b"}"#)?;
+        assert_eq!(rec.text_at("n")?, None, "null reads as missing");
+        assert_eq!(rec.text_at("e")?.as_deref(), Some("a\"b"));
         let rec = RawRecord::parse(r#"{"tags":["x","z"]}"#)?;
         assert_eq!(rec.lookup("tags.1")?.map(|v| v.get()), Some("\"z\""));
         Ok(())

@@ -8,19 +8,13 @@ use std::borrow::Cow;
 /// A field as text: a string's contents, an array of strings joined by blank lines, anything else as
 /// JSON text; `None` when missing or null.
 pub fn text_at<'a>(rec: &RawRecord<'a>, path: &str) -> Result<Option<Cow<'a, str>>> {
-    let Some(raw) = rec.lookup(path)? else {
-        return Ok(None);
-    };
-    let text = raw.get();
-    Ok(match text.as_bytes().first() {
-        Some(b'n') => None,
-        Some(b'"') => Some(Cow::Owned(serde_json::from_str::<String>(text)?)),
-        Some(b'[') => match serde_json::from_str::<Vec<String>>(text) {
-            Ok(items) => Some(Cow::Owned(items.join("\n\n"))),
-            Err(_) => Some(Cow::Borrowed(text)),
-        },
-        _ => Some(Cow::Borrowed(text)),
-    })
+    if let Some(raw) = rec.lookup(path)?
+        && raw.get().starts_with('[')
+        && let Ok(items) = serde_json::from_str::<Vec<String>>(raw.get())
+    {
+        return Ok(Some(Cow::Owned(items.join("\n\n"))));
+    }
+    rec.text_at(path)
 }
 
 /// A field that must be text: a string or an array of strings (joined by blank lines).
