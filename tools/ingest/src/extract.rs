@@ -10,6 +10,7 @@
 
 use crate::format::{BINARY_SNIFF, Kind, looks_binary};
 use crate::html;
+use crate::linecap::LineCap;
 use crate::template::TextSpec;
 use anyhow::{Result, anyhow};
 use ftkit_core::OnError;
@@ -171,7 +172,8 @@ pub fn process_streaming(source: &str, opts: &Opts, flush: Flush<'_>) -> FileOut
             Err(e) => return unreadable(anyhow::Error::new(e)),
         }
         let mut out = FileOut::default();
-        jsonl(&mut out, shown, input.reader, opts, flush);
+        let capped = LineCap::new(input.reader, opts.max_file_size);
+        jsonl(&mut out, shown, capped, opts, flush);
         return out;
     }
     let bytes = match read_whole(source, opts.max_file_size) {
@@ -368,15 +370,17 @@ fn jsonl(out: &mut FileOut, source: &str, input: impl BufRead, opts: &Opts, flus
     while !out.full(opts) && maybe_flush(out, flush) {
         data.clear();
         spans.clear();
+        // A read error ends the source after the lines read before it are converted.
+        let mut failed = None;
         loop {
             let start = data.len();
             match reader.append_line(&mut data) {
                 Ok(Some(line_no)) => spans.push((start, data.len(), line_no)),
                 Ok(None) => break,
                 Err(e) => {
-                    let e = anyhow::Error::new(e).context(format!("{source}: cannot read"));
-                    out.fatal = Some((out.bytes.len(), e));
-                    return;
+                    data.truncate(start);
+                    failed = Some(anyhow::Error::new(e).context(format!("{source}: cannot read")));
+                    break;
                 }
             }
             if data.len() >= batch_bytes {
@@ -384,6 +388,9 @@ fn jsonl(out: &mut FileOut, source: &str, input: impl BufRead, opts: &Opts, flus
             }
         }
         if spans.is_empty() {
+            if let Some(e) = failed {
+                out.fatal = Some((out.bytes.len(), e));
+            }
             break;
         }
         if index == 0 && data.starts_with(b"\xef\xbb\xbf") {
@@ -437,6 +444,10 @@ fn jsonl(out: &mut FileOut, source: &str, input: impl BufRead, opts: &Opts, flus
             }
         }
         index += spans.len() as u64;
+        if let Some(e) = failed {
+            out.fatal = Some((out.bytes.len(), e));
+            return;
+        }
     }
 }
 

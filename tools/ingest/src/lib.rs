@@ -7,6 +7,7 @@
 pub mod extract;
 pub mod format;
 pub mod html;
+pub mod linecap;
 pub mod size;
 pub mod template;
 pub mod walk;
@@ -43,10 +44,11 @@ file's records) are added. \"id\" is the stable hash of the text alone (sha256 o
 a 0x1F byte, first 16 bytes in hex), so equal texts share an id.
 
 Binary files (a NUL byte in the first 8 KiB, looked at before the rest is read), files of
-unknown type, text that is not UTF-8, files over --max-file-size (default 256M), FIFOs, sockets
-and devices are skipped with a warning. A walk stays inside the folder given: a symbolic link
-whose target is outside it is skipped with a warning unless --follow-links. Empty texts are skipped and counted. A bad record (malformed JSON
-line, missing text field) stops the run with path:line (exit 1) unless --on-error skip.";
+unknown type, text that is not UTF-8, files over --max-file-size (default 256M; for JSONL, a
+line over it stops the run), FIFOs, sockets and devices are skipped with a warning. A walk
+stays inside the folder given: a symbolic link whose target is outside it is skipped with a
+warning unless --follow-links. Empty texts are skipped and counted. A bad record (malformed
+JSON line, missing text field) stops the run with path:line (exit 1) unless --on-error skip.";
 
 const AFTER_LONG_HELP: &str = "\
 Examples:
@@ -121,7 +123,8 @@ pub struct Args {
     pub follow_links: bool,
 
     /// Skip (with a warning) any source read whole (text, HTML, JSON, CSV) bigger than this, on disk
-    /// or decompressed; suffixes K, M, G (powers of 1024). JSONL is streamed and not capped.
+    /// or decompressed; suffixes K, M, G, T (powers of 1024). JSONL streams: the cap is per line, and a
+    /// longer line stops the run.
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = size::parse)]
     pub max_file_size: u64,
 

@@ -868,7 +868,7 @@ fn fifos_and_devices_are_skipped_without_blocking() {
 }
 
 /// Issue 10, item 8: --max-file-size skips a bigger source (on disk, or once decompressed) with a
-/// message; a source of exactly the limit is read; JSONL streams and is not capped.
+/// message; a source of exactly the limit is read; a JSONL file is capped per line, not as a whole.
 #[test]
 fn files_over_max_file_size_are_skipped() {
     let dir = tempfile::tempdir().unwrap();
@@ -876,14 +876,17 @@ fn files_over_max_file_size_are_skipped() {
     write(&dir.path().join("big.md"), &text);
     write(&dir.path().join("exact.md"), &text[..1024]);
     write(&dir.path().join("packed.md.zst"), zstd(text.as_bytes()));
-    let jsonl = format!("{{\"text\":\"{text}\"}}\n");
+    // 64 short lines, 1.8 KB in all: the cap is per line for JSONL.
+    let jsonl = "{\"text\":\"0123456789abcdef\"}\n".repeat(64);
     write(&dir.path().join("rows.jsonl"), &jsonl);
     let out = ingest()
         .arg(dir.path())
         .args(["--max-file-size", "1K"])
         .run()
         .expect_code(0);
-    assert_eq!(texts(&out), [&text[..1024], &text]);
+    let mut want = vec![&text[..1024]];
+    want.extend(["0123456789abcdef"; 64]);
+    assert_eq!(texts(&out), want);
     let d = dir.path().display();
     assert_eq!(
         out.stderr.lines().collect::<Vec<_>>(),
@@ -895,12 +898,12 @@ fn files_over_max_file_size_are_skipped() {
                 "ft-ingest: {d}/packed.md.zst: skipped (too big: the decompressed text over \
                  --max-file-size (1024 bytes))"
             ),
-            "ft-ingest: 2 files read, 2 skipped (2 too big), 2 documents written".to_string(),
+            "ft-ingest: 2 files read, 2 skipped (2 too big), 65 documents written".to_string(),
         ]
     );
     // The default (256M) reads them all.
     let out = ingest().arg(dir.path()).run().expect_code(0);
-    assert_eq!(out.records().len(), 4);
+    assert_eq!(out.records().len(), 67);
     for bad in ["1X", "1.5M", "K", ""] {
         let out = ingest()
             .arg(dir.path())
@@ -937,4 +940,32 @@ fn a_sparse_zero_file_is_binary_without_reading_it() {
             "ft-ingest: 0 files read, 1 skipped (1 binary), 0 documents written".to_string(),
         ]
     );
+}
+
+/// Issue 10, item 8: JSONL streams, so --max-file-size caps each line: a longer one stops the run
+/// (it is not read whole into memory), lines within the cap are read.
+#[test]
+fn a_jsonl_line_over_max_file_size_stops_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = "x".repeat(4096);
+    let path = dir.path().join("rows.jsonl");
+    write(
+        &path,
+        format!("{{\"text\":\"short\"}}\n{{\"text\":\"{long}\"}}\n{{\"text\":\"after\"}}\n"),
+    );
+    let out = ingest()
+        .arg(&path)
+        .args(["--max-file-size", "1K"])
+        .run()
+        .expect_code(1);
+    assert_eq!(texts(&out), ["short"]);
+    assert_eq!(
+        out.stderr,
+        format!(
+            "ft-ingest: {}: cannot read: line 2 is longer than --max-file-size (1024 bytes)\n",
+            path.display()
+        )
+    );
+    let out = ingest().arg(&path).run().expect_code(0);
+    assert_eq!(texts(&out), ["short", &long, "after"]);
 }
