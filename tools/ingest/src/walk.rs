@@ -156,6 +156,13 @@ fn walk(root: &Path, filter: &Filter, found: &mut Vec<Found>) {
                 && !filter.follow_links
                 && let Some(target) = outside(&real_root, e.path())
             {
+                // A file link the include patterns leave out is not worth a warning.
+                let wanted = filter.include.empty
+                    || target.is_dir()
+                    || filter.include.is_match(&name, &rel_of(e.path()));
+                if !wanted {
+                    return false;
+                }
                 found.borrow_mut().push(Found::Skipped {
                     source: e.path().to_string_lossy().into_owned(),
                     reason: Skip::OutsideLink,

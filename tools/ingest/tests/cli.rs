@@ -820,6 +820,28 @@ fn links_out_of_the_folder_are_skipped_unless_follow_links() {
         "abs.md, doc.md, in.md, outdir/secret.md, rel.md, sub/x.md"
     );
     assert!(!out.stderr.contains("skipped"), "{}", out.stderr);
+
+    // A link that --glob leaves out is not reported; a folder link still is (it could hold matches).
+    symlink(outside.join("secret.md"), root.join("other.txt")).unwrap();
+    let out = ingest()
+        .arg(&root)
+        .args(["--glob", "*.txt", "-q"])
+        .run()
+        .expect_code(0);
+    assert!(out.stdout.is_empty());
+    let out = ingest()
+        .arg(&root)
+        .args(["--glob", "*.txt"])
+        .run()
+        .expect_code(0);
+    assert!(
+        out.stderr
+            .ends_with(", 2 skipped (2 outside the folder), 0 documents written\n")
+            && out.stderr.contains("/other.txt: skipped")
+            && out.stderr.contains("/outdir: skipped"),
+        "{}",
+        out.stderr
+    );
 }
 
 /// Issue 10, item 8: FIFOs and devices are not opened (a FIFO with no writer used to block
