@@ -36,10 +36,11 @@ every --where operator except != (and '== null' matches it), fails --min-score a
 
 Dedup runs after the predicates, on the records that passed them, and keeps the first record in input \
 order. Its text is the --dedup-fields (default: question and answer when the record has either, else \
-text), lowercased with whitespace collapsed. 'exact' drops records whose text was seen before; \
-'minhash' drops records whose MinHash signature (word shingles, --num-perm permutations) shares an \
-LSH band with a kept record, with bands and rows chosen for --threshold as datasketch's MinHashLSH \
-chooses them (printed on stderr). Memory grows with the kept records only: 16 bytes each for exact, \
+text), lowercased with whitespace collapsed. A record that lacks one of these fields (or has it null) is \
+an error naming the field, like a malformed line: never a duplicate by an empty key. 'exact' drops \
+records whose text was seen before; 'minhash' drops records whose MinHash signature (word shingles, \
+--num-perm permutations) shares an LSH band with a kept record, with bands and rows chosen for \
+--threshold as datasketch's MinHashLSH chooses them (printed on stderr). Memory grows with the kept records only: 16 bytes each for exact, \
 8 bytes per band for minhash.
 
 Kept records are written unchanged. --rejects FILE receives, in input order, every dropped record with \
@@ -254,23 +255,27 @@ impl Filter {
         let Some(mode) = self.dedup else {
             return Ok(Verdict::Keep(DedupKey::None));
         };
+        // A missing field is an error, never an empty key: with an empty key every record lacking the
+        // field (or every record, under a misspelt --dedup-fields) would be a duplicate of the first.
         let mut text = String::new();
-        let add = |value: Option<std::borrow::Cow<'_, str>>, text: &mut String| {
-            if let Some(v) = value {
-                dedup::normalise_into(&v, text);
+        let add = |name: &str, text: &mut String| -> Result<()> {
+            match field::text_at(&rec, name)? {
+                Some(v) => dedup::normalise_into(&v, text),
+                None => bail!("--dedup: field \"{name}\" is missing or null"),
             }
             text.push('\u{1f}');
+            Ok(())
         };
         if self.dedup_fields.is_empty() {
             if rec.get("question").is_some() || rec.get("answer").is_some() {
-                add(field::text_at(&rec, "question")?, &mut text);
-                add(field::text_at(&rec, "answer")?, &mut text);
+                add("question", &mut text)?;
+                add("answer", &mut text)?;
             } else {
-                add(field::text_at(&rec, "text")?, &mut text);
+                add("text", &mut text)?;
             }
         } else {
             for f in &self.dedup_fields {
-                add(field::text_at(&rec, f)?, &mut text);
+                add(f, &mut text)?;
             }
         }
         Ok(Verdict::Keep(match (mode, &self.minhash) {

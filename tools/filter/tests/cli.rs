@@ -310,3 +310,45 @@ fn dedup_output_and_rejects_do_not_depend_on_threads() {
         );
     }
 }
+
+#[test]
+fn records_without_the_dedup_fields_are_errors_not_duplicates() {
+    // Three distinct records that lack the dedup fields: before, each got the empty key and all but the
+    // first were dropped as duplicates of it.
+    let input = "{\"id\":\"a\",\"body\":\"one\"}\n{\"id\":\"b\",\"body\":\"two\"}\n{\"id\":\"c\",\"body\":\"three\"}\n";
+    for args in [
+        &["--dedup", "exact"][..],
+        &["--dedup", "minhash"],
+        &["--dedup", "exact", "--dedup-fields", "bodyy"],
+    ] {
+        let out = Run::new(BIN).args(args).stdin(input).run();
+        assert_eq!(out.code, 1, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("<stdin>:1: --dedup: field \"")
+                && out.stderr.contains("is missing or null"),
+            "{args:?}: {}",
+            out.stderr
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let rejects = dir.path().join("r.jsonl");
+        let out = Run::new(BIN)
+            .args(args)
+            .args(["--on-error", "skip", "--rejects"])
+            .arg(&rejects)
+            .stdin(input)
+            .run()
+            .expect_code(0);
+        assert!(out.stdout.is_empty(), "{args:?}: no record has the key");
+        assert_eq!(
+            std::fs::read_to_string(&rejects).unwrap(),
+            input,
+            "{args:?}: every record is rejected verbatim, none as a duplicate"
+        );
+    }
+    // The right field name dedups nothing here: the three bodies differ.
+    let out = Run::new(BIN)
+        .args(["--dedup", "exact", "--dedup-fields", "body"])
+        .stdin(input)
+        .run();
+    assert_eq!(ids(&out.expect_code(0).stdout), ["a", "b", "c"]);
+}
