@@ -12,6 +12,7 @@ pub mod id;
 pub mod io;
 pub mod jsonl;
 pub mod progress;
+pub mod secret;
 
 pub use cli::{CommonArgs, OnError, RunArgs, Usage, run_main};
 pub use engine::{Engine, Summary};

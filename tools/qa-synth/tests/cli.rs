@@ -706,3 +706,77 @@ fn prompt_file_replaces_the_prompt() {
         .run();
     assert_eq!(bad.code, 2, "{}", bad.stderr);
 }
+
+#[test]
+fn url_user_info_and_query_secrets_never_leak() {
+    const URL_SECRETS: [&str; 2] = ["sk-URL-PASSWORD-0123", "sk-QUERY-KEY-4567"];
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let rejects = dir.path().join("rejects.jsonl");
+    let servers: Vec<TestServer> = [Fault::ServerError, Fault::Unauthorized]
+        .into_iter()
+        .map(|fault| {
+            TestServer::start(ServerConfig {
+                latency: Duration::ZERO,
+                faults: vec![FaultRule {
+                    modulo: 1,
+                    remainder: 0,
+                    first_hits: u32::MAX,
+                    fault,
+                }],
+            })
+            .unwrap()
+        })
+        .collect();
+    // Two failing servers (500 then 401, whose message names the endpoint) and a closed port (the
+    // client's own connection error).
+    // The 500's message shows no URL; the other two name the endpoint, redacted.
+    let mut bases: Vec<(String, bool)> = servers
+        .iter()
+        .zip([false, true])
+        .map(|(s, shown)| (s.url().to_string(), shown))
+        .collect();
+    bases.push(("http://127.0.0.1:9/v1".into(), true));
+    for (base, shown) in bases {
+        let with_secrets = base.replacen("http://", &format!("http://user:{}@", URL_SECRETS[0]), 1)
+            + &format!("?api_key={}", URL_SECRETS[1]);
+        for env in [false, true] {
+            let mut run = Run::new(BIN)
+                .args(["--backend", "openai", "--model", "m", "--cache"])
+                .arg(&cache)
+                .args(["--max-retries", "0", "--on-error", "skip", "--rejects"])
+                .arg(&rejects)
+                .env("OPENAI_API_KEY", KEY)
+                .stdin(chunks());
+            run = if env {
+                run.env("OPENAI_BASE_URL", &with_secrets)
+            } else {
+                run.args(["--base-url", &with_secrets])
+            };
+            let out = run.run();
+            assert!(out.code == 0 || out.code == 1, "{}", out.stderr);
+            let rejected = std::fs::read_to_string(&rejects).unwrap_or_default();
+            assert!(
+                !rejected.is_empty() || out.code == 1,
+                "{base}: the failure should be recorded: {}",
+                out.stderr
+            );
+            for secret in URL_SECRETS.iter().chain([&KEY]) {
+                for (what, text) in [("stderr", &out.stderr), ("rejects", &rejected)] {
+                    assert!(
+                        !text.contains(secret),
+                        "{base}: {secret} leaked into {what}: {text}"
+                    );
+                }
+            }
+            if shown {
+                assert!(
+                    out.stderr.contains("http://***@127.0.0.1:")
+                        && out.stderr.contains("/v1/chat/completions?api_key=***"),
+                    "{base}: the URL should be shown redacted: {}",
+                    out.stderr
+                );
+            }
+        }
+    }
+}
