@@ -84,7 +84,7 @@ pub struct Args {
     #[arg(long, value_name = "X", conflicts_with = "pairs")]
     pub pairs_per_1k_tokens: Option<f64>,
 
-    /// Question language: a code (en, zh, ...) or `auto` (the chunk's `lang` field, else guessed from its script).
+    /// Question language: a code (en, zh, ...) or `auto` (the chunk's `lang` field, else detected from its text).
     #[arg(long, value_name = "CODE", default_value = "auto")]
     pub lang: String,
 

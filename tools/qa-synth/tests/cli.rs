@@ -780,3 +780,53 @@ fn url_user_info_and_query_secrets_never_leak() {
         }
     }
 }
+
+#[test]
+fn auto_language_is_detected_for_latin_script_text() {
+    let server = TestServer::start(ServerConfig::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let texts = [
+        (
+            "en",
+            "The printing press spread quickly across Europe because printers could make many copies of a book at a low cost.",
+        ),
+        (
+            "fr",
+            "La presse à imprimer s'est répandue rapidement en Europe, car les imprimeurs pouvaient faire de nombreuses copies d'un livre à bas prix.",
+        ),
+        (
+            "de",
+            "Die Druckerpresse verbreitete sich schnell in Europa, weil die Drucker viele Kopien eines Buches zu geringen Kosten herstellen konnten.",
+        ),
+        (
+            "es",
+            "La imprenta se extendió rápidamente por Europa porque los impresores podían hacer muchas copias de un libro a bajo costo.",
+        ),
+        (
+            "zh",
+            "印刷机在欧洲迅速传播，因为印刷工人可以用很低的成本制作一本书的许多副本。",
+        ),
+    ];
+    let mut input = String::new();
+    for (lang, text) in texts {
+        input.push_str(&serde_json::json!({"id": lang, "doc_id": lang, "text": text, "start": 0, "end": text.len()}).to_string());
+        input.push('\n');
+    }
+    let out = Run::new(BIN)
+        .args(openai_args(&server, cache.to_str().unwrap()))
+        .args(["--pairs", "1"])
+        .stdin(input)
+        .run()
+        .expect_code(0);
+    for (lang, _) in texts {
+        let rec = out
+            .records()
+            .into_iter()
+            .find(|r| r["chunk_id"] == lang)
+            .unwrap_or_else(|| panic!("no record for {lang}: {}", out.stderr));
+        // Before, every Latin-script chunk was `en` (and the model was asked for English questions).
+        assert_eq!(rec["doc_lang"], lang, "{rec}");
+        assert_eq!(rec["lang"], lang, "{rec}");
+    }
+}

@@ -154,6 +154,16 @@ fn grounding(raw: &str, answer: &[String], context: Option<&str>) -> Option<f64>
     Some(answer.iter().filter(|t| context.contains(*t)).count() as f64 / answer.len() as f64)
 }
 
+/// Whether question and answer are in the record's language (its `lang` tag, else the question's
+/// where the detector is confident of it). Short text is checked by its script only (see lang::fits).
+fn lang_match(q: &str, a: &str, tag: Option<&str>) -> Option<bool> {
+    let want = match tag {
+        Some(l) => l.split(['-', '_']).next().unwrap_or(l),
+        None => lang::detect_reliable(q)?,
+    };
+    Some(lang::fits(q, want) && lang::fits(a, want))
+}
+
 pub fn qa(question: &str, answer: &str, context: Option<&str>, lang_tag: Option<&str>) -> Checks {
     let q = question.trim();
     let a = answer.trim();
@@ -182,10 +192,7 @@ pub fn qa(question: &str, answer: &str, context: Option<&str>, lang_tag: Option<
     };
     let in_question = a_tokens.iter().filter(|t| q_tokens.contains(*t)).count();
     let restates = a_tokens.len() >= 3 && in_question as f64 >= 0.8 * a_tokens.len() as f64;
-    let lang_match = lang_tag.map(|l| {
-        let base = l.split(['-', '_']).next().unwrap_or(l);
-        lang::detect(q) == base
-    });
+    let lang_match = lang_match(q, a, lang_tag);
     Checks {
         grounding: grounding(a, &a_tokens, context),
         question_form: Some(form),

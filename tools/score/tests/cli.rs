@@ -209,3 +209,30 @@ fn local_judge_is_not_available_yet() {
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("not available yet"), "{}", out.stderr);
 }
+
+#[test]
+fn a_french_answer_to_an_english_question_is_a_language_mismatch() {
+    let context = "The lighthouse at Cordouan stands on a rock at the mouth of the Gironde. \
+                   Le phare de Cordouan se dresse sur un rocher à l'embouchure de la Gironde.";
+    let rec = |id: &str, answer: &str| {
+        serde_json::json!({"id": id, "kind": "qa", "lang": "en", "context": context,
+            "question": "Where does the lighthouse at Cordouan stand?", "answer": answer})
+        .to_string()
+    };
+    let input = format!(
+        "{}\n{}\n",
+        rec(
+            "en",
+            "The lighthouse at Cordouan stands on a rock at the mouth of the Gironde."
+        ),
+        rec(
+            "fr",
+            "Le phare de Cordouan se dresse sur un rocher à l'embouchure de la Gironde."
+        )
+    );
+    let out = Run::new(BIN).stdin(input).run().expect_code(0);
+    let recs = out.records();
+    assert_eq!(recs[0]["score"]["checks"]["lang_match"], true);
+    // The script guess called every Latin-script text English, so this was a match.
+    assert_eq!(recs[1]["score"]["checks"]["lang_match"], false);
+}
