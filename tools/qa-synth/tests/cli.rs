@@ -830,3 +830,78 @@ fn auto_language_is_detected_for_latin_script_text() {
         assert_eq!(rec["lang"], lang, "{rec}");
     }
 }
+
+/// A hard-wrapped licence excerpt (GPL v3 wording) as a chunk cut mid-sentence, and its whole
+/// sentences, listed by hand.
+const LICENCE: &str = "\
+of the Program, in the form of source code under the terms of section 4.
+
+This License gives no
+permission to license the work in any other way, but it does not
+invalidate such permission if you have separately received it.
+
+  b) The work must carry prominent notices stating that it is
+  released under this License and any conditions added under section
+  7.  This requirement modifies the requirement in section 4 to
+  \"keep intact all notices\".
+
+  You may charge any price or no price for each copy that you convey,
+and you may offer support or warranty protection for a fee.
+
+  A \"covered work\" means either the unmodified Program or a work based
+on the Program.
+
+  To \"propagate\" a work means to do anything with it that, without
+permission, would make you directly or secondarily liable for
+infringement under applicable copyright law, except executing it on a
+computer or modifying a private copy.  Propagation includes copying,
+distribution (with or without modification), making available to the
+public, and in some countries other activities as well.  You may
+convey a work based on the Program, or the modifications to
+produce it from the Program, provided that you also meet all of these conditions:
+";
+
+const LICENCE_SENTENCES: [&str; 7] = [
+    "This License gives no permission to license the work in any other way, but it does not invalidate such permission if you have separately received it.",
+    "The work must carry prominent notices stating that it is released under this License and any conditions added under section 7.",
+    "This requirement modifies the requirement in section 4 to \"keep intact all notices\".",
+    "You may charge any price or no price for each copy that you convey, and you may offer support or warranty protection for a fee.",
+    "A \"covered work\" means either the unmodified Program or a work based on the Program.",
+    "To \"propagate\" a work means to do anything with it that, without permission, would make you directly or secondarily liable for infringement under applicable copyright law, except executing it on a computer or modifying a private copy.",
+    "Propagation includes copying, distribution (with or without modification), making available to the public, and in some countries other activities as well.",
+];
+
+#[test]
+fn extractive_answers_are_whole_sentences_of_the_source() {
+    let input = serde_json::json!({"id": "gpl", "doc_id": "gpl", "text": LICENCE, "start": 0,
+        "end": LICENCE.len()})
+    .to_string();
+    let out = Run::new(BIN)
+        .args(["--backend", "extractive", "--pairs", "20"])
+        .stdin(input)
+        .run()
+        .expect_code(0);
+    let recs = out.records();
+    assert!(recs.len() >= 5, "{}", out.stdout_str());
+    let mut used = BTreeSet::new();
+    for r in &recs {
+        let (q, a) = (
+            r["question"].as_str().unwrap(),
+            r["answer"].as_str().unwrap(),
+        );
+        // A cloze question quotes the sentence with one token blanked; other answers are the sentence.
+        let sentence = match q.strip_prefix("Fill in the blank: \"") {
+            Some(rest) => rest.strip_suffix('"').unwrap().replacen("_____", a, 1),
+            None => a.to_string(),
+        };
+        assert!(
+            LICENCE_SENTENCES.contains(&sentence.as_str()),
+            "not a whole sentence of the source: {sentence:?} (question {q:?})"
+        );
+        used.insert(sentence);
+    }
+    assert!(
+        used.contains(LICENCE_SENTENCES[0]),
+        "the sentence wrapped after its short first line keeps its start: {used:?}"
+    );
+}
