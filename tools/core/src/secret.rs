@@ -57,12 +57,31 @@ fn is_secret_param(name: &str) -> bool {
 /// The parts of `url` that [`redact_url`] hides: `(start, end)` byte ranges, in order.
 fn secret_ranges(url: &str) -> Vec<(usize, usize)> {
     let mut ranges = Vec::new();
-    let after_scheme = url.find("://").map_or(0, |i| i + 3);
-    let rest = &url[after_scheme..];
-    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    // The last `@` of the authority ends the user info (a password may itself hold `@`).
-    if let Some(at) = rest[..authority_len].rfind('@') {
-        ranges.push((after_scheme, after_scheme + at));
+    let before_query = url.find(['?', '#']).unwrap_or(url.len());
+    match url.find("://") {
+        Some(i) => {
+            let after_scheme = i + 3;
+            let rest = &url[after_scheme..before_query.max(after_scheme)];
+            let authority_len = rest.find('/').unwrap_or(rest.len());
+            // The last `@` of the authority ends the user info (a password may itself hold `@`).
+            if let Some(at) = rest[..authority_len].rfind('@') {
+                ranges.push((after_scheme, after_scheme + at));
+            }
+        }
+        // A malformed URL (`htp:/user:pw@host`): whatever precedes an `@` after the scheme's colon.
+        None => {
+            if let (Some(colon), Some(at)) = (
+                url[..before_query].find(':'),
+                url[..before_query].rfind('@'),
+            ) && colon < at
+            {
+                let start = colon + 1 + url[colon + 1..].len()
+                    - url[colon + 1..].trim_start_matches('/').len();
+                if start < at {
+                    ranges.push((start, at));
+                }
+            }
+        }
     }
     if let Some(q) = url.find('?') {
         let end = url[q..].find('#').map_or(url.len(), |i| q + i);
@@ -156,6 +175,8 @@ mod tests {
             ),
             ("https://h/p?access_token=", "https://h/p?access_token="),
             ("https://h/a@b/c", "https://h/a@b/c"),
+            ("htp:/u:pw-1234@x?key=k", "htp:/***@x?key=***"),
+            ("u:pw-1234@x/v1", "u:***@x/v1"),
             ("https://api.openai.com/v1", "https://api.openai.com/v1"),
         ] {
             assert_eq!(redact_url(url), shown, "{url}");

@@ -167,6 +167,15 @@ pub fn backend_for(kind: BackendKind, llm: &LlmArgs) -> Result<Box<dyn Backend>>
     })
 }
 
+/// A language code as the tools write them: 2 or 3 letters, then optional `-`/`_` subtags (`zh-Hant`).
+fn is_lang_code(code: &str) -> bool {
+    let mut parts = code.split(['-', '_']);
+    let primary = parts.next().unwrap_or_default();
+    (2..=3).contains(&primary.len())
+        && primary.chars().all(|c| c.is_ascii_alphabetic())
+        && parts.all(|p| (1..=8).contains(&p.len()) && p.chars().all(|c| c.is_ascii_alphanumeric()))
+}
+
 pub fn run(args: Args) -> Result<()> {
     args.llm.validate()?;
     args.common.run.pool()?; // validates --threads; the workers are --concurrency
@@ -180,10 +189,8 @@ pub fn run(args: Args) -> Result<()> {
     }
     let cross = match &args.cross_lingual {
         None => None,
-        Some(spec) => match spec.split_once(':') {
-            Some((q, d)) if !q.trim().is_empty() && !d.trim().is_empty() => {
-                Some((q.trim().to_string(), d.trim().to_string()))
-            }
+        Some(spec) => match spec.split(':').map(str::trim).collect::<Vec<_>>()[..] {
+            [q, d] if is_lang_code(q) && is_lang_code(d) => Some((q.to_string(), d.to_string())),
             _ => usage!("--cross-lingual wants QUESTION_LANG:DOC_LANG, like en:zh (got {spec:?})"),
         },
     };

@@ -905,3 +905,53 @@ fn extractive_answers_are_whole_sentences_of_the_source() {
         "the sentence wrapped after its short first line keeps its start: {used:?}"
     );
 }
+
+#[test]
+fn bad_option_values_are_usage_errors_not_item_failures_or_panics() {
+    let server = TestServer::start(ServerConfig::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let cache = cache.to_str().unwrap();
+    for args in [
+        &["--cross-lingual", "en:zh:fr"][..],
+        &["--cross-lingual", "english:zh"],
+        &["--price-in", "-1"],
+        &["--price-in", "1", "--price-out", "-0.5"],
+        &["--price-in", "1", "--budget-usd", "-2"],
+        &["--base-url", "not a url"],
+        &["--base-url", "ftp://127.0.0.1/v1"],
+        &["--base-url", "http://"],
+        // Before: a panic (exit 101) converting the seconds or a bucket's wait into a Duration.
+        &["--timeout", "1e20"],
+        &["--tpm", "1e-300"],
+        &["--rpm", "0.000001"],
+    ] {
+        let out = Run::new(BIN)
+            .args(openai_args(&server, cache))
+            .args(args)
+            .stdin(chunks())
+            .run();
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert!(!out.stderr.contains("panicked"), "{args:?}: {}", out.stderr);
+    }
+    assert_eq!(
+        server.hits(),
+        0,
+        "no request is sent before the options are checked"
+    );
+    // A malformed URL is shown redacted in the usage error.
+    let out = Run::new(BIN)
+        .args([
+            "--backend",
+            "openai",
+            "--model",
+            "m",
+            "--base-url",
+            "htp:/u:sk-SECRET-1234@x?key=kk99",
+        ])
+        .stdin(chunks())
+        .run();
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(!out.stderr.contains("sk-SECRET-1234"), "{}", out.stderr);
+}
