@@ -6,6 +6,7 @@
 //! - [`cli`]: `run_main`, exit codes, the options every tool shares.
 //! - [`id`]: stable content ids.
 
+pub mod chunks;
 pub mod cli;
 pub mod engine;
 pub mod id;

@@ -3,17 +3,16 @@
 
 pub mod heuristics;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use clap::{Parser, ValueEnum};
+use ftkit_core::chunks::load_chunks;
 use ftkit_core::cli::{CommonArgs, OnError, warn};
-use ftkit_core::io::{AtomicFile, Output, open_input};
-use ftkit_core::jsonl::LineReader;
+use ftkit_core::io::{AtomicFile, Output};
 use ftkit_core::{ObjectWriter, RawRecord, usage};
 use ftkit_llm::driver::{Driver, End, Outcome};
 use ftkit_llm::parse::Judgement;
 use ftkit_llm::{CallError, Client, LlmArgs, Task, parse, prompts};
 use serde_json::json;
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -210,30 +209,6 @@ impl Distribution {
 struct Job {
     line: String,
     context: Option<String>,
-}
-
-fn load_chunks(path: &str) -> Result<HashMap<String, String>> {
-    let input = open_input(path)?;
-    let mut reader = LineReader::new(input.reader);
-    let mut buf = Vec::new();
-    let mut map = HashMap::new();
-    while let Some(n) = reader
-        .next_line(&mut buf)
-        .with_context(|| format!("{}: cannot read", input.name))?
-    {
-        let parsed = std::str::from_utf8(&buf)
-            .map_err(|e| anyhow!("invalid UTF-8: {e}"))
-            .and_then(|line| {
-                let rec = RawRecord::parse(line)?;
-                Ok((
-                    rec.require_str("id")?.into_owned(),
-                    rec.require_str("text")?.into_owned(),
-                ))
-            });
-        let (id, text) = parsed.with_context(|| format!("{}:{n}", input.name))?;
-        map.insert(id, text);
-    }
-    Ok(map)
 }
 
 pub fn run(args: Args) -> Result<()> {

@@ -336,3 +336,24 @@ fn heuristics_tell_good_pairs_from_bad_ones() {
         .collect();
     assert!(distinct.len() >= 5, "a spread, not one score: {distinct:?}");
 }
+
+#[test]
+fn a_bad_chunks_line_is_named_like_in_every_tool() {
+    // ft-score and ft-to-alpaca share core's chunk loader: same message, flag, file and line.
+    let dir = tempfile::tempdir().unwrap();
+    let chunks = dir.path().join("chunks.jsonl");
+    std::fs::write(
+        &chunks,
+        "{\"id\":\"c1\",\"text\":\"One.\"}\n{\"id\":\"c2\"}\n",
+    )
+    .unwrap();
+    let input = "{\"id\":\"q\",\"chunk_id\":\"c1\",\"question\":\"What?\",\"answer\":\"One.\"}\n";
+    let out = Run::new(BIN)
+        .arg("--chunks")
+        .arg(&chunks)
+        .stdin(input)
+        .run()
+        .expect_code(1);
+    let expected = format!("--chunks {}:2: missing field \"text\"", chunks.display());
+    assert!(out.stderr.contains(&expected), "{}", out.stderr);
+}
