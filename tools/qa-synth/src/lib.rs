@@ -7,7 +7,7 @@
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, ValueEnum};
 use ftkit_core::cli::{CommonArgs, OnError, warn};
-use ftkit_core::io::{AtomicFile, Output};
+use ftkit_core::io::Output;
 use ftkit_core::{ObjectWriter, RawRecord, stable_id, usage};
 use ftkit_llm::client::Answer;
 use ftkit_llm::driver::{Driver, End, Outcome};
@@ -229,13 +229,6 @@ pub fn run(args: Args) -> Result<()> {
     };
 
     let mut out = Output::create(args.common.run.output.as_deref())?;
-    let mut rejects = args
-        .common
-        .run
-        .rejects
-        .as_deref()
-        .map(AtomicFile::create)
-        .transpose()?;
     let counts = Counts::default();
     let driver = Driver {
         common: &args.common,
@@ -244,15 +237,11 @@ pub fn run(args: Args) -> Result<()> {
     };
     let (summary, end) = driver.run(
         &mut out,
-        &mut rejects,
         prepare,
         |chunk: Chunk| work(&client, &settings, &counts, chunk),
         |()| {},
         || client.budget_exhausted(),
     )?;
-    if let Some(r) = rejects {
-        r.commit()?;
-    }
     let report = |out_done: bool| {
         if !args.common.run.quiet || !out_done {
             warn(format!(

@@ -7,7 +7,7 @@ use anyhow::{Result, anyhow, bail};
 use clap::{Parser, ValueEnum};
 use ftkit_core::chunks::load_chunks;
 use ftkit_core::cli::{CommonArgs, OnError, warn};
-use ftkit_core::io::{AtomicFile, Output};
+use ftkit_core::io::Output;
 use ftkit_core::{ObjectWriter, RawRecord, usage};
 use ftkit_llm::driver::{Driver, End, Outcome};
 use ftkit_llm::parse::Judgement;
@@ -233,13 +233,6 @@ pub fn run(args: Args) -> Result<()> {
     };
     let chunks = args.chunks.as_deref().map(load_chunks).transpose()?;
     let mut out = Output::create(args.common.run.output.as_deref())?;
-    let mut rejects = args
-        .common
-        .run
-        .rejects
-        .as_deref()
-        .map(AtomicFile::create)
-        .transpose()?;
     let mut dist = Distribution::default();
     let mut no_context = 0u64;
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
@@ -256,7 +249,6 @@ pub fn run(args: Args) -> Result<()> {
     let (pass_at, review_at) = (args.pass_at, args.review_at);
     let (summary, end) = driver.run(
         &mut out,
-        &mut rejects,
         |line: &str| {
             let rec = RawRecord::parse(line)?;
             let has_qa = rec.get("question").is_some() || rec.get("answer").is_some();
@@ -285,9 +277,6 @@ pub fn run(args: Args) -> Result<()> {
         |(overall, verdict)| dist.add(overall, verdict),
         || client.as_ref().is_some_and(Client::budget_exhausted),
     )?;
-    if let Some(r) = rejects {
-        r.commit()?;
-    }
     let budget_hit = matches!(end, End::Budget);
     match end {
         End::BadLine(e) => return Err(e),

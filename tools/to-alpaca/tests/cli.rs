@@ -237,24 +237,3 @@ fn usage_errors_exit_2() {
         assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
     }
 }
-
-#[test]
-fn a_bad_chunks_line_is_named_like_in_every_tool() {
-    // ft-score and ft-to-alpaca share core's chunk loader: same message, flag, file and line.
-    let dir = tempfile::tempdir().unwrap();
-    let chunks = dir.path().join("chunks.jsonl");
-    std::fs::write(
-        &chunks,
-        "{\"id\":\"c1\",\"text\":\"One.\"}\n{\"id\":\"c2\"}\n",
-    )
-    .unwrap();
-    let input = "{\"id\":\"q\",\"chunk_id\":\"c1\",\"question\":\"What?\",\"answer\":\"One.\"}\n";
-    let out = Run::new(BIN)
-        .arg("--chunks")
-        .arg(&chunks)
-        .stdin(input)
-        .run()
-        .expect_code(1);
-    let expected = format!("--chunks {}:2: missing field \"text\"", chunks.display());
-    assert!(out.stderr.contains(&expected), "{}", out.stderr);
-}
