@@ -13,6 +13,7 @@ pub mod id;
 pub mod io;
 pub mod jsonl;
 pub mod progress;
+pub mod rejects;
 pub mod secret;
 
 pub use cli::{CommonArgs, OnError, RunArgs, Usage, run_main};

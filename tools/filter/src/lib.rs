@@ -7,11 +7,11 @@ pub mod dedup;
 pub mod field;
 pub mod predicate;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Parser, ValueEnum};
 use dedup::{ExactSet, Lsh, MinHasher};
 use ftkit_core::cli::warn;
-use ftkit_core::io::{AtomicFile, Output};
+use ftkit_core::io::Output;
 use ftkit_core::{CommonArgs, Engine, ObjectWriter, RawRecord, usage};
 use predicate::Where;
 use std::io::Write;
@@ -373,15 +373,10 @@ fn build(args: &Args) -> Result<Filter> {
 
 pub fn run(args: Args) -> Result<()> {
     let filter = build(&args)?;
-    // The engine's own --rejects would only take unreadable lines; this tool writes both kinds itself,
-    // in input order, into one file.
-    let mut common = args.common.clone();
-    let rejects_path = common.run.rejects.take();
-    let mut engine = Engine::new(&common)?;
-    let mut rejects = rejects_path
-        .as_deref()
-        .map(AtomicFile::create)
-        .transpose()?;
+    // One --rejects file for both kinds, in input order: the engine copies unreadable lines (bad
+    // JSON, invalid UTF-8) into it, this tool adds the records it drops.
+    let mut engine = Engine::new(&args.common)?;
+    let rejects = engine.rejects();
     let mut out = Output::create(args.common.run.output.as_deref())?;
 
     let reasons = filter.reasons();
@@ -432,13 +427,8 @@ pub fn run(args: Args) -> Result<()> {
                         None => None,
                     },
                     Verdict::Drop(reason) => Some(reason),
-                    Verdict::Bad(err) => {
-                        if let Some(file) = &mut rejects {
-                            file.write_all(line.as_bytes())?;
-                            file.write_all(b"\n")?;
-                        }
-                        return Err(err);
-                    }
+                    // The engine's policy copies the line to --rejects.
+                    Verdict::Bad(err) => return Err(err),
                 };
                 match verdict {
                     None => {
@@ -448,7 +438,7 @@ pub fn run(args: Args) -> Result<()> {
                     }
                     Some(reason) => {
                         dropped[filter.reason_index(reason)] += 1;
-                        if let Some(file) = &mut rejects {
+                        if let Some(file) = &rejects {
                             buf.clear();
                             with_reason(line, &filter.reason_name(reason), &mut buf)?;
                             file.write_all(&buf)?;
@@ -461,10 +451,8 @@ pub fn run(args: Args) -> Result<()> {
         kept = kept_count;
     }
     out.finish()?;
+    drop(rejects);
     engine.finish()?;
-    if let Some(file) = rejects {
-        file.commit().context("--rejects")?;
-    }
     if !args.common.run.quiet {
         let total: u64 = dropped.iter().sum();
         let mut line = format!("kept {kept} of {} records", kept + total);
