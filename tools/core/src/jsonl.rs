@@ -91,17 +91,10 @@ impl<'a> RawRecord<'a> {
         match self.get(key) {
             None => Ok(None),
             Some(raw) if raw.get() == "null" => Ok(None),
-            Some(raw) => {
-                let text = raw.get();
-                if !text.starts_with('"') {
-                    bail!("field \"{key}\" is not a string");
-                }
-                // RawValue has already validated the literal: without escapes it is the string itself.
-                if memchr::memchr(b'\\', text.as_bytes()).is_none() {
-                    return Ok(Some(Cow::Borrowed(&text[1..text.len() - 1])));
-                }
-                Ok(Some(Cow::Owned(serde_json::from_str::<String>(text)?)))
-            }
+            Some(raw) => match str_of(raw)? {
+                Some(s) => Ok(Some(s)),
+                None => bail!("field \"{key}\" is not a string"),
+            },
         }
     }
 
@@ -123,8 +116,10 @@ impl<'a> RawRecord<'a> {
             .transpose()
     }
 
-    /// The raw value at a dotted path: a top-level key named exactly `path` wins, else the dots walk
-    /// into objects (`score.overall`). `None` when any step is missing or is not an object.
+    /// The raw value at a dotted path, the one path syntax of every tool: a top-level key named
+    /// exactly `path` wins (`"a.b"` as a key), else the dots walk into objects by key and into arrays
+    /// by 0-based index (`score.overall`, `tags.0`, `q.answers.1.text`). `None` when a step is
+    /// missing, out of range, or not an object or array.
     pub fn lookup(&self, path: &str) -> Result<Option<&'a RawValue>> {
         if let Some(v) = self.get(path) {
             return Ok(Some(v));
@@ -134,15 +129,33 @@ impl<'a> RawRecord<'a> {
             return Ok(None);
         };
         for part in parts {
-            if !value.get().starts_with('{') {
-                return Ok(None);
-            }
-            match member(value, part)? {
+            let next = match value.get().as_bytes().first() {
+                Some(b'{') => member(value, part)?,
+                // Only plain decimal digits index an array (`+1`, `01` name nothing).
+                Some(b'[') => match part.parse::<usize>() {
+                    Ok(i) if i.to_string() == part => element(value, i)?,
+                    _ => None,
+                },
+                _ => None,
+            };
+            match next {
                 Some(v) => value = v,
                 None => return Ok(None),
             }
         }
         Ok(Some(value))
+    }
+
+    /// The field at a dotted path as text: a string's contents, any other value's JSON text; `None`
+    /// when missing or null. What ft-filter compares, ft-split hashes and ft-to-alpaca writes.
+    pub fn text_at(&self, path: &str) -> Result<Option<Cow<'a, str>>> {
+        let Some(raw) = self.lookup(path)? else {
+            return Ok(None);
+        };
+        if raw.get() == "null" {
+            return Ok(None);
+        }
+        Ok(Some(str_of(raw)?.unwrap_or(Cow::Borrowed(raw.get()))))
     }
 
     /// Fields other than `skip`, for pass-through.
@@ -200,6 +213,52 @@ pub fn member<'a>(object: &'a RawValue, key: &str) -> Result<Option<&'a RawValue
     }
     let mut de = serde_json::Deserializer::from_str(object.get());
     Ok(de.deserialize_map(Find(key))?)
+}
+
+/// The contents of a JSON string value (`None` when it is not a string), borrowed when it holds no
+/// escape.
+pub fn str_of(raw: &RawValue) -> Result<Option<Cow<'_, str>>> {
+    let text = raw.get();
+    if !text.starts_with('"') {
+        return Ok(None);
+    }
+    // RawValue has already validated the literal: without escapes it is the string itself.
+    if memchr::memchr(b'\\', text.as_bytes()).is_none() {
+        return Ok(Some(Cow::Borrowed(&text[1..text.len() - 1])));
+    }
+    Ok(Some(Cow::Owned(serde_json::from_str::<String>(text)?)))
+}
+
+/// Item `index` of the JSON array `array`, without allocating; `None` past its end.
+pub fn element(array: &RawValue, index: usize) -> Result<Option<&RawValue>> {
+    struct Nth(usize);
+    impl<'de> Visitor<'de> for Nth {
+        type Value = Option<&'de RawValue>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON array")
+        }
+        fn visit_seq<S: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: S,
+        ) -> Result<Self::Value, S::Error> {
+            // Every item is read (the others ignored): serde_json rejects a half-read array.
+            let (mut found, mut i) = (None, 0);
+            loop {
+                if i == self.0 {
+                    match seq.next_element::<&'de RawValue>()? {
+                        Some(v) => found = Some(v),
+                        None => break,
+                    }
+                } else if seq.next_element::<serde::de::IgnoredAny>()?.is_none() {
+                    break;
+                }
+                i += 1;
+            }
+            Ok(found)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(array.get());
+    Ok(de.deserialize_seq(Nth(index))?)
 }
 
 /// Writes one JSON object into a byte buffer, field by field.
@@ -314,6 +373,46 @@ mod tests {
         assert_eq!(rec.lookup("a.b")?.map(|v| v.get()), Some("1"));
         assert!(rec.lookup("score.missing")?.is_none());
         assert!(rec.lookup("s.deeper")?.is_none());
+        let rec = RawRecord::parse(
+            r#"{"tags":["x",{"k":[10,"y"]}],"tags.0":"exact","m":{"0":"key"},"e":[]}"#,
+        )?;
+        let at = |p: &str| rec.lookup(p).map(|v| v.map(|v| v.get().to_string()));
+        assert_eq!(
+            at("tags.0")?.as_deref(),
+            Some("\"exact\""),
+            "a dotted key wins"
+        );
+        assert_eq!(at("tags.1.k.1")?.as_deref(), Some("\"y\""));
+        assert_eq!(at("tags.1.k.0")?.as_deref(), Some("10"));
+        assert_eq!(
+            at("m.0")?.as_deref(),
+            Some("\"key\""),
+            "digits are keys in objects"
+        );
+        for missing in [
+            "tags.2",
+            "tags.01",
+            "tags.-1",
+            "tags.x",
+            "e.0",
+            "tags.1.k.0.z",
+        ] {
+            assert_eq!(at(missing)?, None, "{missing}");
+        }
+        let text = |p: &str| rec.text_at(p).map(|t| t.map(Cow::into_owned));
+        assert_eq!(text("tags.1.k.1")?.as_deref(), Some("y"), "strings decoded");
+        assert_eq!(
+            text("tags.1.k")?.as_deref(),
+            Some("[10,\"y\"]"),
+            "others as JSON"
+        );
+        assert_eq!(text("tags.1.k.0")?.as_deref(), Some("10"));
+        assert_eq!(text("tags.9")?, None);
+        let rec = RawRecord::parse(r#"{"tags":["x","z"],"n":null,"e":"a\"b"}"#)?;
+        assert_eq!(rec.text_at("n")?, None, "null reads as missing");
+        assert_eq!(rec.text_at("e")?.as_deref(), Some("a\"b"));
+        let rec = RawRecord::parse(r#"{"tags":["x","z"]}"#)?;
+        assert_eq!(rec.lookup("tags.1")?.map(|v| v.get()), Some("\"z\""));
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 //! - [`engine`]: the per-line driver (ordered parallel map, `--on-error`, `--rejects`, progress).
 //! - [`cli`]: `run_main`, exit codes, the options every tool shares.
 //! - [`id`]: stable content ids.
+//! - [`template`]: the `{field}` template syntax every tool shares.
 
 pub mod chunks;
 pub mod cli;
@@ -15,6 +16,7 @@ pub mod jsonl;
 pub mod progress;
 pub mod rejects;
 pub mod secret;
+pub mod template;
 
 pub use cli::{CommonArgs, OnError, RunArgs, Usage, run_main};
 pub use engine::{Engine, Summary};

@@ -1,7 +1,6 @@
-//! Field access by dotted path on raw records, and the few value kinds predicates compare.
+//! The few value kinds predicates compare (fields are found by the core's `RawRecord::lookup`).
 
 use anyhow::Result;
-use ftkit_core::RawRecord;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 
@@ -44,33 +43,5 @@ impl<'a> Val<'a> {
             Val::Str(s) => Cow::Borrowed(s.as_ref()),
             Val::Other(t) => Cow::Borrowed(t),
         }
-    }
-}
-
-/// The text of the field at `path`, `None` when missing or null (numbers and objects as JSON text).
-pub fn text_at<'a>(rec: &RawRecord<'a>, path: &str) -> Result<Option<Cow<'a, str>>> {
-    let Some(raw) = rec.lookup(path)? else {
-        return Ok(None);
-    };
-    Ok(match Val::of(raw)? {
-        Val::Null => None,
-        Val::Str(s) => Some(s),
-        Val::Other(t) => Some(Cow::Borrowed(t)),
-        _ => Some(Cow::Borrowed(raw.get())),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn text_at_decodes_strings_at_dotted_paths() -> Result<()> {
-        let rec =
-            RawRecord::parse(r#"{"score":{"overall":8.5,"x":{"y":"z"}},"a.b":1,"s":"t\"u"}"#)?;
-        assert_eq!(text_at(&rec, "score.x.y")?.as_deref(), Some("z"));
-        assert!(text_at(&rec, "score.missing")?.is_none());
-        assert_eq!(text_at(&rec, "s")?.as_deref(), Some("t\"u"));
-        Ok(())
     }
 }

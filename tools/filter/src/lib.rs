@@ -30,7 +30,7 @@ Keeps the JSONL records that pass every predicate given, and drops duplicates.
 
 Predicates: --min-score (reads score.overall unless --score-field says otherwise), --where 'FIELD OP \
 VALUE' (repeatable, all must hold; OP is ==, !=, <, <=, >, >=, contains or matches; FIELD may be a \
-dotted path such as score.overall; VALUE is JSON when it parses as a JSON scalar, else bare text), \
+dotted path such as score.overall or tags.0, see ftkit(7); VALUE is JSON when it parses as a JSON scalar, else bare text), \
 --min-chars/--max-chars on a text field, --lang on a language field. A missing or null field fails \
 every --where operator except != (and '== null' matches it), fails --min-score and --lang.
 
@@ -232,10 +232,10 @@ impl Filter {
         }
         if self.min_chars.is_some() || self.max_chars.is_some() {
             let text = match &self.chars_field {
-                Some(f) => field::text_at(&rec, f)?,
-                None => match field::text_at(&rec, "text")? {
+                Some(f) => rec.text_at(f)?,
+                None => match rec.text_at("text")? {
                     Some(t) => Some(t),
-                    None => field::text_at(&rec, "answer")?,
+                    None => rec.text_at("answer")?,
                 },
             };
             let n = text.map_or(0, |t| t.chars().count());
@@ -247,7 +247,7 @@ impl Filter {
             }
         }
         if !self.langs.is_empty() {
-            let lang = field::text_at(&rec, &self.lang_field)?;
+            let lang = rec.text_at(&self.lang_field)?;
             if !lang.is_some_and(|l| self.langs.iter().any(|want| want == l.as_ref())) {
                 return Ok(Verdict::Drop(Reason::Lang));
             }
@@ -259,7 +259,7 @@ impl Filter {
         // field (or every record, under a misspelt --dedup-fields) would be a duplicate of the first.
         let mut text = String::new();
         let add = |name: &str, text: &mut String| -> Result<()> {
-            match field::text_at(&rec, name)? {
+            match rec.text_at(name)? {
                 Some(v) => dedup::normalise_into(&v, text),
                 None => bail!("--dedup: field \"{name}\" is missing or null"),
             }

@@ -388,3 +388,27 @@ fn an_invalid_utf8_line_goes_to_the_rejects_file() {
         assert_eq!(std::fs::read(&rejects).unwrap(), expected, "{extra:?}");
     }
 }
+
+/// Issue 10: the core's one path syntax walks arrays by index (`tags.0` used to match nothing).
+#[test]
+fn where_reaches_array_items_by_index() {
+    let input = "{\"id\":\"a\",\"tags\":[\"x\",\"y\"]}\n{\"id\":\"b\",\"tags\":[\"y\",\"x\"]}\n\
+                 {\"id\":\"c\",\"tags\":[]}\n{\"id\":\"d\",\"tags.0\":\"x\",\"tags\":[\"z\"]}\n\
+                 {\"id\":\"e\",\"q\":{\"list\":[{\"n\":3}]}}\n";
+    let out = Run::new(BIN)
+        .args(["--where", "tags.0 == x", "-q"])
+        .stdin(input)
+        .run()
+        .expect_code(0);
+    assert_eq!(
+        ids(&out.stdout),
+        ["a", "d"],
+        "d: a top-level key named \"tags.0\" wins over the path"
+    );
+    let out = Run::new(BIN)
+        .args(["--where", "q.list.0.n >= 3", "-q"])
+        .stdin(input)
+        .run()
+        .expect_code(0);
+    assert_eq!(ids(&out.stdout), ["e"]);
+}

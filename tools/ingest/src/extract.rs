@@ -8,8 +8,9 @@
 //! - `meta`: every field of the record not consumed by the text, raw and in input order (CSV values are
 //!   strings); `{}` for text and HTML documents.
 
-use crate::format::{Kind, looks_binary};
+use crate::format::{BINARY_SNIFF, Kind, looks_binary};
 use crate::html;
+use crate::linecap::LineCap;
 use crate::template::TextSpec;
 use anyhow::{Result, anyhow};
 use ftkit_core::OnError;
@@ -26,6 +27,8 @@ pub struct Opts {
     pub on_error: OnError,
     /// Forces a kind for every source (`--format`); else the extension decides (stdin: text).
     pub kind: Option<Kind>,
+    /// Bytes one source read whole may hold, on disk and decompressed (`--max-file-size`).
+    pub max_file_size: u64,
 }
 
 /// Why a whole file was skipped (a warning, not an error).
@@ -37,15 +40,24 @@ pub enum Skip {
     Unreadable,
     /// A JSON file that does not parse, with `--on-error skip`.
     Malformed,
+    /// A FIFO, socket or device.
+    NotRegular,
+    /// A symbolic link out of the walked folder (without `--follow-links`).
+    OutsideLink,
+    /// Over `--max-file-size`.
+    TooBig,
 }
 
 impl Skip {
-    pub const ALL: [Skip; 5] = [
+    pub const ALL: [Skip; 8] = [
         Skip::Binary,
         Skip::InvalidUtf8,
         Skip::UnknownType,
         Skip::Unreadable,
         Skip::Malformed,
+        Skip::NotRegular,
+        Skip::OutsideLink,
+        Skip::TooBig,
     ];
 
     pub fn label(self) -> &'static str {
@@ -55,6 +67,9 @@ impl Skip {
             Skip::UnknownType => "unknown type",
             Skip::Unreadable => "unreadable",
             Skip::Malformed => "malformed JSON",
+            Skip::NotRegular => "not regular",
+            Skip::OutsideLink => "outside the folder",
+            Skip::TooBig => "too big",
         }
     }
 }
@@ -157,16 +172,15 @@ pub fn process_streaming(source: &str, opts: &Opts, flush: Flush<'_>) -> FileOut
             Err(e) => return unreadable(anyhow::Error::new(e)),
         }
         let mut out = FileOut::default();
-        jsonl(&mut out, shown, input.reader, opts, flush);
+        let capped = LineCap::new(input.reader, opts.max_file_size);
+        jsonl(&mut out, shown, capped, opts, flush);
         return out;
     }
-    let bytes = match ftkit_core::io::read_all(source) {
-        Ok(b) => b,
+    let bytes = match read_whole(source, opts.max_file_size) {
+        Ok(Ok(b)) => b,
+        Ok(Err(skipped)) => return skipped,
         Err(e) => return unreadable(e),
     };
-    if looks_binary(&bytes) {
-        return FileOut::skip(Skip::Binary, "binary: a NUL byte in the first 8 KiB");
-    }
     let mut out = FileOut::default();
     match kind {
         Kind::Csv { delimiter } => csv(&mut out, shown, &bytes, delimiter, opts, flush),
@@ -189,6 +203,45 @@ pub fn process_streaming(source: &str, opts: &Opts, flush: Flush<'_>) -> FileOut
         }
     }
     out
+}
+
+/// Reads a source that is converted whole, after looking at its first bytes: a binary file is
+/// skipped having read 8 KiB, one over `max` bytes (on disk, or once decompressed) having read at
+/// most `max` bytes. A FIFO or device never gets here (the walk skips them).
+fn read_whole(source: &str, max: u64) -> Result<std::result::Result<Vec<u8>, FileOut>> {
+    use std::io::Read;
+    let mut input = ftkit_core::io::open_input(source)?;
+    let mut bytes = Vec::new();
+    (&mut input.reader)
+        .take(BINARY_SNIFF as u64)
+        .read_to_end(&mut bytes)?;
+    if looks_binary(&bytes) {
+        return Ok(Err(FileOut::skip(
+            Skip::Binary,
+            "binary: a NUL byte in the first 8 KiB",
+        )));
+    }
+    let too_big = |size: String| {
+        Ok(Err(FileOut::skip(
+            Skip::TooBig,
+            format!("too big: {size} over --max-file-size ({max} bytes)"),
+        )))
+    };
+    if source != "-" {
+        let on_disk = std::fs::metadata(source)?.len();
+        if on_disk > max {
+            return too_big(format!("{on_disk} bytes"));
+        }
+    }
+    // One byte more than allowed tells a file of exactly `max` bytes from a bigger one.
+    input
+        .reader
+        .take(max.saturating_add(1).saturating_sub(bytes.len() as u64))
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return too_big("the decompressed text".to_string());
+    }
+    Ok(Ok(bytes))
 }
 
 /// Hands the output to `flush` once it is big; false when the source must stop.
@@ -271,30 +324,18 @@ pub fn push_compact(buf: &mut Vec<u8>, json: &[u8]) {
     }
 }
 
-/// A record's fields → a document, or the reason it cannot be one.
-fn record(
-    out: &mut FileOut,
-    source: &str,
-    fields: &[(Cow<'_, str>, Cow<'_, str>)],
-    at: At,
-    opts: &Opts,
-) -> Result<()> {
-    let text = opts.text.render(fields)?;
-    let consumed = opts.text.consumed(fields);
-    let meta: Vec<(&str, &str)> = fields
+/// A record → a document, or the reason it cannot be one.
+fn record(out: &mut FileOut, source: &str, rec: &RawRecord<'_>, at: At, opts: &Opts) -> Result<()> {
+    let text = opts.text.render(rec)?;
+    let consumed = opts.text.consumed(rec);
+    let meta: Vec<(&str, &str)> = rec
+        .fields
         .iter()
         .filter(|(k, _)| !consumed.contains(&k.as_ref()))
-        .map(|(k, v)| (k.as_ref(), v.as_ref()))
+        .map(|(k, v)| (k.as_ref(), v.get()))
         .collect();
     emit(out, source, &text, Some(at), &meta);
     Ok(())
-}
-
-fn raw_fields<'a>(rec: &RawRecord<'a>) -> Vec<(Cow<'a, str>, Cow<'a, str>)> {
-    rec.fields
-        .iter()
-        .map(|(k, v)| (k.clone(), Cow::Borrowed(v.get())))
-        .collect()
 }
 
 /// JSONL lines read per parallel batch, and per task within a batch.
@@ -305,7 +346,7 @@ const JSONL_TASK_BYTES: usize = 256 << 10;
 fn jsonl_line(out: &mut FileOut, source: &str, line: &[u8], at: At, opts: &Opts) -> bool {
     let outcome = std::str::from_utf8(line)
         .map_err(|e| anyhow!("invalid UTF-8 at byte {}", e.valid_up_to()))
-        .and_then(|s| record(out, source, &raw_fields(&RawRecord::parse(s)?), at, opts));
+        .and_then(|s| record(out, source, &RawRecord::parse(s)?, at, opts));
     match outcome {
         Ok(()) => false,
         Err(e) => out.reject(opts, at.line, line, e),
@@ -329,15 +370,17 @@ fn jsonl(out: &mut FileOut, source: &str, input: impl BufRead, opts: &Opts, flus
     while !out.full(opts) && maybe_flush(out, flush) {
         data.clear();
         spans.clear();
+        // A read error ends the source after the lines read before it are converted.
+        let mut failed = None;
         loop {
             let start = data.len();
             match reader.append_line(&mut data) {
                 Ok(Some(line_no)) => spans.push((start, data.len(), line_no)),
                 Ok(None) => break,
                 Err(e) => {
-                    let e = anyhow::Error::new(e).context(format!("{source}: cannot read"));
-                    out.fatal = Some((out.bytes.len(), e));
-                    return;
+                    data.truncate(start);
+                    failed = Some(anyhow::Error::new(e).context(format!("{source}: cannot read")));
+                    break;
                 }
             }
             if data.len() >= batch_bytes {
@@ -345,6 +388,9 @@ fn jsonl(out: &mut FileOut, source: &str, input: impl BufRead, opts: &Opts, flus
             }
         }
         if spans.is_empty() {
+            if let Some(e) = failed {
+                out.fatal = Some((out.bytes.len(), e));
+            }
             break;
         }
         if index == 0 && data.starts_with(b"\xef\xbb\xbf") {
@@ -398,6 +444,10 @@ fn jsonl(out: &mut FileOut, source: &str, input: impl BufRead, opts: &Opts, flus
             }
         }
         index += spans.len() as u64;
+        if let Some(e) = failed {
+            out.fatal = Some((out.bytes.len(), e));
+            return;
+        }
     }
 }
 
@@ -432,7 +482,7 @@ fn json(out: &mut FileOut, source: &str, text: &str, opts: &Opts) {
         };
         let outcome = RawRecord::parse(item.get())
             .map_err(|_| anyhow!("record {index} is not a JSON object"))
-            .and_then(|rec| record(out, source, &raw_fields(&rec), at, opts));
+            .and_then(|rec| record(out, source, &rec, at, opts));
         if let Err(e) = outcome
             && out.reject(opts, line, item.get().as_bytes(), e)
         {
@@ -502,12 +552,23 @@ fn csv(
     }
     let mut row = ::csv::ByteRecord::new();
     let mut index = 0;
+    // Line numbers by counting newlines up to each row's first byte, each byte counted once: the
+    // csv crate's own line count is one short after a CRLF line end.
+    let (mut seen, mut line) = (0usize, 1u64);
     while !out.full(opts) && maybe_flush(out, flush) {
-        let start = reader.position().clone();
+        let start = reader.position().byte();
         let more = reader.read_byte_record(&mut row);
-        let line = row.position().map_or(start.line(), |p| p.line());
-        let begin = row.position().map_or(start.byte(), |p| p.byte()) as usize;
         let end = (reader.position().byte() as usize).min(bytes.len());
+        let begin = (row.position().map_or(start, |p| p.byte()) as usize).min(end);
+        // A row's position may sit on the line end before it (the `\n` of a `\r\n`).
+        let begin = begin
+            + bytes[begin..end]
+                .iter()
+                .take_while(|b| matches!(b, b'\r' | b'\n'))
+                .count();
+        let begin = begin.clamp(seen, end.max(seen));
+        line += memchr::memchr_iter(b'\n', &bytes[seen..begin]).count() as u64;
+        seen = begin;
         let raw = trim_eol(&bytes[begin.min(end)..end]);
         let fields = match more {
             Ok(false) => break,
@@ -516,7 +577,15 @@ fn csv(
         };
         let at = At { line, index };
         index += 1;
-        if let Err(e) = fields.and_then(|f| record(out, source, &f, at, opts))
+        let outcome = fields.and_then(|values| {
+            let fields = names
+                .iter()
+                .zip(&values)
+                .map(|(k, v)| Ok((Cow::Borrowed(k.as_str()), serde_json::from_str(v)?)))
+                .collect::<Result<_>>()?;
+            record(out, source, &RawRecord { fields }, at, opts)
+        });
+        if let Err(e) = outcome
             && out.reject(opts, line, raw, e)
         {
             return;
@@ -524,10 +593,8 @@ fn csv(
     }
 }
 
-fn csv_fields(
-    names: &[String],
-    row: &::csv::ByteRecord,
-) -> Result<Vec<(Cow<'static, str>, Cow<'static, str>)>> {
+/// A row's values as JSON string literals, in header order.
+fn csv_fields(names: &[String], row: &::csv::ByteRecord) -> Result<Vec<String>> {
     if row.len() != names.len() {
         return Err(anyhow!(
             "row has {} fields, the header {}",
@@ -545,10 +612,7 @@ fn csv_fields(
         })?;
         let mut json = Vec::with_capacity(value.len() + 2);
         write_json_str(&mut json, value);
-        fields.push((
-            Cow::Owned(name.clone()),
-            Cow::Owned(String::from_utf8(json)?),
-        ));
+        fields.push(String::from_utf8(json)?);
     }
     Ok(fields)
 }
@@ -581,6 +645,7 @@ mod tests {
             max_records: None,
             on_error,
             kind: None,
+            max_file_size: u64::MAX,
         }
     }
 

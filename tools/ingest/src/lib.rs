@@ -7,6 +7,8 @@
 pub mod extract;
 pub mod format;
 pub mod html;
+pub mod linecap;
+pub mod size;
 pub mod template;
 pub mod walk;
 
@@ -41,9 +43,12 @@ other field is kept, raw and in order, under \"meta\" (CSV values as strings), a
 file's records) are added. \"id\" is the stable hash of the text alone (sha256 of the text and
 a 0x1F byte, first 16 bytes in hex), so equal texts share an id.
 
-Binary files (a NUL byte in the first 8 KiB), files of unknown type and text that is not UTF-8
-are skipped with a warning. Empty texts are skipped and counted. A bad record (malformed JSON
-line, missing text field) stops the run with path:line (exit 1) unless --on-error skip.";
+Binary files (a NUL byte in the first 8 KiB, looked at before the rest is read), files of
+unknown type, text that is not UTF-8, files over --max-file-size (default 256M; for JSONL, a
+line over it stops the run), FIFOs, sockets and devices are skipped with a warning. A walk
+stays inside the folder given: a symbolic link whose target is outside it is skipped with a
+warning unless --follow-links. Empty texts are skipped and counted. A bad record (malformed
+JSON line, missing text field) stops the run with path:line (exit 1) unless --on-error skip.";
 
 const AFTER_LONG_HELP: &str = "\
 Examples:
@@ -112,6 +117,17 @@ pub struct Args {
     #[arg(long)]
     pub hidden: bool,
 
+    /// Follow symbolic links that lead out of the folder given (by default they are skipped with a
+    /// warning; links that stay inside it are always followed).
+    #[arg(long)]
+    pub follow_links: bool,
+
+    /// Skip (with a warning) any source read whole (text, HTML, JSON, CSV) bigger than this, on disk
+    /// or decompressed; suffixes K, M, G, T (powers of 1024). JSONL streams: the cap is per line, and a
+    /// longer line stops the run.
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = size::parse)]
+    pub max_file_size: u64,
+
     /// Read every source as this format instead of going by its extension.
     #[arg(long, value_enum, default_value_t = FormatArg::Auto, value_name = "FORMAT")]
     pub format: FormatArg,
@@ -125,7 +141,8 @@ pub struct Args {
     )]
     pub text_field: String,
 
-    /// Build a record's text from fields: `{question}\n{answer}` (`\n`, `\t` escapes; `{{` `}}` braces).
+    /// Build a record's text from fields: `{question}\n{answer}` (`\n`, `\t`, `\\` escapes; `{{` `}}`
+    /// braces; the same syntax as ft-to-alpaca --template).
     #[arg(long, value_name = "TEMPLATE")]
     pub template: Option<String>,
 
@@ -169,6 +186,7 @@ pub fn run(args: Args) -> Result<()> {
             include,
             exclude,
             hidden: args.hidden,
+            follow_links: args.follow_links,
         },
         (Err(msg), _) | (_, Err(msg)) => usage!("{msg}"),
     };
@@ -184,6 +202,7 @@ pub fn run(args: Args) -> Result<()> {
         max_records: args.max_records,
         on_error: args.run.on_error,
         kind: args.format.kind(),
+        max_file_size: args.max_file_size,
     };
 
     let found = walk::collect(&args.paths, &filter)?;
@@ -208,7 +227,7 @@ pub fn run(args: Args) -> Result<()> {
             let records = extract::kind_of(source, &opts).is_some_and(Kind::has_records);
             records && (source == "-" || *size > STREAM_BYTES)
         }
-        Found::Unwalkable { .. } => false,
+        Found::Skipped { .. } => false,
     };
     let mut start = 0;
     while start < found.len() {
@@ -240,17 +259,24 @@ pub fn run(args: Args) -> Result<()> {
                 .par_iter()
                 .map(|f| match f {
                     Found::File { source, .. } => Some(extract::process(source, &opts)),
-                    Found::Unwalkable { .. } => None,
+                    Found::Skipped { .. } => None,
                 })
                 .collect()
         });
         for (found, result) in batch.iter().zip(results) {
             progress.inc(1);
             match (found, result) {
-                (Found::Unwalkable { source, reason }, _) => {
-                    *w.stats.skipped.entry(Skip::Unreadable).or_default() += 1;
+                (
+                    Found::Skipped {
+                        source,
+                        reason,
+                        message,
+                    },
+                    _,
+                ) => {
+                    *w.stats.skipped.entry(*reason).or_default() += 1;
                     if !args.run.quiet {
-                        warn(format!("{source}: skipped ({reason})"));
+                        warn(format!("{source}: skipped ({message})"));
                     }
                 }
                 (Found::File { source, .. }, Some(file)) => w.finish_file(shown(source), file)?,

@@ -4,12 +4,20 @@
 //! with a `/` match its path relative to the folder given (`guides/**/*.md`, where `*` stays within
 //! one folder level). Excludes also prune folders (`--exclude drafts`). Include patterns apply to
 //! files found by walking, not to files named on the command line. Hidden entries (names starting
-//! with `.`) are skipped in walks unless `--hidden`. Symbolic links are followed; a link that loops
-//! back to one of its own parent folders is reported and skipped.
+//! with `.`) are skipped in walks unless `--hidden`.
+//!
+//! A walk does not leave the folder given: a symbolic link is followed only when its target
+//! (resolved) lies inside that folder; a link out of it (`x -> /etc/hostname`, `x -> ../outside`) is
+//! reported and skipped unless `--follow-links`. A link that loops back to one of its own parent
+//! folders is reported and skipped. Only regular files are read: a FIFO, socket or device (found in
+//! a walk or named on the command line) is reported and skipped, so nothing blocks on a pipe with no
+//! writer or reads `/dev/zero` forever; `-` is the way to read a pipe.
 
+use crate::extract::Skip;
 use anyhow::{Context, Result};
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
-use std::path::Path;
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
 
 /// A pattern list split by what it matches: file names, or paths relative to the walked folder.
 #[derive(Debug)]
@@ -57,17 +65,26 @@ pub struct Filter {
     pub include: Patterns,
     pub exclude: Patterns,
     pub hidden: bool,
+    /// Follow symbolic links out of the folder given (`--follow-links`).
+    pub follow_links: bool,
 }
 
-/// One file to read, or one entry that could not be walked.
+/// One file to read, or one entry that is not read.
 #[derive(Debug)]
 pub enum Found {
     /// `source` is the path as shown in records: the path given, or the walked folder joined with the
     /// file's relative path. `size` is the size on disk (0 for stdin).
     File { source: String, size: u64 },
-    /// A walk error (a symbolic-link loop, a folder that cannot be read), already worded.
-    Unwalkable { source: String, reason: String },
+    /// An entry skipped with a warning: a walk error (a symbolic-link loop, a folder that cannot be
+    /// read), a link out of the folder, a file that is not a regular file. `message` is worded.
+    Skipped {
+        source: String,
+        reason: Skip,
+        message: String,
+    },
 }
+
+const NOT_REGULAR: &str = "not a regular file; pipe it into - to read it";
 
 /// Lists the sources under `paths`, in order. A path that does not exist is an error.
 pub fn collect(paths: &[String], filter: &Filter) -> Result<Vec<Found>> {
@@ -81,6 +98,14 @@ pub fn collect(paths: &[String], filter: &Filter) -> Result<Vec<Found>> {
             continue;
         }
         let meta = std::fs::metadata(path).with_context(|| format!("{path}: cannot read"))?;
+        if !meta.is_dir() && !meta.is_file() {
+            found.push(Found::Skipped {
+                source: path.clone(),
+                reason: Skip::NotRegular,
+                message: NOT_REGULAR.into(),
+            });
+            continue;
+        }
         if !meta.is_dir() {
             found.push(Found::File {
                 source: path.clone(),
@@ -93,6 +118,13 @@ pub fn collect(paths: &[String], filter: &Filter) -> Result<Vec<Found>> {
     Ok(found)
 }
 
+/// Where the symbolic link `path` leads when that is outside `root` (already resolved); `None` when
+/// it stays inside, or is broken (the walk reports that itself).
+fn outside(root: &Path, path: &Path) -> Option<PathBuf> {
+    let target = std::fs::canonicalize(path).ok()?;
+    (!target.starts_with(root)).then_some(target)
+}
+
 fn walk(root: &Path, filter: &Filter, found: &mut Vec<Found>) {
     let rel_of = |p: &Path| -> String {
         let rel = p.strip_prefix(root).unwrap_or(p);
@@ -101,6 +133,10 @@ fn walk(root: &Path, filter: &Filter, found: &mut Vec<Found>) {
             .collect::<Vec<_>>()
             .join("/")
     };
+    // Links are judged against the folder's real path (the folder given may itself be a link).
+    let real_root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    // Links out of the folder are pruned inside the walk, and reported in walk order with the rest.
+    let found = RefCell::new(found);
     let entries = walkdir::WalkDir::new(root)
         .follow_links(true)
         .sort_by_file_name()
@@ -113,25 +149,56 @@ fn walk(root: &Path, filter: &Filter, found: &mut Vec<Found>) {
             if !filter.hidden && name.starts_with('.') {
                 return false;
             }
-            !filter.exclude.is_match(&name, &rel_of(e.path()))
+            if filter.exclude.is_match(&name, &rel_of(e.path())) {
+                return false;
+            }
+            if e.path_is_symlink()
+                && !filter.follow_links
+                && let Some(target) = outside(&real_root, e.path())
+            {
+                // A file link the include patterns leave out is not worth a warning.
+                let wanted = filter.include.empty
+                    || target.is_dir()
+                    || filter.include.is_match(&name, &rel_of(e.path()));
+                if !wanted {
+                    return false;
+                }
+                found.borrow_mut().push(Found::Skipped {
+                    source: e.path().to_string_lossy().into_owned(),
+                    reason: Skip::OutsideLink,
+                    message: format!(
+                        "symbolic link to {} is outside {}; --follow-links follows it",
+                        target.display(),
+                        root.display()
+                    ),
+                });
+                return false;
+            }
+            true
         });
     for entry in entries {
-        match entry {
-            Ok(e) if e.file_type().is_dir() => {}
+        let item = match entry {
+            Ok(e) if e.file_type().is_dir() => continue,
             Ok(e) => {
                 let name = e.file_name().to_string_lossy();
                 if !filter.include.empty && !filter.include.is_match(&name, &rel_of(e.path())) {
                     continue;
                 }
-                let size = e.metadata().map(|m| m.len()).unwrap_or(0);
-                found.push(Found::File {
-                    source: e.path().to_string_lossy().into_owned(),
-                    size,
-                });
+                let source = e.path().to_string_lossy().into_owned();
+                if !e.file_type().is_file() {
+                    Found::Skipped {
+                        source,
+                        reason: Skip::NotRegular,
+                        message: NOT_REGULAR.into(),
+                    }
+                } else {
+                    let size = e.metadata().map(|m| m.len()).unwrap_or(0);
+                    Found::File { source, size }
+                }
             }
             Err(err) => {
                 let source = err.path().unwrap_or(root).to_string_lossy().into_owned();
-                let reason = if err.loop_ancestor().is_some() {
+                let message = if err.loop_ancestor().is_some() {
                     "symbolic link loop".to_string()
                 } else {
                     match err.io_error() {
@@ -139,9 +206,14 @@ fn walk(root: &Path, filter: &Filter, found: &mut Vec<Found>) {
                         None => err.to_string(),
                     }
                 };
-                found.push(Found::Unwalkable { source, reason });
+                Found::Skipped {
+                    source,
+                    reason: Skip::Unreadable,
+                    message,
+                }
             }
-        }
+        };
+        found.borrow_mut().push(item);
     }
 }
 
@@ -155,7 +227,9 @@ mod tests {
             .iter()
             .map(|f| match f {
                 Found::File { source, .. } => source.clone(),
-                Found::Unwalkable { source, reason } => format!("!{source}: {reason}"),
+                Found::Skipped {
+                    source, message, ..
+                } => format!("!{source}: {message}"),
             })
             .collect()
     }
@@ -166,6 +240,7 @@ mod tests {
             include: Patterns::new(&s(include), "--glob").unwrap_or_else(|e| panic!("{e}")),
             exclude: Patterns::new(&s(exclude), "--exclude").unwrap_or_else(|e| panic!("{e}")),
             hidden,
+            follow_links: false,
         }
     }
 

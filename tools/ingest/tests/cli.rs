@@ -653,3 +653,341 @@ fn bundled_docs_are_ingested() {
         out.stderr
     );
 }
+
+/// The one template rule, shared with ft-to-alpaca (the same template and expected text are in its
+/// `templates_read_escapes_like_ingest`): `\n`, `\t`, `\\`, `{{` `}}` are read in the template.
+#[test]
+fn templates_read_escapes_like_to_alpaca() {
+    let out = ingest()
+        .args([
+            "-",
+            "--format",
+            "jsonl",
+            "--template",
+            r"Q: {q}\nTopic:\t{{{t}}} \\n \x",
+        ])
+        .stdin("{\"q\":\"Why?\",\"t\":\"lora\",\"a\":\"Because.\"}\n")
+        .run()
+        .expect_code(0);
+    assert_eq!(texts(&out), ["Q: Why?\nTopic:\t{lora} \\n \\x"]);
+}
+
+/// Issue 10, item 12: CSV/TSV with CRLF line ends give the same `source_line` as with LF (the first
+/// line of the row), a quoted field holding a line break included; `--rejects` gets the row alone.
+#[test]
+fn crlf_csv_rows_report_their_own_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    // Lines: 1 header, 2 a, 3 b, 4-5 the quoted c, 6 blank, 7 a bad row, 8 d.
+    let rows = [
+        "text,n", "a,1", "b,2", "\"c", "more\",3", "", "bad", "d,4", "",
+    ];
+    let expected = [(2, "a"), (3, "b"), (4, "c\nmore"), (8, "d")];
+    for (name, eol) in [("lf.csv", "\n"), ("crlf.csv", "\r\n"), ("crlf.tsv", "\r\n")] {
+        let mut body = rows.join(eol);
+        if name.ends_with(".tsv") {
+            body = body.replace(',', "\t");
+        }
+        let path = dir.path().join(name);
+        write(&path, &body);
+        let rejects = dir.path().join(format!("{name}.rejects"));
+        let out = ingest()
+            .arg(&path)
+            .args(["--on-error", "skip", "--rejects"])
+            .arg(&rejects)
+            .run()
+            .expect_code(0);
+        let got: Vec<(u64, String)> = out
+            .records()
+            .iter()
+            .map(|r| {
+                let text = r["text"].as_str().unwrap().replace("\r\n", "\n");
+                (r["source_line"].as_u64().unwrap(), text)
+            })
+            .collect();
+        let want: Vec<(u64, String)> = expected.iter().map(|(l, t)| (*l, t.to_string())).collect();
+        assert_eq!(got, want, "{name}");
+        let shown = path.display();
+        assert!(
+            out.stderr
+                .contains(&format!("{shown}:7: row has 1 fields, the header 2")),
+            "{name}: {}",
+            out.stderr
+        );
+        assert_eq!(
+            std::fs::read_to_string(&rejects).unwrap(),
+            "bad\n",
+            "{name}"
+        );
+    }
+}
+
+/// Runs ft-ingest with a deadline: a run that blocks (on a FIFO with no writer) fails the test
+/// instead of hanging it. Output goes to files so that nothing blocks on a full pipe.
+fn run_within(args: &[&std::ffi::OsStr], secs: u64) -> Outcome {
+    let dir = tempfile::tempdir().unwrap();
+    let (out_path, err_path) = (dir.path().join("out"), dir.path().join("err"));
+    let mut child = std::process::Command::new(BIN)
+        .args(args)
+        .current_dir(workspace_root())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "ft-ingest {args:?} still running after {secs} s; stderr:\n{}",
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    Outcome {
+        code: status.code().unwrap_or(-1),
+        stdout: std::fs::read(&out_path).unwrap(),
+        stderr: std::fs::read_to_string(&err_path).unwrap(),
+    }
+}
+
+fn os(s: &str) -> &std::ffi::OsStr {
+    std::ffi::OsStr::new(s)
+}
+
+/// Issue 10, item 7: a walk does not leave the folder given through symbolic links (relative and
+/// absolute, to a file or a folder) unless --follow-links; links that stay inside are followed.
+#[cfg(unix)]
+#[test]
+fn links_out_of_the_folder_are_skipped_unless_follow_links() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let (root, outside) = (dir.path().join("root"), dir.path().join("outside"));
+    write(&root.join("doc.md"), "inside");
+    write(&root.join("sub/x.md"), "below");
+    write(&outside.join("secret.md"), "secret");
+    symlink("../outside/secret.md", root.join("rel.md")).unwrap();
+    symlink(outside.join("secret.md"), root.join("abs.md")).unwrap();
+    symlink("../outside", root.join("outdir")).unwrap();
+    symlink("sub/x.md", root.join("in.md")).unwrap();
+    let r = root.display().to_string();
+    let real_outside = outside.canonicalize().unwrap();
+
+    let out = ingest().arg(&root).run().expect_code(0);
+    let sources: Vec<String> = out
+        .records()
+        .iter()
+        .map(|rec| rec["source"].as_str().unwrap()[r.len() + 1..].to_string())
+        .collect();
+    assert_eq!(sources, ["doc.md", "in.md", "sub/x.md"], "{}", out.stderr);
+    assert!(!texts(&out).contains(&"secret".to_string()));
+    for (link, target) in [
+        ("abs.md", real_outside.join("secret.md")),
+        ("outdir", real_outside.clone()),
+        ("rel.md", real_outside.join("secret.md")),
+    ] {
+        let line = format!(
+            "ft-ingest: {r}/{link}: skipped (symbolic link to {} is outside {r}; \
+             --follow-links follows it)",
+            target.display()
+        );
+        assert!(
+            out.stderr.lines().any(|l| l == line),
+            "{line}\n{}",
+            out.stderr
+        );
+    }
+    assert!(
+        out.stderr
+            .ends_with("3 files read, 3 skipped (3 outside the folder), 3 documents written\n"),
+        "{}",
+        out.stderr
+    );
+
+    let out = ingest()
+        .arg(&root)
+        .arg("--follow-links")
+        .run()
+        .expect_code(0);
+    assert_eq!(
+        texts(&out),
+        ["secret", "inside", "below", "secret", "secret", "below"],
+        "abs.md, doc.md, in.md, outdir/secret.md, rel.md, sub/x.md"
+    );
+    assert!(!out.stderr.contains("skipped"), "{}", out.stderr);
+
+    // A link that --glob leaves out is not reported; a folder link still is (it could hold matches).
+    symlink(outside.join("secret.md"), root.join("other.txt")).unwrap();
+    let out = ingest()
+        .arg(&root)
+        .args(["--glob", "*.txt", "-q"])
+        .run()
+        .expect_code(0);
+    assert!(out.stdout.is_empty());
+    let out = ingest()
+        .arg(&root)
+        .args(["--glob", "*.txt"])
+        .run()
+        .expect_code(0);
+    assert!(
+        out.stderr
+            .ends_with(", 2 skipped (2 outside the folder), 0 documents written\n")
+            && out.stderr.contains("/other.txt: skipped")
+            && out.stderr.contains("/outdir: skipped"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// Issue 10, item 8: FIFOs and devices are not opened (a FIFO with no writer used to block
+/// forever, a link to /dev/zero to read until out of memory), in a walk or named directly.
+#[cfg(unix)]
+#[test]
+fn fifos_and_devices_are_skipped_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    write(&root.join("doc.md"), "text");
+    let fifo = root.join("pipe.txt");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    std::os::unix::fs::symlink("/dev/zero", root.join("zero.txt")).unwrap();
+    let r = root.display().to_string();
+    let skipped = |name: &str| {
+        format!("ft-ingest: {r}/{name}: skipped (not a regular file; pipe it into - to read it)")
+    };
+
+    let out = run_within(&[root.as_os_str(), os("--follow-links")], 60).expect_code(0);
+    assert_eq!(texts(&out), ["text"]);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            skipped("pipe.txt").as_str(),
+            &skipped("zero.txt"),
+            "ft-ingest: 1 file read, 2 skipped (2 not regular), 1 document written"
+        ]
+    );
+
+    let out = run_within(&[fifo.as_os_str(), root.join("zero.txt").as_os_str()], 60);
+    let out = out.expect_code(0);
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        out.stderr.lines().collect::<Vec<_>>(),
+        [
+            skipped("pipe.txt").as_str(),
+            &skipped("zero.txt"),
+            "ft-ingest: 0 files read, 2 skipped (2 not regular), 0 documents written"
+        ]
+    );
+}
+
+/// Issue 10, item 8: --max-file-size skips a bigger source (on disk, or once decompressed) with a
+/// message; a source of exactly the limit is read; a JSONL file is capped per line, not as a whole.
+#[test]
+fn files_over_max_file_size_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "0123456789abcdef".repeat(256); // 4 KiB
+    write(&dir.path().join("big.md"), &text);
+    write(&dir.path().join("exact.md"), &text[..1024]);
+    write(&dir.path().join("packed.md.zst"), zstd(text.as_bytes()));
+    // 64 short lines, 1.8 KB in all: the cap is per line for JSONL.
+    let jsonl = "{\"text\":\"0123456789abcdef\"}\n".repeat(64);
+    write(&dir.path().join("rows.jsonl"), &jsonl);
+    let out = ingest()
+        .arg(dir.path())
+        .args(["--max-file-size", "1K"])
+        .run()
+        .expect_code(0);
+    let mut want = vec![&text[..1024]];
+    want.extend(["0123456789abcdef"; 64]);
+    assert_eq!(texts(&out), want);
+    let d = dir.path().display();
+    assert_eq!(
+        out.stderr.lines().collect::<Vec<_>>(),
+        [
+            format!(
+                "ft-ingest: {d}/big.md: skipped (too big: 4096 bytes over --max-file-size (1024 bytes))"
+            ),
+            format!(
+                "ft-ingest: {d}/packed.md.zst: skipped (too big: the decompressed text over \
+                 --max-file-size (1024 bytes))"
+            ),
+            "ft-ingest: 2 files read, 2 skipped (2 too big), 65 documents written".to_string(),
+        ]
+    );
+    // The default (256M) reads them all.
+    let out = ingest().arg(dir.path()).run().expect_code(0);
+    assert_eq!(out.records().len(), 67);
+    for bad in ["1X", "1.5M", "K", ""] {
+        let out = ingest()
+            .arg(dir.path())
+            .args(["--max-file-size", bad])
+            .run();
+        assert_eq!(out.code, 2, "{bad:?}: {}", out.stderr);
+    }
+}
+
+/// Issue 10, item 8: a big file of zeros is called binary from its first bytes, not read whole. The
+/// run gets 1 GiB of address space for a 4 GiB sparse file: reading it whole cannot fit.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_sparse_zero_file_is_binary_without_reading_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("zeros.txt");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(4 << 30)
+        .unwrap();
+    let out = Run::new("sh")
+        .args(["-c", "ulimit -v 1048576 && exec \"$0\" \"$@\"", BIN])
+        .arg(&path)
+        .args(["--threads", "1", "--max-file-size", "8G"])
+        .run()
+        .expect_code(0);
+    assert_eq!(
+        out.stderr.lines().collect::<Vec<_>>(),
+        [
+            format!(
+                "ft-ingest: {}: skipped (binary: a NUL byte in the first 8 KiB)",
+                path.display()
+            ),
+            "ft-ingest: 0 files read, 1 skipped (1 binary), 0 documents written".to_string(),
+        ]
+    );
+}
+
+/// Issue 10, item 8: JSONL streams, so --max-file-size caps each line: a longer one stops the run
+/// (it is not read whole into memory), lines within the cap are read.
+#[test]
+fn a_jsonl_line_over_max_file_size_stops_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = "x".repeat(4096);
+    let path = dir.path().join("rows.jsonl");
+    write(
+        &path,
+        format!("{{\"text\":\"short\"}}\n{{\"text\":\"{long}\"}}\n{{\"text\":\"after\"}}\n"),
+    );
+    let out = ingest()
+        .arg(&path)
+        .args(["--max-file-size", "1K"])
+        .run()
+        .expect_code(1);
+    assert_eq!(texts(&out), ["short"]);
+    assert_eq!(
+        out.stderr,
+        format!(
+            "ft-ingest: {}: cannot read: line 2 is longer than --max-file-size (1024 bytes)\n",
+            path.display()
+        )
+    );
+    let out = ingest().arg(&path).run().expect_code(0);
+    assert_eq!(texts(&out), ["short", &long, "after"]);
+}

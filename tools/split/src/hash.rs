@@ -1,22 +1,6 @@
 //! The stable hashes behind ft-split, built on `ftkit_core::id::stable_id`.
 
-use anyhow::Result;
-use ftkit_core::RawRecord;
 use ftkit_core::id::stable_id;
-
-/// The text that is hashed for the field at `path`: a string's contents, any other value's JSON text;
-/// `None` when missing or null.
-pub fn value_text(rec: &RawRecord<'_>, path: &str) -> Result<Option<String>> {
-    let Some(raw) = rec.lookup(path)? else {
-        return Ok(None);
-    };
-    let text = raw.get();
-    Ok(match text.as_bytes().first() {
-        Some(b'n') => None,
-        Some(b'"') => Some(serde_json::from_str::<String>(text)?),
-        _ => Some(text.to_string()),
-    })
-}
 
 fn first_u64(id: &str) -> u64 {
     // stable_id is 32 lowercase hex digits; the first 16 are 8 bytes of SHA-256.
@@ -46,16 +30,5 @@ mod tests {
         assert_eq!(unit("42", "q1"), want);
         assert!((0.0..1.0).contains(&unit("42", "q1")));
         assert_ne!(unit("42", "q1"), unit("43", "q1"));
-    }
-
-    #[test]
-    fn values_hash_as_text() -> Result<()> {
-        let rec = RawRecord::parse(r#"{"id":"a\"b","n":12,"m":{"d":"x"},"z":null}"#)?;
-        assert_eq!(value_text(&rec, "id")?.as_deref(), Some("a\"b"));
-        assert_eq!(value_text(&rec, "n")?.as_deref(), Some("12"));
-        assert_eq!(value_text(&rec, "m.d")?.as_deref(), Some("x"));
-        assert_eq!(value_text(&rec, "z")?, None);
-        assert_eq!(value_text(&rec, "nope")?, None);
-        Ok(())
     }
 }

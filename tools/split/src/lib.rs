@@ -13,6 +13,7 @@ use clap::Parser;
 use ftkit_core::cli::warn;
 use ftkit_core::io::{Output, write_atomic};
 use ftkit_core::{CommonArgs, Engine, ObjectWriter, RawRecord, usage};
+use std::borrow::Cow;
 use std::collections::{BinaryHeap, HashSet};
 use std::io::Write;
 use std::path::PathBuf;
@@ -158,10 +159,10 @@ struct Splitter {
 impl Splitter {
     fn item(&self, line: &str) -> Result<Item> {
         let rec = RawRecord::parse(line)?;
-        let key = hash::value_text(&rec, &self.key)?;
+        let key = rec.text_at(&self.key)?.map(Cow::into_owned);
         let (split_value, group) = match &self.group_by {
-            Some(field) => match hash::value_text(&rec, field)? {
-                Some(g) => (g, true),
+            Some(field) => match rec.text_at(field)? {
+                Some(g) => (g.into_owned(), true),
                 None => bail!("missing field \"{field}\""),
             },
             None => match &key {

@@ -316,3 +316,31 @@ proptest! {
         prop_assert!(a.len() <= total);
     }
 }
+
+/// Issue 10: `--key tags.0` reaches into arrays (it used to say the field was missing).
+#[test]
+fn key_reaches_array_items_by_index() {
+    let by_path = Run::new(BIN)
+        .args(["--key", "tags.0", "-q"])
+        .stdin(
+            "{\"id\":\"a\",\"tags\":[\"g1\",\"x\"]}\n{\"id\":\"b\",\"tags\":[\"g2\"]}\n\
+             {\"id\":\"c\",\"tags\":[\"g1\",\"y\"]}\n",
+        )
+        .run()
+        .expect_code(0);
+    // The same keys given as plain top-level fields: the splits must be the same.
+    let by_field = Run::new(BIN)
+        .args(["--key", "k", "-q"])
+        .stdin(
+            "{\"id\":\"a\",\"k\":\"g1\"}\n{\"id\":\"b\",\"k\":\"g2\"}\n{\"id\":\"c\",\"k\":\"g1\"}\n",
+        )
+        .run()
+        .expect_code(0);
+    assert_eq!(splits(&by_path.stdout), splits(&by_field.stdout));
+    let out = Run::new(BIN)
+        .args(["--key", "tags.5"])
+        .stdin("{\"id\":\"a\",\"tags\":[\"g1\"]}\n")
+        .run()
+        .expect_code(1);
+    assert!(out.stderr.contains("<stdin>:1"), "{}", out.stderr);
+}

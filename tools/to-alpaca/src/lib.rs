@@ -1,16 +1,17 @@
 //! ft-to-alpaca: QA records (or any records, with a field mapping) into training formats.
 
-pub mod template;
+pub mod field;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
+use field::{render, require_text, text_at};
 use ftkit_core::chunks::load_chunks;
 use ftkit_core::io::Output;
+use ftkit_core::template::Template;
 use ftkit_core::{CommonArgs, Engine, ObjectWriter, RawRecord, usage};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use template::{Template, require_text, text_at};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -41,8 +42,10 @@ const LONG_ABOUT: &str = "\
 Turns QA records (question, answer, optional context or docs) or any records, through a field mapping, \
 into one training format per line.
 
-Fields: the instruction is --instruction-field (default question) or --template with {field} \
-placeholders (dotted paths; {{ and }} for literal braces); the input is --input-field (default context; \
+Fields are dotted paths (a.b.0: objects by key, arrays by index; a top-level key holding the dots \
+wins). The instruction is --instruction-field (default question) or --template with {field} \
+placeholders (\\n, \\t and \\\\ are a newline, a tab and a backslash; {{ and }} literal braces, as in \
+ft-ingest --template); the input is --input-field (default context; \
 empty when absent; --input-field '' for none) or --input-template; the output is --output-field (default answer). A field may be \
 a string or a list of strings (joined by blank lines). A missing instruction or output is an error \
 naming the line (or a reject under --on-error skip).
@@ -95,11 +98,12 @@ pub struct Args {
     #[arg(long, value_name = "FIELD", default_value = "answer")]
     pub output_field: String,
 
-    /// Build the instruction from this template instead of --instruction-field ({field} placeholders).
+    /// Build the instruction from this template instead of --instruction-field: `{field}` placeholders,
+    /// `\n` `\t` `\\` escapes, `{{` `}}` braces.
     #[arg(long, value_name = "TEXT")]
     pub template: Option<String>,
 
-    /// Build the input from this template instead of --input-field.
+    /// Build the input from this template instead of --input-field (same syntax as --template).
     #[arg(long, value_name = "TEXT")]
     pub input_template: Option<String>,
 
@@ -189,11 +193,11 @@ impl Converter {
     fn convert(&self, line: &str, out: &mut Vec<u8>) -> Result<()> {
         let rec = RawRecord::parse(line)?;
         let instruction = match &self.template {
-            Some(t) => Cow::Owned(t.render(&rec)?),
+            Some(t) => Cow::Owned(render(t, &rec)?),
             None => require_text(&rec, &self.instruction_field)?,
         };
         let input = match &self.input_template {
-            Some(t) => Cow::Owned(t.render(&rec)?),
+            Some(t) => Cow::Owned(render(t, &rec)?),
             None => text_at(&rec, &self.input_field)?.unwrap_or(Cow::Borrowed("")),
         };
         let output = require_text(&rec, &self.output_field)?;
@@ -332,12 +336,14 @@ pub fn run(args: Args) -> Result<()> {
             args.format
         );
     }
-    let parse_template = |t: &Option<String>| -> Result<Option<Template>> {
-        t.as_deref().map(Template::parse).transpose()
+    let parse_template = |flag: &str, t: &Option<String>| -> Result<Option<Template>> {
+        t.as_deref()
+            .map(|t| Template::parse(t).with_context(|| flag.to_string()))
+            .transpose()
     };
     let (template, input_template) = match (
-        parse_template(&args.template),
-        parse_template(&args.input_template),
+        parse_template("--template", &args.template),
+        parse_template("--input-template", &args.input_template),
     ) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => usage!("{e:#}"),

@@ -237,3 +237,45 @@ fn usage_errors_exit_2() {
         assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
     }
 }
+
+/// Issue 10: fields and template placeholders take the core's dotted paths, array indexes included.
+#[test]
+fn fields_and_templates_reach_array_items() {
+    let input = "{\"q\":{\"alts\":[\"First?\",\"Second?\"]},\"answers\":[{\"text\":\"A1\"}],\"ctx\":[\"c0\",\"c1\"]}\n";
+    let out = Run::new(BIN)
+        .args([
+            "--instruction-field",
+            "q.alts.1",
+            "--output-field",
+            "answers.0.text",
+            "--input-template",
+            "{ctx.1}",
+            "--strip-meta",
+        ])
+        .stdin(input)
+        .run()
+        .expect_code(0);
+    assert_eq!(
+        out.stdout_str(),
+        "{\"instruction\":\"Second?\",\"input\":\"c1\",\"output\":\"A1\"}\n"
+    );
+}
+
+/// The one template rule, shared with ft-ingest: `\n`, `\t`, `\\` and `{{` `}}` are read in the
+/// template as typed on a command line (ft-to-alpaca used to keep `\n` as two characters).
+#[test]
+fn templates_read_escapes_like_ingest() {
+    let out = Run::new(BIN)
+        .args([
+            "--template",
+            r"Q: {q}\nTopic:\t{{{t}}} \\n \x",
+            "--output-field",
+            "a",
+            "--strip-meta",
+        ])
+        .stdin("{\"q\":\"Why?\",\"t\":\"lora\",\"a\":\"Because.\"}\n")
+        .run()
+        .expect_code(0);
+    let rec: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rec["instruction"], "Q: Why?\nTopic:\t{lora} \\n \\x");
+}
