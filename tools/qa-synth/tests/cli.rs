@@ -44,6 +44,20 @@ fn openai_args<'a>(server: &'a TestServer, cache: &'a str) -> Vec<&'a str> {
     ]
 }
 
+/// A server that answers every request with `fault`.
+fn always_failing(fault: Fault) -> TestServer {
+    TestServer::start(ServerConfig {
+        latency: Duration::ZERO,
+        faults: vec![FaultRule {
+            modulo: 1,
+            remainder: 0,
+            first_hits: u32::MAX,
+            fault,
+        }],
+    })
+    .unwrap()
+}
+
 /// A summary counter from stderr: the number before `label`.
 fn stat(stderr: &str, label: &str) -> u64 {
     let line = stderr
@@ -486,16 +500,7 @@ fn api_key_never_leaks() {
     let cache_s = cache.to_str().unwrap().to_string();
     // A server that echoes the Authorization header in its 500 errors, then in its 401s.
     for (fault, code) in [(Fault::EchoAuthorization, 0), (Fault::Unauthorized, 1)] {
-        let server = TestServer::start(ServerConfig {
-            latency: Duration::ZERO,
-            faults: vec![FaultRule {
-                modulo: 1,
-                remainder: 0,
-                first_hits: u32::MAX,
-                fault,
-            }],
-        })
-        .unwrap();
+        let server = always_failing(fault);
         let out = Run::new(BIN)
             .args(openai_args(&server, &cache_s))
             .args([
@@ -612,16 +617,7 @@ fn duplicate_questions_within_a_chunk_are_dropped() {
 
 #[test]
 fn unparseable_output_is_rejected_with_the_raw_text() {
-    let server = TestServer::start(ServerConfig {
-        latency: Duration::ZERO,
-        faults: vec![FaultRule {
-            modulo: 1,
-            remainder: 0,
-            first_hits: u32::MAX,
-            fault: Fault::ProseContent,
-        }],
-    })
-    .unwrap();
+    let server = always_failing(Fault::ProseContent);
     let dir = tempfile::tempdir().unwrap();
     let rejects = dir.path().join("rejects.jsonl");
     let out = Run::new(BIN)
@@ -715,18 +711,7 @@ fn url_user_info_and_query_secrets_never_leak() {
     let rejects = dir.path().join("rejects.jsonl");
     let servers: Vec<TestServer> = [Fault::ServerError, Fault::Unauthorized]
         .into_iter()
-        .map(|fault| {
-            TestServer::start(ServerConfig {
-                latency: Duration::ZERO,
-                faults: vec![FaultRule {
-                    modulo: 1,
-                    remainder: 0,
-                    first_hits: u32::MAX,
-                    fault,
-                }],
-            })
-            .unwrap()
-        })
+        .map(always_failing)
         .collect();
     // Two failing servers (500 then 401, whose message names the endpoint) and a closed port (the
     // client's own connection error).
