@@ -81,6 +81,18 @@ impl OpenAi {
             .fold(redact_urls(text), |text, secret| secret.scrub(&text))
     }
 
+    /// A failed send or read: retryable, scrubbed (ureq's message may hold the URL).
+    fn transport_error(&self, e: ureq::Error, what: &str) -> CallError {
+        let reason = match e {
+            ureq::Error::Timeout(_) => format!("timed out after {:?}", self.cfg.timeout),
+            e => self.scrub(&format!("{what}: {e}")),
+        };
+        CallError::Retryable {
+            reason,
+            retry_after: None,
+        }
+    }
+
     fn request_json(&self, req: &Request) -> Value {
         let p = &self.cfg.params;
         let mut body = json!({
@@ -198,43 +210,17 @@ impl Backend for OpenAi {
         if let Some(key) = &self.cfg.key {
             call = call.header("authorization", format!("Bearer {}", key.expose()));
         }
-        let mut resp = match call.send(body) {
-            Ok(r) => r,
-            Err(ureq::Error::Timeout(_)) => {
-                return Err(CallError::Retryable {
-                    reason: format!("timed out after {:?}", self.cfg.timeout),
-                    retry_after: None,
-                });
-            }
-            Err(e) => {
-                return Err(CallError::Retryable {
-                    reason: self.scrub(&format!("request to {} failed: {e}", self.shown_url)),
-                    retry_after: None,
-                });
-            }
-        };
+        let mut resp = call.send(body).map_err(|e| {
+            self.transport_error(e, &format!("request to {} failed", self.shown_url))
+        })?;
         let status = resp.status().as_u16();
         let wait = retry_after(&resp);
-        let text = match resp
+        let text = resp
             .body_mut()
             .with_config()
             .limit(64 << 20)
             .read_to_string()
-        {
-            Ok(t) => t,
-            Err(ureq::Error::Timeout(_)) => {
-                return Err(CallError::Retryable {
-                    reason: format!("timed out after {:?}", self.cfg.timeout),
-                    retry_after: None,
-                });
-            }
-            Err(e) => {
-                return Err(CallError::Retryable {
-                    reason: self.scrub(&format!("reading the response failed: {e}")),
-                    retry_after: None,
-                });
-            }
-        };
+            .map_err(|e| self.transport_error(e, "reading the response failed"))?;
         match status {
             200..=299 => parse_envelope(&text)
                 .map_err(|reason| CallError::Retryable { reason: self.scrub(&reason), retry_after: None }),
