@@ -6,9 +6,10 @@
 //! lines before it; `skip` reports it on stderr, copies it verbatim to `--rejects`, and goes on.
 
 use crate::cli::{CommonArgs, OnError, warn};
-use crate::io::{AtomicFile, Input, ZSTD_MAGIC, open_input};
+use crate::io::{Input, ZSTD_MAGIC, open_input};
 use crate::jsonl::{LineReader, Loc};
 use crate::progress::Progress;
+use crate::rejects::Rejects;
 use anyhow::{Context, Result, anyhow};
 use rayon::prelude::*;
 use std::io::Write;
@@ -44,16 +45,15 @@ pub struct Engine {
 /// The `--on-error` policy, the rejects file and the counts.
 struct Policy {
     on_error: OnError,
-    rejects: Option<AtomicFile>,
+    rejects: Option<Rejects>,
     summary: Summary,
 }
 
 impl Policy {
     fn reject(&mut self, loc: Loc, line: &[u8], err: anyhow::Error) -> Result<()> {
         self.summary.rejected += 1;
-        if let Some(file) = &mut self.rejects {
-            file.write_all(line)?;
-            file.write_all(b"\n")?;
+        if let Some(file) = &self.rejects {
+            file.write_line(line)?;
         }
         match self.on_error {
             OnError::Fail => Err(err.context(loc.to_string())),
@@ -233,7 +233,7 @@ impl Engine {
             .run
             .rejects
             .as_deref()
-            .map(AtomicFile::create)
+            .map(Rejects::create)
             .transpose()?;
         Ok(Self {
             inputs: args.inputs(),
@@ -250,6 +250,12 @@ impl Engine {
     /// The rayon pool sized by `--threads`, for tools that parallelise work of their own.
     pub fn pool(&self) -> &rayon::ThreadPool {
         &self.pool
+    }
+
+    /// The `--rejects` file, for a tool that rejects records of its own into it (drop the handle
+    /// before [`Engine::finish`]).
+    pub fn rejects(&self) -> Option<Rejects> {
+        self.policy.rejects.clone()
     }
 
     /// Applies the error policy to one bad line.

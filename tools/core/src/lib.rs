@@ -7,12 +7,15 @@
 //! - [`id`]: stable content ids.
 //! - [`template`]: the `{field}` template syntax every tool shares.
 
+pub mod chunks;
 pub mod cli;
 pub mod engine;
 pub mod id;
 pub mod io;
 pub mod jsonl;
 pub mod progress;
+pub mod rejects;
+pub mod secret;
 pub mod template;
 
 pub use cli::{CommonArgs, OnError, RunArgs, Usage, run_main};

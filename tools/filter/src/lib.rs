@@ -7,11 +7,11 @@ pub mod dedup;
 pub mod field;
 pub mod predicate;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Parser, ValueEnum};
 use dedup::{ExactSet, Lsh, MinHasher};
 use ftkit_core::cli::warn;
-use ftkit_core::io::{AtomicFile, Output};
+use ftkit_core::io::Output;
 use ftkit_core::{CommonArgs, Engine, ObjectWriter, RawRecord, usage};
 use predicate::Where;
 use std::io::Write;
@@ -36,10 +36,11 @@ every --where operator except != (and '== null' matches it), fails --min-score a
 
 Dedup runs after the predicates, on the records that passed them, and keeps the first record in input \
 order. Its text is the --dedup-fields (default: question and answer when the record has either, else \
-text), lowercased with whitespace collapsed. 'exact' drops records whose text was seen before; \
-'minhash' drops records whose MinHash signature (word shingles, --num-perm permutations) shares an \
-LSH band with a kept record, with bands and rows chosen for --threshold as datasketch's MinHashLSH \
-chooses them (printed on stderr). Memory grows with the kept records only: 16 bytes each for exact, \
+text), lowercased with whitespace collapsed. A record that lacks one of these fields (or has it null) is \
+an error naming the field, like a malformed line: never a duplicate by an empty key. 'exact' drops \
+records whose text was seen before; 'minhash' drops records whose MinHash signature (word shingles, \
+--num-perm permutations) shares an LSH band with a kept record, with bands and rows chosen for \
+--threshold as datasketch's MinHashLSH chooses them (printed on stderr). Memory grows with the kept records only: 16 bytes each for exact, \
 8 bytes per band for minhash.
 
 Kept records are written unchanged. --rejects FILE receives, in input order, every dropped record with \
@@ -254,23 +255,27 @@ impl Filter {
         let Some(mode) = self.dedup else {
             return Ok(Verdict::Keep(DedupKey::None));
         };
+        // A missing field is an error, never an empty key: with an empty key every record lacking the
+        // field (or every record, under a misspelt --dedup-fields) would be a duplicate of the first.
         let mut text = String::new();
-        let add = |value: Option<std::borrow::Cow<'_, str>>, text: &mut String| {
-            if let Some(v) = value {
-                dedup::normalise_into(&v, text);
+        let add = |name: &str, text: &mut String| -> Result<()> {
+            match rec.text_at(name)? {
+                Some(v) => dedup::normalise_into(&v, text),
+                None => bail!("--dedup: field \"{name}\" is missing or null"),
             }
             text.push('\u{1f}');
+            Ok(())
         };
         if self.dedup_fields.is_empty() {
             if rec.get("question").is_some() || rec.get("answer").is_some() {
-                add(rec.text_at("question")?, &mut text);
-                add(rec.text_at("answer")?, &mut text);
+                add("question", &mut text)?;
+                add("answer", &mut text)?;
             } else {
-                add(rec.text_at("text")?, &mut text);
+                add("text", &mut text)?;
             }
         } else {
             for f in &self.dedup_fields {
-                add(rec.text_at(f)?, &mut text);
+                add(f, &mut text)?;
             }
         }
         Ok(Verdict::Keep(match (mode, &self.minhash) {
@@ -368,15 +373,10 @@ fn build(args: &Args) -> Result<Filter> {
 
 pub fn run(args: Args) -> Result<()> {
     let filter = build(&args)?;
-    // The engine's own --rejects would only take unreadable lines; this tool writes both kinds itself,
-    // in input order, into one file.
-    let mut common = args.common.clone();
-    let rejects_path = common.run.rejects.take();
-    let mut engine = Engine::new(&common)?;
-    let mut rejects = rejects_path
-        .as_deref()
-        .map(AtomicFile::create)
-        .transpose()?;
+    // One --rejects file for both kinds, in input order: the engine copies unreadable lines (bad
+    // JSON, invalid UTF-8) into it, this tool adds the records it drops.
+    let mut engine = Engine::new(&args.common)?;
+    let rejects = engine.rejects();
     let mut out = Output::create(args.common.run.output.as_deref())?;
 
     let reasons = filter.reasons();
@@ -427,13 +427,8 @@ pub fn run(args: Args) -> Result<()> {
                         None => None,
                     },
                     Verdict::Drop(reason) => Some(reason),
-                    Verdict::Bad(err) => {
-                        if let Some(file) = &mut rejects {
-                            file.write_all(line.as_bytes())?;
-                            file.write_all(b"\n")?;
-                        }
-                        return Err(err);
-                    }
+                    // The engine's policy copies the line to --rejects.
+                    Verdict::Bad(err) => return Err(err),
                 };
                 match verdict {
                     None => {
@@ -443,7 +438,7 @@ pub fn run(args: Args) -> Result<()> {
                     }
                     Some(reason) => {
                         dropped[filter.reason_index(reason)] += 1;
-                        if let Some(file) = &mut rejects {
+                        if let Some(file) = &rejects {
                             buf.clear();
                             with_reason(line, &filter.reason_name(reason), &mut buf)?;
                             file.write_all(&buf)?;
@@ -456,10 +451,8 @@ pub fn run(args: Args) -> Result<()> {
         kept = kept_count;
     }
     out.finish()?;
+    drop(rejects);
     engine.finish()?;
-    if let Some(file) = rejects {
-        file.commit().context("--rejects")?;
-    }
     if !args.common.run.quiet {
         let total: u64 = dropped.iter().sum();
         let mut line = format!("kept {kept} of {} records", kept + total);

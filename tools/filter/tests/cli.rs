@@ -311,6 +311,84 @@ fn dedup_output_and_rejects_do_not_depend_on_threads() {
     }
 }
 
+#[test]
+fn records_without_the_dedup_fields_are_errors_not_duplicates() {
+    // Three distinct records that lack the dedup fields: before, each got the empty key and all but the
+    // first were dropped as duplicates of it.
+    let input = "{\"id\":\"a\",\"body\":\"one\"}\n{\"id\":\"b\",\"body\":\"two\"}\n{\"id\":\"c\",\"body\":\"three\"}\n";
+    for args in [
+        &["--dedup", "exact"][..],
+        &["--dedup", "minhash"],
+        &["--dedup", "exact", "--dedup-fields", "bodyy"],
+    ] {
+        let out = Run::new(BIN).args(args).stdin(input).run();
+        assert_eq!(out.code, 1, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("<stdin>:1: --dedup: field \"")
+                && out.stderr.contains("is missing or null"),
+            "{args:?}: {}",
+            out.stderr
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let rejects = dir.path().join("r.jsonl");
+        let out = Run::new(BIN)
+            .args(args)
+            .args(["--on-error", "skip", "--rejects"])
+            .arg(&rejects)
+            .stdin(input)
+            .run()
+            .expect_code(0);
+        assert!(out.stdout.is_empty(), "{args:?}: no record has the key");
+        assert_eq!(
+            std::fs::read_to_string(&rejects).unwrap(),
+            input,
+            "{args:?}: every record is rejected verbatim, none as a duplicate"
+        );
+    }
+    // The right field name dedups nothing here: the three bodies differ.
+    let out = Run::new(BIN)
+        .args(["--dedup", "exact", "--dedup-fields", "body"])
+        .stdin(input)
+        .run();
+    assert_eq!(ids(&out.expect_code(0).stdout), ["a", "b", "c"]);
+}
+
+#[test]
+fn an_invalid_utf8_line_goes_to_the_rejects_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let rejects = dir.path().join("r.jsonl");
+    let bad: &[u8] = b"{\"id\":\"x\",\"score\":{\"overall\":9},\"t\":\"\xff\"}";
+    let mut bytes =
+        b"{\"id\":\"a\",\"score\":{\"overall\":9}}\n{\"id\":\"b\",\"score\":{\"overall\":3}}\n"
+            .to_vec();
+    bytes.extend_from_slice(bad);
+    bytes.extend_from_slice(b"\n{\"id\":\"c\",\"score\":{\"overall\":8}}\n");
+    std::fs::write(&input, &bytes).unwrap();
+    // With and without dedup (the two ways ft-filter reads its input).
+    for extra in [&[][..], &["--dedup", "exact", "--dedup-fields", "id"]] {
+        let out = Run::new(BIN)
+            .args(["--min-score", "5", "--on-error", "skip", "--rejects"])
+            .arg(&rejects)
+            .args(extra)
+            .arg(&input)
+            .run()
+            .expect_code(0);
+        assert!(
+            out.stderr.contains("in.jsonl:3: invalid UTF-8"),
+            "{}",
+            out.stderr
+        );
+        assert_eq!(ids(&out.stdout), ["a", "c"]);
+        // Before: stderr said the line was skipped, and the rejects file held only the dropped record.
+        let mut expected =
+            b"{\"id\":\"b\",\"score\":{\"overall\":3},\"reject_reason\":\"min_score\"}\n".to_vec();
+        expected.extend_from_slice(bad);
+        expected.push(b'\n');
+        assert_eq!(std::fs::read(&rejects).unwrap(), expected, "{extra:?}");
+    }
+}
+
 /// Issue 10: the core's one path syntax walks arrays by index (`tags.0` used to match nothing).
 #[test]
 fn where_reaches_array_items_by_index() {

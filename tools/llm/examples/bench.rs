@@ -138,13 +138,11 @@ fn main() -> Result<()> {
             tool: "bench",
         };
         let mut sink = std::io::sink();
-        let mut rejects = None;
         let cpu0 = cpu_seconds();
         let t0 = Instant::now();
         let mut ok = 0u64;
         let (summary, _) = driver.run(
             &mut sink,
-            &mut rejects,
             |line: &str| {
                 let v: serde_json::Value = serde_json::from_str(line)?;
                 Ok(v["text"].as_str().unwrap_or_default().to_string())

@@ -8,6 +8,7 @@ use crate::limits::{Limits, TokenBucket};
 use crate::openai::{OpenAi, OpenAiConfig, Secret};
 use anyhow::Result;
 use clap::Args;
+use ftkit_core::secret::redact_url;
 use ftkit_core::usage;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -56,15 +57,15 @@ pub struct LlmArgs {
     #[arg(long, value_name = "N", default_value_t = 16, help_heading = "Limits")]
     pub concurrency: usize,
 
-    /// Most requests per minute.
+    /// Most requests per minute (at least 1).
     #[arg(long, value_name = "N", help_heading = "Limits")]
     pub rpm: Option<f64>,
 
-    /// Most tokens (prompt + reply) per minute.
+    /// Most tokens (prompt + reply) per minute (at least 1).
     #[arg(long, value_name = "N", help_heading = "Limits")]
     pub tpm: Option<f64>,
 
-    /// Seconds before a request is abandoned (and retried).
+    /// Seconds before a request is abandoned (and retried); at most 604800 (a week).
     #[arg(
         long,
         value_name = "SECS",
@@ -120,6 +121,23 @@ pub struct LlmArgs {
     pub budget_usd: Option<f64>,
 }
 
+/// The longest `--timeout`, in seconds (a week).
+const MAX_TIMEOUT_SECS: f64 = 604_800.0;
+
+/// Refuses a base URL that is not `http(s)://HOST...` (shown redacted: it may hold a password).
+fn check_base_url(url: &str) -> Result<()> {
+    let shown = redact_url(url);
+    let parsed = url.parse::<ureq::http::Uri>();
+    let ok = parsed.as_ref().is_ok_and(|uri| {
+        matches!(uri.scheme_str(), Some("http" | "https"))
+            && uri.host().is_some_and(|h| !h.is_empty())
+    });
+    if !ok {
+        usage!("the base URL must look like http(s)://HOST[:PORT]/PATH, got {shown:?}");
+    }
+    Ok(())
+}
+
 fn env_nonempty(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
@@ -139,13 +157,32 @@ impl LlmArgs {
         if self.concurrency == 0 {
             usage!("--concurrency must be at least 1");
         }
-        if !(self.timeout.is_finite() && self.timeout > 0.0) {
-            usage!("--timeout must be a positive number of seconds");
+        // A week: Duration::from_secs_f64 panics past u64 seconds, and ureq adds it to Instant::now.
+        if !(self.timeout.is_finite() && self.timeout > 0.0 && self.timeout <= MAX_TIMEOUT_SECS) {
+            usage!("--timeout must be a number of seconds above 0 and at most {MAX_TIMEOUT_SECS}");
         }
+        // Under one a minute a bucket's wait for one request overflows a Duration (and means nothing).
         for (name, v) in [("--rpm", self.rpm), ("--tpm", self.tpm)] {
-            if v.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
-                usage!("{name} must be positive");
+            if v.is_some_and(|v| !(v.is_finite() && v >= 1.0)) {
+                usage!("{name} must be at least 1");
             }
+        }
+        for (name, v) in [
+            ("--price-in", self.price_in),
+            ("--price-out", self.price_out),
+        ] {
+            if v.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
+                usage!("{name} must be a price of 0 or more (USD per million tokens)");
+            }
+        }
+        if self.budget_usd.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
+            usage!("--budget-usd must be above 0");
+        }
+        if self.max_tokens_total == Some(0) {
+            usage!("--max-tokens-total must be at least 1");
+        }
+        if let Some(url) = &self.base_url {
+            check_base_url(url)?;
         }
         if self.budget_usd.is_some() && self.price_in.is_none() {
             usage!("--budget-usd needs --price-in (and --price-out) to count the cost");
@@ -161,6 +198,7 @@ impl LlmArgs {
             .or_else(|| env_nonempty("OPENAI_BASE_URL"))
             .or_else(|| env_nonempty("BASE_URL"))
             .unwrap_or_else(|| "https://api.openai.com/v1".to_string());
+        check_base_url(&base_url)?;
         let Some(model) = self.model.clone().or_else(|| env_nonempty("MODEL")) else {
             usage!("the openai backend needs --model (or $MODEL)");
         };

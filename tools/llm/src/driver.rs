@@ -72,12 +72,11 @@ struct Job<J> {
 impl Driver<'_> {
     /// Runs the pool. `prepare` parses a line into a job (its error goes through --on-error);
     /// `work` runs on a worker thread; `done` sees each finished item's meta in input order;
-    /// `stop` is polled before each new item (budget).
-    #[allow(clippy::too_many_arguments)]
+    /// `stop` is polled before each new item (budget). The `--rejects` file of `common` is created
+    /// here and committed when the run succeeds.
     pub fn run<J, M, P, W, D, S>(
         &self,
         out: &mut dyn Write,
-        rejects: &mut Option<AtomicFile>,
         mut prepare: P,
         work: W,
         mut done: D,
@@ -91,6 +90,14 @@ impl Driver<'_> {
         D: FnMut(M),
         S: Fn() -> bool,
     {
+        let mut rejects_file = self
+            .common
+            .run
+            .rejects
+            .as_deref()
+            .map(AtomicFile::create)
+            .transpose()?;
+        let rejects = &mut rejects_file;
         let workers = self.workers.max(1);
         let window = (workers * 2 + 8) as u64;
         let halt = AtomicBool::new(false);
@@ -259,6 +266,9 @@ impl Driver<'_> {
         });
         progress.finish();
         result?;
+        if let Some(file) = rejects_file {
+            file.commit()?;
+        }
         Ok((summary, end))
     }
 }

@@ -3,9 +3,13 @@
 //!
 //! What it does, exactly (model id `extractive-v1`):
 //!
-//! 1. **Sentences.** The text is split at line breaks and after `.` `!` `?` followed by whitespace (or the
-//!    end), and after `。` `！` `？`. Whitespace is collapsed. A sentence is kept when it has 4 to 80 words
-//!    (text without spaces, such as Chinese: 8 to 200 characters) and does not end with a question mark.
+//! 1. **Sentences.** The text is split at blank lines and list items and after `.` `!` `?` followed by
+//!    whitespace and a word that is not lowercase (or the end), and after `。` `！` `？`; hard-wrapped
+//!    lines are joined (a short unpunctuated line is a title unless the next line goes on in
+//!    lowercase). Whitespace is collapsed. A sentence is kept when it is whole (starts with a capital,
+//!    digit or CJK character, ends with `.` `!` `。` `！`: no fragment of a chunk cut mid-sentence, no
+//!    title, no line ending in `:`) and has 4 to 80 words (text without spaces, such as Chinese: 8 to
+//!    200 characters).
 //! 2. **Candidates**, one per kept sentence, the first rule that applies:
 //!    - *definition*: `SUBJECT is|are|was|were|means|refers to REST`, with a subject of 1 to 6 words that
 //!      starts with a capital letter, is not a pronoun (`it`, `this`, `they`, ...), holds no comma, colon,
@@ -115,7 +119,8 @@ pub fn sentences(text: &str) -> Vec<String> {
         cur.clear();
     };
     let mut in_code = false;
-    for line in text.lines() {
+    let lines: Vec<&str> = text.lines().collect();
+    for (n, line) in lines.iter().enumerate() {
         let trimmed = line.trim();
         if trimmed.starts_with("```") {
             in_code = !in_code;
@@ -142,15 +147,29 @@ pub fn sentences(text: &str) -> Vec<String> {
             cur.push(c);
             let end = match c {
                 '。' | '！' | '？' => true,
-                '.' | '!' | '?' => chars.get(i + 1).is_none_or(|n| n.is_whitespace()),
+                // Not before a lowercase word: "e.g. the", "approx. three" go on.
+                '.' | '!' | '?' => {
+                    chars.get(i + 1).is_none_or(|n| n.is_whitespace())
+                        && !chars[i + 1..]
+                            .iter()
+                            .find(|c| !c.is_whitespace())
+                            .is_some_and(|c| c.is_lowercase())
+                }
                 _ => false,
             };
             if end {
                 push(&mut cur, &mut out);
             }
         }
-        // A short unpunctuated line of its own is a title, not the start of a wrapped sentence.
+        // A short unpunctuated line of its own is a title, not the start of a wrapped sentence, unless
+        // the next line goes on in lowercase ("This License gives no" / "permission to ..."): taking
+        // that line for a title cut the sentence and turned its meaning around.
+        let continued = lines
+            .get(n + 1)
+            .and_then(|next| next.trim().chars().next())
+            .is_some_and(char::is_lowercase);
         let title = starts_sentence
+            && !continued
             && body.split_whitespace().count() <= 5
             && !body.ends_with(|c: char| ".!?。！？:;,".contains(c));
         if title {
@@ -163,10 +182,18 @@ pub fn sentences(text: &str) -> Vec<String> {
     out
 }
 
-/// The text of a list item (`- item`, `* item`, `+ item`, `1. item`, `1) item`), without its marker.
+/// The text of a list item (`- item`, `* item`, `+ item`, `1. item`, `1) item`, `a) item`,
+/// `(a) item`, `(1) item`), without its marker.
 fn list_item_body(line: &str) -> Option<&str> {
     if let Some(rest) = line.strip_prefix(['-', '*', '+']) {
         return rest.strip_prefix(' ').map(str::trim_start);
+    }
+    let unbracketed = line.strip_prefix('(').unwrap_or(line);
+    let mut chars = unbracketed.chars();
+    if let (Some(c), Some(')'), Some(' ')) = (chars.next(), chars.next(), chars.next())
+        && c.is_ascii_alphanumeric()
+    {
+        return Some(unbracketed[3..].trim_start());
     }
     let digits = line.bytes().take_while(u8::is_ascii_digit).count();
     match line.as_bytes().get(digits..digits + 2) {
@@ -185,8 +212,24 @@ fn spaceless(s: &str) -> bool {
     cjk * 2 > s.chars().filter(|c| !c.is_whitespace()).count()
 }
 
+/// True when `s` is a whole sentence: it starts like one (a capital, a digit, CJK, or an opening
+/// quote or bracket before one) and ends with `.` `!` `。` `！` (closing quotes and brackets allowed
+/// after). A chunk that starts or ends mid-sentence, a title, a line ending in `:` are not.
+fn whole_sentence(s: &str) -> bool {
+    let start = s
+        .trim_start_matches(['"', '\'', '“', '‘', '(', '[', '「', '『'])
+        .chars()
+        .next();
+    let starts = start.is_some_and(|c| c.is_uppercase() || c.is_ascii_digit() || is_cjk(c));
+    let end = s
+        .trim_end_matches(['"', '\'', '”', '’', ')', ']', '」', '』'])
+        .chars()
+        .next_back();
+    starts && end.is_some_and(|c| matches!(c, '.' | '!' | '。' | '！'))
+}
+
 fn keep(s: &str) -> bool {
-    if s.ends_with('?') || s.ends_with('？') {
+    if !whole_sentence(s) {
         return false;
     }
     if spaceless(s) {

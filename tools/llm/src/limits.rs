@@ -38,7 +38,8 @@ impl TokenBucket {
         if tokens >= 0.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64(-tokens / self.rate)
+            // Saturates instead of panicking on a rate too small for the cost.
+            Duration::try_from_secs_f64(-tokens / self.rate).unwrap_or(Duration::MAX)
         }
     }
 

@@ -1,36 +1,16 @@
 //! The `openai` backend: any OpenAI-compatible chat-completions endpoint (OpenAI, DashScope compatible
 //! mode, vLLM, Ollama's `/v1`, llama.cpp server), over ureq with a pool of kept-alive connections.
 //!
-//! The API key is held in a [`Secret`] that never prints, and every message that could echo server
-//! text is scrubbed of it.
+//! The API key is held in a [`Secret`] that never prints; messages show the URL redacted (no user info,
+//! no credential query values), and every message that could echo server or client text is scrubbed of
+//! the key and of the URL's secrets.
 
 use crate::backend::{Backend, CallError, Params, Reply, Request, ResponseFormat, Usage};
 use serde_json::{Value, json};
 use std::time::Duration;
 
-/// A value that must never be shown (API keys).
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: String) -> Self {
-        Self(value)
-    }
-    /// Replaces every occurrence of the secret in `text` with `***`.
-    pub fn scrub(&self, text: &str) -> String {
-        if self.0.len() >= 4 {
-            text.replace(&self.0, "***")
-        } else {
-            text.to_string()
-        }
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+pub use ftkit_core::secret::Secret;
+use ftkit_core::secret::{redact_url, redact_urls, url_secrets};
 
 /// Settings of the `openai` backend.
 #[derive(Clone, Debug)]
@@ -51,6 +31,10 @@ pub struct OpenAiConfig {
 pub struct OpenAi {
     agent: ureq::Agent,
     url: String,
+    /// `url` as messages show it.
+    shown_url: String,
+    /// The key and the URL's secrets, scrubbed from every message.
+    secrets: Vec<Secret>,
     cfg: OpenAiConfig,
 }
 
@@ -64,23 +48,48 @@ impl OpenAi {
             .user_agent(concat!("ftkit-llm/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
-        let base = cfg.base_url.trim_end_matches('/');
-        let url = if base.ends_with("/chat/completions") {
-            base.to_string()
-        } else {
-            format!("{base}/chat/completions")
+        // The path goes before a query (`...?api-version=...`, as Azure-style endpoints take).
+        let (base, query) = match cfg.base_url.split_once('?') {
+            Some((b, q)) => (b, format!("?{q}")),
+            None => (cfg.base_url.as_str(), String::new()),
         };
-        Self { agent, url, cfg }
+        let base = base.trim_end_matches('/');
+        let url = if base.ends_with("/chat/completions") {
+            format!("{base}{query}")
+        } else {
+            format!("{base}/chat/completions{query}")
+        };
+        let shown_url = redact_url(&url);
+        let secrets = cfg.key.iter().cloned().chain(url_secrets(&url)).collect();
+        Self {
+            agent,
+            url,
+            shown_url,
+            secrets,
+            cfg,
+        }
     }
 
-    pub fn url(&self) -> &str {
-        &self.url
+    /// The endpoint as messages show it (redacted).
+    pub fn shown_url(&self) -> &str {
+        &self.shown_url
     }
 
     fn scrub(&self, text: &str) -> String {
-        match &self.cfg.key {
-            Some(k) => k.scrub(text),
-            None => text.to_string(),
+        self.secrets
+            .iter()
+            .fold(redact_urls(text), |text, secret| secret.scrub(&text))
+    }
+
+    /// A failed send or read: retryable, scrubbed (ureq's message may hold the URL).
+    fn transport_error(&self, e: ureq::Error, what: &str) -> CallError {
+        let reason = match e {
+            ureq::Error::Timeout(_) => format!("timed out after {:?}", self.cfg.timeout),
+            e => self.scrub(&format!("{what}: {e}")),
+        };
+        CallError::Retryable {
+            reason,
+            retry_after: None,
         }
     }
 
@@ -199,45 +208,19 @@ impl Backend for OpenAi {
             .post(&self.url)
             .header("content-type", "application/json");
         if let Some(key) = &self.cfg.key {
-            call = call.header("authorization", format!("Bearer {}", key.0));
+            call = call.header("authorization", format!("Bearer {}", key.expose()));
         }
-        let mut resp = match call.send(body) {
-            Ok(r) => r,
-            Err(ureq::Error::Timeout(_)) => {
-                return Err(CallError::Retryable {
-                    reason: format!("timed out after {:?}", self.cfg.timeout),
-                    retry_after: None,
-                });
-            }
-            Err(e) => {
-                return Err(CallError::Retryable {
-                    reason: self.scrub(&format!("request to {} failed: {e}", self.url)),
-                    retry_after: None,
-                });
-            }
-        };
+        let mut resp = call.send(body).map_err(|e| {
+            self.transport_error(e, &format!("request to {} failed", self.shown_url))
+        })?;
         let status = resp.status().as_u16();
         let wait = retry_after(&resp);
-        let text = match resp
+        let text = resp
             .body_mut()
             .with_config()
             .limit(64 << 20)
             .read_to_string()
-        {
-            Ok(t) => t,
-            Err(ureq::Error::Timeout(_)) => {
-                return Err(CallError::Retryable {
-                    reason: format!("timed out after {:?}", self.cfg.timeout),
-                    retry_after: None,
-                });
-            }
-            Err(e) => {
-                return Err(CallError::Retryable {
-                    reason: self.scrub(&format!("reading the response failed: {e}")),
-                    retry_after: None,
-                });
-            }
-        };
+            .map_err(|e| self.transport_error(e, "reading the response failed"))?;
         match status {
             200..=299 => parse_envelope(&text)
                 .map_err(|reason| CallError::Retryable { reason: self.scrub(&reason), retry_after: None }),
@@ -247,18 +230,18 @@ impl Backend for OpenAi {
             }),
             401 | 403 => Err(CallError::Fatal(self.scrub(&format!(
                 "HTTP {status} from {}: check the API key in ${} ({})",
-                self.url,
+                self.shown_url,
                 self.cfg.key_env,
                 snippet(&text)
             )))),
             404 => Err(CallError::Fatal(self.scrub(&format!(
                 "HTTP 404 from {}: check --base-url and --model ({})",
-                self.url,
+                self.shown_url,
                 snippet(&text)
             )))),
             _ => Err(CallError::Fatal(self.scrub(&format!(
                 "HTTP {status} from {}: {} (if the server rejects response_format, try --response-format none)",
-                self.url,
+                self.shown_url,
                 snippet(&text)
             )))),
         }
@@ -270,7 +253,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn envelope_and_secret() {
+    fn envelope() {
         let r = parse_envelope(
             r#"{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#,
         );
@@ -286,8 +269,5 @@ mod tests {
         );
         assert!(parse_envelope("{\"choices\":[]}").is_err());
         assert!(parse_envelope("<html>").is_err());
-        let s = Secret::new("sk-abcdef".into());
-        assert_eq!(s.scrub("key sk-abcdef here"), "key *** here");
-        assert_eq!(format!("{s:?}"), "Secret(***)");
     }
 }

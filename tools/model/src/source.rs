@@ -4,7 +4,8 @@
 //! cache (`HF_HOME`/hub or `HF_HUB_CACHE`); `HF_ENDPOINT` changes the server, `HF_TOKEN` authorises,
 //! `HF_HUB_OFFLINE=1` (or `offline: true`) resolves from the cache only, with no network.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
+use ftkit_core::secret::{Secret, redact_url, redact_urls};
 use std::path::{Path, PathBuf};
 
 /// A parsed `--model` argument.
@@ -59,7 +60,7 @@ impl std::fmt::Display for ModelSource {
 }
 
 /// Hub settings. Build with [`HubOptions::from_env`] in tools; tests set fields directly.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct HubOptions {
     /// Server base URL (default `https://huggingface.co`, or `HF_ENDPOINT`).
     pub endpoint: Option<String>,
@@ -67,9 +68,21 @@ pub struct HubOptions {
     /// else `~/.cache/huggingface/hub`.
     pub cache_dir: Option<PathBuf>,
     /// Bearer token (`HF_TOKEN`). Never printed.
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     /// Resolve from the cache only.
     pub offline: bool,
+}
+
+// By hand, not derived: the endpoint may hold user info or a token in its query.
+impl std::fmt::Debug for HubOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubOptions")
+            .field("endpoint", &self.endpoint.as_deref().map(redact_url))
+            .field("cache_dir", &self.cache_dir)
+            .field("token", &self.token)
+            .field("offline", &self.offline)
+            .finish()
+    }
 }
 
 fn env_nonempty(k: &str) -> Option<String> {
@@ -89,7 +102,7 @@ impl HubOptions {
         Self {
             endpoint: env_nonempty("HF_ENDPOINT"),
             cache_dir,
-            token: env_nonempty("HF_TOKEN"),
+            token: env_nonempty("HF_TOKEN").map(Secret::new),
             offline: offline || env_offline,
         }
     }
@@ -240,25 +253,29 @@ fn resolve_hub(repo: &str, revision: &str, hub: &HubOptions) -> Result<ModelFile
     }
     let mut builder = hf_hub::api::sync::ApiBuilder::from_env()
         .with_progress(false)
-        .with_token(hub.token.clone());
+        .with_token(hub.token.as_ref().map(|t| t.expose().to_string()));
     if let Some(e) = &hub.endpoint {
         builder = builder.with_endpoint(e.trim_end_matches('/').to_string());
     }
     if let Some(d) = &hub.cache_dir {
         builder = builder.with_cache_dir(d.clone());
     }
+    // Errors from hf-hub carry URLs (never the token), shown redacted: HF_ENDPOINT may hold secrets.
+    let shown = |e: hf_hub::api::sync::ApiError| anyhow!(redact_urls(&e.to_string()));
     let api = builder
         .build()
+        .map_err(shown)
         .with_context(|| format!("{label}: cannot start the hub client"))?;
     let api_repo = api.repo(hub_repo);
-    // Errors from hf-hub carry URLs, never the token.
     let info = api_repo
         .info()
+        .map_err(shown)
         .with_context(|| format!("{label}: cannot list the repository"))?;
     let has = |name: &str| info.siblings.iter().any(|s| s.rfilename == name);
     let get = |name: &str| {
         api_repo
             .get(name)
+            .map_err(shown)
             .with_context(|| format!("{label}: cannot download {name}"))
     };
     let weights = if has(INDEX) {

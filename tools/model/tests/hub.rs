@@ -1,6 +1,7 @@
 //! `ORG/NAME[@REV]` resolution against a loopback server that speaks the hub's download protocol.
 
 use anyhow::Result;
+use ftkit_core::secret::Secret;
 use ftkit_model::fixtures::{TinySpec, write_tiny_model};
 use ftkit_model::{HubOptions, ModelSource, resolve};
 use std::collections::HashMap;
@@ -130,7 +131,7 @@ fn downloads_then_resolves_offline_from_cache() -> Result<()> {
     let opts = HubOptions {
         endpoint: Some(server.url.clone()),
         cache_dir: Some(cache.path().to_path_buf()),
-        token: Some("hf_secret_test_token".into()),
+        token: Some(Secret::new("hf_secret_test_token".into())),
         offline: false,
     };
     let src = ModelSource::parse("org/tiny")?;
@@ -205,7 +206,7 @@ fn unknown_repo_is_an_error_without_the_token() -> Result<()> {
     let opts = HubOptions {
         endpoint: Some(server.url),
         cache_dir: Some(cache.path().to_path_buf()),
-        token: Some("hf_secret_test_token".into()),
+        token: Some(Secret::new("hf_secret_test_token".into())),
         offline: false,
     };
     let err = resolve(&ModelSource::parse("org/other")?, &opts)
@@ -270,4 +271,28 @@ fn fixtures_are_byte_identical_for_a_seed() -> Result<()> {
         std::fs::read(c.path().join("model.safetensors"))?
     );
     Ok(())
+}
+
+#[test]
+fn hub_options_debug_shows_no_secret() {
+    let opts = HubOptions {
+        endpoint: Some(
+            "https://user:hf_endpoint_password@hub.example/?token=hf_query_token".into(),
+        ),
+        token: Some(Secret::new("hf_secret_test_token".into())),
+        ..HubOptions::default()
+    };
+    let shown = format!("{opts:?}");
+    for secret in [
+        "hf_secret_test_token",
+        "hf_endpoint_password",
+        "hf_query_token",
+        "user",
+    ] {
+        assert!(!shown.contains(secret), "{shown}");
+    }
+    assert!(
+        shown.contains("https://***@hub.example/?token=***"),
+        "{shown}"
+    );
 }

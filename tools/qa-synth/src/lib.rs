@@ -7,7 +7,7 @@
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, ValueEnum};
 use ftkit_core::cli::{CommonArgs, OnError, warn};
-use ftkit_core::io::{AtomicFile, Output};
+use ftkit_core::io::Output;
 use ftkit_core::{ObjectWriter, RawRecord, stable_id, usage};
 use ftkit_llm::client::Answer;
 use ftkit_llm::driver::{Driver, End, Outcome};
@@ -84,7 +84,7 @@ pub struct Args {
     #[arg(long, value_name = "X", conflicts_with = "pairs")]
     pub pairs_per_1k_tokens: Option<f64>,
 
-    /// Question language: a code (en, zh, ...) or `auto` (the chunk's `lang` field, else guessed from its script).
+    /// Question language: a code (en, zh, ...) or `auto` (the chunk's `lang` field, else detected from its text).
     #[arg(long, value_name = "CODE", default_value = "auto")]
     pub lang: String,
 
@@ -167,6 +167,15 @@ pub fn backend_for(kind: BackendKind, llm: &LlmArgs) -> Result<Box<dyn Backend>>
     })
 }
 
+/// A language code as the tools write them: 2 or 3 letters, then optional `-`/`_` subtags (`zh-Hant`).
+fn is_lang_code(code: &str) -> bool {
+    let mut parts = code.split(['-', '_']);
+    let primary = parts.next().unwrap_or_default();
+    (2..=3).contains(&primary.len())
+        && primary.chars().all(|c| c.is_ascii_alphabetic())
+        && parts.all(|p| (1..=8).contains(&p.len()) && p.chars().all(|c| c.is_ascii_alphanumeric()))
+}
+
 pub fn run(args: Args) -> Result<()> {
     args.llm.validate()?;
     args.common.run.pool()?; // validates --threads; the workers are --concurrency
@@ -180,10 +189,8 @@ pub fn run(args: Args) -> Result<()> {
     }
     let cross = match &args.cross_lingual {
         None => None,
-        Some(spec) => match spec.split_once(':') {
-            Some((q, d)) if !q.trim().is_empty() && !d.trim().is_empty() => {
-                Some((q.trim().to_string(), d.trim().to_string()))
-            }
+        Some(spec) => match spec.split(':').map(str::trim).collect::<Vec<_>>()[..] {
+            [q, d] if is_lang_code(q) && is_lang_code(d) => Some((q.to_string(), d.to_string())),
             _ => usage!("--cross-lingual wants QUESTION_LANG:DOC_LANG, like en:zh (got {spec:?})"),
         },
     };
@@ -222,13 +229,6 @@ pub fn run(args: Args) -> Result<()> {
     };
 
     let mut out = Output::create(args.common.run.output.as_deref())?;
-    let mut rejects = args
-        .common
-        .run
-        .rejects
-        .as_deref()
-        .map(AtomicFile::create)
-        .transpose()?;
     let counts = Counts::default();
     let driver = Driver {
         common: &args.common,
@@ -237,15 +237,11 @@ pub fn run(args: Args) -> Result<()> {
     };
     let (summary, end) = driver.run(
         &mut out,
-        &mut rejects,
         prepare,
         |chunk: Chunk| work(&client, &settings, &counts, chunk),
         |()| {},
         || client.budget_exhausted(),
     )?;
-    if let Some(r) = rejects {
-        r.commit()?;
-    }
     let report = |out_done: bool| {
         if !args.common.run.quiet || !out_done {
             warn(format!(

@@ -44,6 +44,20 @@ fn openai_args<'a>(server: &'a TestServer, cache: &'a str) -> Vec<&'a str> {
     ]
 }
 
+/// A server that answers every request with `fault`.
+fn always_failing(fault: Fault) -> TestServer {
+    TestServer::start(ServerConfig {
+        latency: Duration::ZERO,
+        faults: vec![FaultRule {
+            modulo: 1,
+            remainder: 0,
+            first_hits: u32::MAX,
+            fault,
+        }],
+    })
+    .unwrap()
+}
+
 /// A summary counter from stderr: the number before `label`.
 fn stat(stderr: &str, label: &str) -> u64 {
     let line = stderr
@@ -486,16 +500,7 @@ fn api_key_never_leaks() {
     let cache_s = cache.to_str().unwrap().to_string();
     // A server that echoes the Authorization header in its 500 errors, then in its 401s.
     for (fault, code) in [(Fault::EchoAuthorization, 0), (Fault::Unauthorized, 1)] {
-        let server = TestServer::start(ServerConfig {
-            latency: Duration::ZERO,
-            faults: vec![FaultRule {
-                modulo: 1,
-                remainder: 0,
-                first_hits: u32::MAX,
-                fault,
-            }],
-        })
-        .unwrap();
+        let server = always_failing(fault);
         let out = Run::new(BIN)
             .args(openai_args(&server, &cache_s))
             .args([
@@ -612,16 +617,7 @@ fn duplicate_questions_within_a_chunk_are_dropped() {
 
 #[test]
 fn unparseable_output_is_rejected_with_the_raw_text() {
-    let server = TestServer::start(ServerConfig {
-        latency: Duration::ZERO,
-        faults: vec![FaultRule {
-            modulo: 1,
-            remainder: 0,
-            first_hits: u32::MAX,
-            fault: Fault::ProseContent,
-        }],
-    })
-    .unwrap();
+    let server = always_failing(Fault::ProseContent);
     let dir = tempfile::tempdir().unwrap();
     let rejects = dir.path().join("rejects.jsonl");
     let out = Run::new(BIN)
@@ -705,4 +701,242 @@ fn prompt_file_replaces_the_prompt() {
         .stdin(chunks())
         .run();
     assert_eq!(bad.code, 2, "{}", bad.stderr);
+}
+
+#[test]
+fn url_user_info_and_query_secrets_never_leak() {
+    const URL_SECRETS: [&str; 2] = ["sk-URL-PASSWORD-0123", "sk-QUERY-KEY-4567"];
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let rejects = dir.path().join("rejects.jsonl");
+    let servers: Vec<TestServer> = [Fault::ServerError, Fault::Unauthorized]
+        .into_iter()
+        .map(always_failing)
+        .collect();
+    // Two failing servers (500 then 401, whose message names the endpoint) and a closed port (the
+    // client's own connection error).
+    // The 500's message shows no URL; the other two name the endpoint, redacted.
+    let mut bases: Vec<(String, bool)> = servers
+        .iter()
+        .zip([false, true])
+        .map(|(s, shown)| (s.url().to_string(), shown))
+        .collect();
+    bases.push(("http://127.0.0.1:9/v1".into(), true));
+    for (base, shown) in bases {
+        let with_secrets = base.replacen("http://", &format!("http://user:{}@", URL_SECRETS[0]), 1)
+            + &format!("?api_key={}", URL_SECRETS[1]);
+        for env in [false, true] {
+            let mut run = Run::new(BIN)
+                .args(["--backend", "openai", "--model", "m", "--cache"])
+                .arg(&cache)
+                .args(["--max-retries", "0", "--on-error", "skip", "--rejects"])
+                .arg(&rejects)
+                .env("OPENAI_API_KEY", KEY)
+                .stdin(chunks());
+            run = if env {
+                run.env("OPENAI_BASE_URL", &with_secrets)
+            } else {
+                run.args(["--base-url", &with_secrets])
+            };
+            let out = run.run();
+            assert!(out.code == 0 || out.code == 1, "{}", out.stderr);
+            let rejected = std::fs::read_to_string(&rejects).unwrap_or_default();
+            assert!(
+                !rejected.is_empty() || out.code == 1,
+                "{base}: the failure should be recorded: {}",
+                out.stderr
+            );
+            for secret in URL_SECRETS.iter().chain([&KEY]) {
+                for (what, text) in [("stderr", &out.stderr), ("rejects", &rejected)] {
+                    assert!(
+                        !text.contains(secret),
+                        "{base}: {secret} leaked into {what}: {text}"
+                    );
+                }
+            }
+            if shown {
+                assert!(
+                    out.stderr.contains("http://***@127.0.0.1:")
+                        && out.stderr.contains("/v1/chat/completions?api_key=***"),
+                    "{base}: the URL should be shown redacted: {}",
+                    out.stderr
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn auto_language_is_detected_for_latin_script_text() {
+    let server = TestServer::start(ServerConfig::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let texts = [
+        (
+            "en",
+            "The printing press spread quickly across Europe because printers could make many copies of a book at a low cost.",
+        ),
+        (
+            "fr",
+            "La presse à imprimer s'est répandue rapidement en Europe, car les imprimeurs pouvaient faire de nombreuses copies d'un livre à bas prix.",
+        ),
+        (
+            "de",
+            "Die Druckerpresse verbreitete sich schnell in Europa, weil die Drucker viele Kopien eines Buches zu geringen Kosten herstellen konnten.",
+        ),
+        (
+            "es",
+            "La imprenta se extendió rápidamente por Europa porque los impresores podían hacer muchas copias de un libro a bajo costo.",
+        ),
+        (
+            "zh",
+            "印刷机在欧洲迅速传播，因为印刷工人可以用很低的成本制作一本书的许多副本。",
+        ),
+    ];
+    let mut input = String::new();
+    for (lang, text) in texts {
+        input.push_str(&serde_json::json!({"id": lang, "doc_id": lang, "text": text, "start": 0, "end": text.len()}).to_string());
+        input.push('\n');
+    }
+    let out = Run::new(BIN)
+        .args(openai_args(&server, cache.to_str().unwrap()))
+        .args(["--pairs", "1"])
+        .stdin(input)
+        .run()
+        .expect_code(0);
+    for (lang, _) in texts {
+        let rec = out
+            .records()
+            .into_iter()
+            .find(|r| r["chunk_id"] == lang)
+            .unwrap_or_else(|| panic!("no record for {lang}: {}", out.stderr));
+        // Before, every Latin-script chunk was `en` (and the model was asked for English questions).
+        assert_eq!(rec["doc_lang"], lang, "{rec}");
+        assert_eq!(rec["lang"], lang, "{rec}");
+    }
+}
+
+/// A hard-wrapped licence excerpt (GPL v3 wording) as a chunk cut mid-sentence, and its whole
+/// sentences, listed by hand.
+const LICENCE: &str = "\
+of the Program, in the form of source code under the terms of section 4.
+
+This License gives no
+permission to license the work in any other way, but it does not
+invalidate such permission if you have separately received it.
+
+  b) The work must carry prominent notices stating that it is
+  released under this License and any conditions added under section
+  7.  This requirement modifies the requirement in section 4 to
+  \"keep intact all notices\".
+
+  You may charge any price or no price for each copy that you convey,
+and you may offer support or warranty protection for a fee.
+
+  A \"covered work\" means either the unmodified Program or a work based
+on the Program.
+
+  To \"propagate\" a work means to do anything with it that, without
+permission, would make you directly or secondarily liable for
+infringement under applicable copyright law, except executing it on a
+computer or modifying a private copy.  Propagation includes copying,
+distribution (with or without modification), making available to the
+public, and in some countries other activities as well.  You may
+convey a work based on the Program, or the modifications to
+produce it from the Program, provided that you also meet all of these conditions:
+";
+
+const LICENCE_SENTENCES: [&str; 7] = [
+    "This License gives no permission to license the work in any other way, but it does not invalidate such permission if you have separately received it.",
+    "The work must carry prominent notices stating that it is released under this License and any conditions added under section 7.",
+    "This requirement modifies the requirement in section 4 to \"keep intact all notices\".",
+    "You may charge any price or no price for each copy that you convey, and you may offer support or warranty protection for a fee.",
+    "A \"covered work\" means either the unmodified Program or a work based on the Program.",
+    "To \"propagate\" a work means to do anything with it that, without permission, would make you directly or secondarily liable for infringement under applicable copyright law, except executing it on a computer or modifying a private copy.",
+    "Propagation includes copying, distribution (with or without modification), making available to the public, and in some countries other activities as well.",
+];
+
+#[test]
+fn extractive_answers_are_whole_sentences_of_the_source() {
+    let input = serde_json::json!({"id": "gpl", "doc_id": "gpl", "text": LICENCE, "start": 0,
+        "end": LICENCE.len()})
+    .to_string();
+    let out = Run::new(BIN)
+        .args(["--backend", "extractive", "--pairs", "20"])
+        .stdin(input)
+        .run()
+        .expect_code(0);
+    let recs = out.records();
+    assert!(recs.len() >= 5, "{}", out.stdout_str());
+    let mut used = BTreeSet::new();
+    for r in &recs {
+        let (q, a) = (
+            r["question"].as_str().unwrap(),
+            r["answer"].as_str().unwrap(),
+        );
+        // A cloze question quotes the sentence with one token blanked; other answers are the sentence.
+        let sentence = match q.strip_prefix("Fill in the blank: \"") {
+            Some(rest) => rest.strip_suffix('"').unwrap().replacen("_____", a, 1),
+            None => a.to_string(),
+        };
+        assert!(
+            LICENCE_SENTENCES.contains(&sentence.as_str()),
+            "not a whole sentence of the source: {sentence:?} (question {q:?})"
+        );
+        used.insert(sentence);
+    }
+    assert!(
+        used.contains(LICENCE_SENTENCES[0]),
+        "the sentence wrapped after its short first line keeps its start: {used:?}"
+    );
+}
+
+#[test]
+fn bad_option_values_are_usage_errors_not_item_failures_or_panics() {
+    let server = TestServer::start(ServerConfig::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let cache = cache.to_str().unwrap();
+    for args in [
+        &["--cross-lingual", "en:zh:fr"][..],
+        &["--cross-lingual", "english:zh"],
+        &["--price-in", "-1"],
+        &["--price-in", "1", "--price-out", "-0.5"],
+        &["--price-in", "1", "--budget-usd", "-2"],
+        &["--base-url", "not a url"],
+        &["--base-url", "ftp://127.0.0.1/v1"],
+        &["--base-url", "http://"],
+        // Before: a panic (exit 101) converting the seconds or a bucket's wait into a Duration.
+        &["--timeout", "1e20"],
+        &["--tpm", "1e-300"],
+        &["--rpm", "0.000001"],
+    ] {
+        let out = Run::new(BIN)
+            .args(openai_args(&server, cache))
+            .args(args)
+            .stdin(chunks())
+            .run();
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert!(!out.stderr.contains("panicked"), "{args:?}: {}", out.stderr);
+    }
+    assert_eq!(
+        server.hits(),
+        0,
+        "no request is sent before the options are checked"
+    );
+    // A malformed URL is shown redacted in the usage error.
+    let out = Run::new(BIN)
+        .args([
+            "--backend",
+            "openai",
+            "--model",
+            "m",
+            "--base-url",
+            "htp:/u:sk-SECRET-1234@x?key=kk99",
+        ])
+        .stdin(chunks())
+        .run();
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(!out.stderr.contains("sk-SECRET-1234"), "{}", out.stderr);
 }

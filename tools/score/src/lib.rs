@@ -3,17 +3,16 @@
 
 pub mod heuristics;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use clap::{Parser, ValueEnum};
+use ftkit_core::chunks::load_chunks;
 use ftkit_core::cli::{CommonArgs, OnError, warn};
-use ftkit_core::io::{AtomicFile, Output, open_input};
-use ftkit_core::jsonl::LineReader;
+use ftkit_core::io::Output;
 use ftkit_core::{ObjectWriter, RawRecord, usage};
 use ftkit_llm::driver::{Driver, End, Outcome};
 use ftkit_llm::parse::Judgement;
 use ftkit_llm::{CallError, Client, LlmArgs, Task, parse, prompts};
 use serde_json::json;
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -43,14 +42,29 @@ Examples:
   # with an LLM judge (its overall score decides the verdict)
   ft-score --judge openai --model gpt-4o-mini --chunks chunks.jsonl qa.jsonl -o scored.jsonl
 
+Heuristic score = 1 + 9 x the weighted mean of these checks (each 0 to 1), rounded to 0.1:
+  grounding 0.25       share of the answer's tokens found in the context
+  question_topic 0.05  share of the question's content tokens (no question/template words) in the context
+  question_form 0.10   ends with ?, or starts with a question word or \"Fill in the blank\"
+  specificity 0.15     content tokens of the question: 0 -> 0, 1 -> 0.5, 2 -> 0.75, 3+ -> 1; a generic
+                       template (\"What does the text say about X?\") at most 0.25
+  lengths 0.10         question >= 3 words and answer 1-100 words (101-250: half)
+  novelty 0.15         share of the answer's tokens not in the question
+  complete_answer 0.10 an answer over 3 words starts like a sentence and ends with . or ! (half each)
+  lang_match 0.10      question and answer are in the record's lang (whatlang; script for short text)
+Then caps: empty answer 1; an answer that restates the question (80% of its tokens, however few, or
+all of it) 3; a language mismatch or grounding under 1/3: 5; no context: 7 (never a pass at the
+defaults); a generic template question: 7.5. Summaries: grounding 0.6, length 0.4.
+
 Adds to each record:
-  \"score\": {\"overall\", \"heuristic\", \"checks\": {\"grounding\", \"question_form\", \"answer_words\",
+  \"score\": {\"overall\", \"heuristic\", \"checks\": {\"grounding\", \"question_topic\", \"question_form\",
+             \"question_words\", \"specificity\", \"answer_words\", \"novelty\", \"complete_answer\",
              \"restates_question\", \"lang_match\"}, \"judge\": {\"relevance\", \"accuracy\", \"clarity\",
              \"grounding\", \"overall\", \"rationale\", \"backend\", \"model\"}}   (judge only with --judge)
   \"verdict\": \"pass\" | \"review\" | \"fail\"   (overall >= --pass, >= --review, below)
 
 The context of a pair is its \"context\" field (ft-qa-synth --keep-context), else the text of its
-chunk_id in --chunks; without either, grounding is null and the other checks decide.
+chunk_id in --chunks; without either, grounding is null and the score is at most 7.
 The distribution (verdicts and overall scores in buckets 0-1 .. 9-10) goes to stderr and to --report.";
 
 /// Score QA pairs with heuristics and an optional LLM judge; report the distribution.
@@ -60,8 +74,9 @@ The distribution (verdicts and overall scores in buckets 0-1 .. 9-10) goes to st
     version,
     about = "Score QA pairs (heuristics, optional LLM judge) and report the score distribution",
     long_about = "Reads QA records (as ft-qa-synth writes them) and adds a score object and a verdict to \
-each, in input order. Heuristics always run: the answer's grounding in the chunk by token overlap, lengths, \
-question form, an answer that restates the question, language match. With --judge openai a model grades \
+each, in input order. Heuristics always run: the answer's grounding in the chunk by token overlap, the question's \
+topic and specificity, question form, lengths, what the answer adds to the question (restating caps the \
+score at 3), whole-sentence answers, language match (rules below). With --judge openai a model grades \
 relevance, accuracy, clarity, grounding and overall on a 1-10 rubric with a one-line rationale, through the \
 same cache, limits and retries as ft-qa-synth. Records are never dropped: filter with ft-filter.",
     after_long_help = AFTER_HELP
@@ -196,30 +211,6 @@ struct Job {
     context: Option<String>,
 }
 
-fn load_chunks(path: &str) -> Result<HashMap<String, String>> {
-    let input = open_input(path)?;
-    let mut reader = LineReader::new(input.reader);
-    let mut buf = Vec::new();
-    let mut map = HashMap::new();
-    while let Some(n) = reader
-        .next_line(&mut buf)
-        .with_context(|| format!("{}: cannot read", input.name))?
-    {
-        let parsed = std::str::from_utf8(&buf)
-            .map_err(|e| anyhow!("invalid UTF-8: {e}"))
-            .and_then(|line| {
-                let rec = RawRecord::parse(line)?;
-                Ok((
-                    rec.require_str("id")?.into_owned(),
-                    rec.require_str("text")?.into_owned(),
-                ))
-            });
-        let (id, text) = parsed.with_context(|| format!("{}:{n}", input.name))?;
-        map.insert(id, text);
-    }
-    Ok(map)
-}
-
 pub fn run(args: Args) -> Result<()> {
     args.common.run.pool()?;
     if !(1.0..=10.0).contains(&args.pass_at) || !(1.0..=10.0).contains(&args.review_at) {
@@ -242,13 +233,6 @@ pub fn run(args: Args) -> Result<()> {
     };
     let chunks = args.chunks.as_deref().map(load_chunks).transpose()?;
     let mut out = Output::create(args.common.run.output.as_deref())?;
-    let mut rejects = args
-        .common
-        .run
-        .rejects
-        .as_deref()
-        .map(AtomicFile::create)
-        .transpose()?;
     let mut dist = Distribution::default();
     let mut no_context = 0u64;
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
@@ -265,7 +249,6 @@ pub fn run(args: Args) -> Result<()> {
     let (pass_at, review_at) = (args.pass_at, args.review_at);
     let (summary, end) = driver.run(
         &mut out,
-        &mut rejects,
         |line: &str| {
             let rec = RawRecord::parse(line)?;
             let has_qa = rec.get("question").is_some() || rec.get("answer").is_some();
@@ -294,9 +277,6 @@ pub fn run(args: Args) -> Result<()> {
         |(overall, verdict)| dist.add(overall, verdict),
         || client.as_ref().is_some_and(Client::budget_exhausted),
     )?;
-    if let Some(r) = rejects {
-        r.commit()?;
-    }
     let budget_hit = matches!(end, End::Budget);
     match end {
         End::BadLine(e) => return Err(e),

@@ -209,3 +209,151 @@ fn local_judge_is_not_available_yet() {
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("not available yet"), "{}", out.stderr);
 }
+
+#[test]
+fn a_french_answer_to_an_english_question_is_a_language_mismatch() {
+    let context = "The lighthouse at Cordouan stands on a rock at the mouth of the Gironde. \
+                   Le phare de Cordouan se dresse sur un rocher à l'embouchure de la Gironde.";
+    let rec = |id: &str, answer: &str| {
+        serde_json::json!({"id": id, "kind": "qa", "lang": "en", "context": context,
+            "question": "Where does the lighthouse at Cordouan stand?", "answer": answer})
+        .to_string()
+    };
+    let input = format!(
+        "{}\n{}\n",
+        rec(
+            "en",
+            "The lighthouse at Cordouan stands on a rock at the mouth of the Gironde."
+        ),
+        rec(
+            "fr",
+            "Le phare de Cordouan se dresse sur un rocher à l'embouchure de la Gironde."
+        )
+    );
+    let out = Run::new(BIN).stdin(input).run().expect_code(0);
+    let recs = out.records();
+    assert_eq!(recs[0]["score"]["checks"]["lang_match"], true);
+    // The script guess called every Latin-script text English, so this was a match.
+    assert_eq!(recs[1]["score"]["checks"]["lang_match"], false);
+}
+
+#[test]
+fn heuristics_tell_good_pairs_from_bad_ones() {
+    let ctx = "A LoRA adapter adds a pair of small matrices to a frozen layer. The adapter trains \
+               quickly on one GPU, because only the small matrices receive gradients.";
+    let lorem = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor \
+                 incididunt ut labore et dolore magna aliqua.";
+    let pairs: [(&str, &str, &str, Option<&str>); 8] = [
+        (
+            "good",
+            "What does a LoRA adapter add to a frozen layer?",
+            "A LoRA adapter adds a pair of small matrices to a frozen layer.",
+            Some(ctx),
+        ),
+        (
+            "short",
+            "Why does the adapter train quickly?",
+            "Only the small matrices receive gradients.",
+            Some(ctx),
+        ),
+        (
+            "generic",
+            "What does the text say about gradients?",
+            "The adapter trains quickly on one GPU, because only the small matrices receive gradients.",
+            Some(ctx),
+        ),
+        (
+            "fragment",
+            "Why does the adapter train quickly?",
+            "quickly on one GPU, because only the small matrices receive",
+            Some(ctx),
+        ),
+        (
+            "echo",
+            "What is a LoRA adapter?",
+            "What is a LoRA adapter?",
+            Some(ctx),
+        ),
+        (
+            "lorem-context",
+            "What does a LoRA adapter add to a frozen layer?",
+            lorem,
+            Some(ctx),
+        ),
+        (
+            "lorem-alone",
+            "What does a LoRA adapter add to a frozen layer?",
+            lorem,
+            None,
+        ),
+        (
+            "good-alone",
+            "What does a LoRA adapter add to a frozen layer?",
+            "A LoRA adapter adds a pair of small matrices to a frozen layer.",
+            None,
+        ),
+    ];
+    let mut input = String::new();
+    for (id, q, a, c) in pairs {
+        let mut rec =
+            serde_json::json!({"id": id, "kind": "qa", "question": q, "answer": a, "lang": "en"});
+        if let Some(c) = c {
+            rec["context"] = c.into();
+        }
+        input.push_str(&rec.to_string());
+        input.push('\n');
+    }
+    let out = Run::new(BIN).stdin(input).run().expect_code(0);
+    let recs = out.records();
+    let get = |id: &str| recs.iter().find(|r| r["id"] == id).unwrap().clone();
+    let score = |id: &str| get(id)["score"]["overall"].as_f64().unwrap();
+    let verdict = |id: &str| get(id)["verdict"].as_str().unwrap().to_string();
+    // Before: "echo" (3 tokens short of the restating rule), both lorem answers and every other pair
+    // here passed, most with 10.0.
+    assert_eq!(verdict("good"), "pass");
+    assert_eq!(verdict("short"), "pass");
+    assert_eq!(verdict("generic"), "review", "a generic template question");
+    assert!(
+        score("fragment") < score("short"),
+        "a fragment below a sentence"
+    );
+    assert_eq!(verdict("echo"), "fail");
+    assert_eq!(get("echo")["score"]["checks"]["restates_question"], true);
+    assert_eq!(
+        verdict("lorem-context"),
+        "fail",
+        "ungrounded and not English"
+    );
+    assert_ne!(verdict("lorem-alone"), "pass", "nothing shows it is true");
+    assert_ne!(
+        verdict("good-alone"),
+        "pass",
+        "without context a pair is at most review"
+    );
+    let distinct: std::collections::BTreeSet<String> = recs
+        .iter()
+        .map(|r| r["score"]["overall"].to_string())
+        .collect();
+    assert!(distinct.len() >= 5, "a spread, not one score: {distinct:?}");
+}
+
+#[test]
+fn a_bad_chunks_line_is_named_like_in_every_tool() {
+    // ft-score and ft-to-alpaca share core's chunk loader: same message, flag, file and line.
+    let dir = tempfile::tempdir().unwrap();
+    let chunks = dir.path().join("chunks.jsonl");
+    std::fs::write(
+        &chunks,
+        "{\"id\":\"c1\",\"text\":\"One.\"}\n{\"id\":\"c2\"}\n",
+    )
+    .unwrap();
+    let input = "{\"id\":\"q\",\"chunk_id\":\"c1\",\"question\":\"What?\",\"answer\":\"One.\"}\n";
+    let out = Run::new(BIN)
+        .arg("--chunks")
+        .arg(&chunks)
+        .stdin(input)
+        .run()
+        .expect_code(1);
+    let expected = format!("--chunks {}:2: missing field \"text\"", chunks.display());
+    assert!(out.stderr.contains(&expected), "{}", out.stderr);
+}

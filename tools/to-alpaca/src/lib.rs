@@ -5,11 +5,10 @@ pub mod field;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 use field::{render, require_text, text_at};
+use ftkit_core::chunks::load_chunks;
 use ftkit_core::io::Output;
-use ftkit_core::io::open_input;
-use ftkit_core::jsonl::LineReader;
 use ftkit_core::template::Template;
-use ftkit_core::{CommonArgs, Engine, Loc, ObjectWriter, RawRecord, usage};
+use ftkit_core::{CommonArgs, Engine, ObjectWriter, RawRecord, usage};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -330,35 +329,6 @@ fn user_turn(instruction: &str, input: &str) -> String {
     }
 }
 
-/// Reads chunk records (`id`, `text`) into a map; errors name the file and line.
-fn load_chunks(path: &std::path::Path) -> Result<HashMap<String, String>> {
-    let input = open_input(&path.display().to_string())?;
-    let mut reader = LineReader::new(input.reader);
-    let mut map = HashMap::new();
-    let mut buf = Vec::new();
-    while let Some(line_no) = reader
-        .next_line(&mut buf)
-        .with_context(|| format!("{}: cannot read", input.name))?
-    {
-        let loc = Loc {
-            path: &input.name,
-            line: line_no,
-        };
-        let parse = || -> Result<(String, String)> {
-            let line =
-                std::str::from_utf8(&buf).map_err(|e| anyhow::anyhow!("invalid UTF-8: {e}"))?;
-            let rec = RawRecord::parse(line)?;
-            Ok((
-                rec.require_str("id")?.into_owned(),
-                rec.require_str("text")?.into_owned(),
-            ))
-        };
-        let (id, text) = parse().with_context(|| format!("--chunks {loc}"))?;
-        map.insert(id, text);
-    }
-    Ok(map)
-}
-
 pub fn run(args: Args) -> Result<()> {
     if args.format.is_clara() && args.system.is_some() {
         usage!(
@@ -378,7 +348,11 @@ pub fn run(args: Args) -> Result<()> {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => usage!("{e:#}"),
     };
-    let chunks = args.chunks.as_deref().map(load_chunks).transpose()?;
+    let chunks = args
+        .chunks
+        .as_deref()
+        .map(|p| load_chunks(&p.display().to_string()))
+        .transpose()?;
     let converter = Converter {
         format: args.format,
         instruction_field: args.instruction_field.clone(),
