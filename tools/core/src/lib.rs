@@ -5,15 +5,21 @@
 //! - [`engine`]: the per-line driver (ordered parallel map, `--on-error`, `--rejects`, progress).
 //! - [`cli`]: `run_main`, exit codes, the options every tool shares.
 //! - [`id`]: stable content ids.
+//! - [`paths`]: the check that no output is an input or another output.
+//!
+//! Temporaries of atomic outputs are removed on SIGINT/SIGTERM/SIGHUP and after a killed run (`temp`).
 
 pub mod cli;
 pub mod engine;
 pub mod id;
 pub mod io;
 pub mod jsonl;
+pub mod paths;
 pub mod progress;
+mod temp;
 
 pub use cli::{CommonArgs, OnError, RunArgs, Usage, run_main};
 pub use engine::{Engine, Summary};
 pub use id::stable_id;
 pub use jsonl::{Loc, ObjectWriter, RawRecord};
+pub use paths::Paths;

@@ -286,8 +286,9 @@ impl Filter {
 }
 
 /// `line` with `"reject_reason"` set (any earlier one replaced), as one JSONL line.
-fn with_reason(line: &str, reason: &str, buf: &mut Vec<u8>) -> Result<()> {
-    let rec = RawRecord::parse(line)?;
+fn with_reason(line: &[u8], reason: &str, buf: &mut Vec<u8>) -> Result<()> {
+    // Only dropped records come here: checking their UTF-8 again costs little.
+    let rec = RawRecord::parse(std::str::from_utf8(line)?)?;
     let mut w = ObjectWriter::new(buf);
     for (k, v) in rec.others(&["reject_reason"]) {
         w.raw(k, v);
@@ -368,6 +369,7 @@ fn build(args: &Args) -> Result<Filter> {
 
 pub fn run(args: Args) -> Result<()> {
     let filter = build(&args)?;
+    args.common.paths().check()?;
     // The engine's own --rejects would only take unreadable lines; this tool writes both kinds itself,
     // in input order, into one file.
     let mut common = args.common.clone();
@@ -429,7 +431,7 @@ pub fn run(args: Args) -> Result<()> {
                     Verdict::Drop(reason) => Some(reason),
                     Verdict::Bad(err) => {
                         if let Some(file) = &mut rejects {
-                            file.write_all(line.as_bytes())?;
+                            file.write_all(line)?;
                             file.write_all(b"\n")?;
                         }
                         return Err(err);
@@ -438,7 +440,7 @@ pub fn run(args: Args) -> Result<()> {
                 match verdict {
                     None => {
                         kept_count += 1;
-                        out.write_all(line.as_bytes())?;
+                        out.write_all(line)?;
                         out.write_all(b"\n")?;
                     }
                     Some(reason) => {

@@ -17,7 +17,7 @@ use format::Kind;
 use ftkit_core::cli::warn;
 use ftkit_core::io::{AtomicFile, Output};
 use ftkit_core::progress::Progress;
-use ftkit_core::{OnError, RunArgs, usage};
+use ftkit_core::{OnError, Paths, RunArgs, usage};
 use rayon::prelude::*;
 use std::io::Write;
 use template::TextSpec;
@@ -179,6 +179,11 @@ pub fn run(args: Args) -> Result<()> {
         usage!("'-' (stdin) can be given only once");
     }
     let pool = args.run.pool()?;
+    let inputs = args
+        .paths
+        .iter()
+        .fold(Paths::new(), |p, f| p.input("input", f));
+    args.run.outputs(inputs).check()?;
     let opts = Opts {
         text,
         max_records: args.max_records,

@@ -221,6 +221,11 @@ pub fn run(args: Args) -> Result<()> {
         keep_context: args.keep_context,
     };
 
+    let mut paths = args.common.paths();
+    if let Some(p) = &args.prompt_file {
+        paths = paths.input("--prompt-file", p);
+    }
+    paths.check()?;
     let mut out = Output::create(args.common.run.output.as_deref())?;
     let mut rejects = args
         .common

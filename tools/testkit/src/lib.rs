@@ -64,7 +64,7 @@ pub struct Run {
 }
 
 impl Run {
-    pub fn new(bin: &str) -> Self {
+    pub fn new(bin: impl AsRef<std::ffi::OsStr>) -> Self {
         let mut cmd = Command::new(bin);
         cmd.env_remove("RAYON_NUM_THREADS");
         Self {
@@ -128,6 +128,53 @@ impl Run {
             stdout: out.stdout,
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
+    }
+
+    /// Runs with stdout a pipe whose reader is already gone (as after `| head -1` has exited), so
+    /// that the very first write to stdout fails; stdout comes back empty.
+    pub fn run_closed_stdout(mut self) -> Outcome {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        self.cmd.stdout(writer);
+        let mut child = self
+            .cmd
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The parent's copy of the write end goes with `self.cmd`.
+        drop(self.cmd);
+        let mut stdin = child.stdin.take().unwrap();
+        let input = std::mem::take(&mut self.stdin);
+        let feeder = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let out = child.wait_with_output().unwrap();
+        feeder.join().unwrap();
+        Outcome {
+            code: out.status.code().unwrap_or(-1),
+            stdout: Vec::new(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Starts the tool with `input` on stdin and the pipe left open (the tool waits for more), stdout
+    /// and stderr discarded: for tests that signal a tool in the middle of a run.
+    pub fn start_waiting(
+        mut self,
+        input: &[u8],
+    ) -> (std::process::Child, std::process::ChildStdin) {
+        let mut child = self
+            .cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input).unwrap();
+        stdin.flush().unwrap();
+        (child, stdin)
     }
 
     /// Reads only the first stdout line, then closes the pipe, like `| head -1`.
@@ -200,6 +247,40 @@ pub mod man {
             &page,
         );
     }
+}
+
+/// Waits (without a time limit: the test harness has one) until `dir` holds an entry whose name
+/// satisfies `wanted`, and returns that name.
+pub fn wait_for_entry(dir: &Path, wanted: impl Fn(&str) -> bool) -> String {
+    loop {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            if wanted(&name) {
+                return name;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// The names in folder `dir`, sorted.
+pub fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Sends `signal` (a `kill` name: TERM, INT, KILL) to a process.
+pub fn kill(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid} failed");
 }
 
 /// zstd-compresses bytes (for `.zst` inputs in tests).
