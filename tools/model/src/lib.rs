@@ -82,7 +82,7 @@ pub mod source;
 
 pub use chat::{ChatMessage, ChatTemplate, EncodedChat, TokenizerConfig, encode_chat};
 pub use config::{Arch, ModelConfig};
-pub use lora::{LoraConfig, check_gradients, parse_targets};
+pub use lora::{LoraConfig, check_gradient_list, check_gradients, parse_targets};
 pub use model::{CausalLm, ForwardOpts, packed_row};
 pub use source::{HubOptions, ModelFiles, ModelSource, resolve};
 
