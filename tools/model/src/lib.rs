@@ -68,6 +68,9 @@ pub mod attention;
 pub mod chat;
 pub mod config;
 pub mod device;
+// Tiny models, tokenizers and test tensors: for tests, examples and benchmarks only, kept out of release
+// builds (the `fixtures` feature, which the dev-dependencies of the test and example targets turn on).
+#[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod fused;
 pub mod lora;

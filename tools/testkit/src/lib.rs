@@ -283,6 +283,25 @@ pub fn kill(pid: u32, signal: &str) {
     assert!(status.success(), "kill -{signal} {pid} failed");
 }
 
+/// The documented stable id (man/ftkit.7: the first 32 hex digits of SHA-256 over each part followed
+/// by 0x1F), computed by coreutils' `sha256sum`: a source independent of `ftkit_core::stable_id`.
+pub fn independent_id<S: AsRef<str>>(parts: &[S]) -> String {
+    let mut bytes = Vec::new();
+    for p in parts {
+        bytes.extend_from_slice(p.as_ref().as_bytes());
+        bytes.push(0x1f);
+    }
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sha256sum (coreutils) must be on PATH");
+    child.stdin.take().unwrap().write_all(&bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()[..32].to_string()
+}
+
 /// zstd-compresses bytes (for `.zst` inputs in tests).
 pub fn zstd(bytes: &[u8]) -> Vec<u8> {
     zstd::encode_all(bytes, 3).unwrap()

@@ -112,9 +112,10 @@ fn loss_decreases_and_everything_is_written() {
         );
         assert!(report["test"]["perplexity"].as_f64().unwrap() > 1.0);
         assert!(report["peak_memory_bytes"].as_u64().unwrap() > 0);
+        // sha256sum testdata/train-lora/train.jsonl
         assert_eq!(
-            report["data"]["train"]["sha256"].as_str().unwrap().len(),
-            64
+            report["data"]["train"]["sha256"],
+            "6354908d65320a318a456e93663e8750bd97608ff400a711a9885454d521e4e3"
         );
         assert!(
             out.join("adapter_model.safetensors").exists()
@@ -731,4 +732,24 @@ fn rejects_threads_and_output_are_the_shared_flags() {
         assert_eq!(lines.lines().filter(|l| l.contains("\"loss\"")).count(), 2);
         assert_eq!(report(&out)["threads"], threads.parse::<u64>().unwrap());
     }
+}
+
+/// scripts/check-peft-parity fails (exit 2, saying why) when its Python lacks torch/transformers/peft,
+/// unless SKIP_MISSING=1; it used to exit 0, so a machine without them passed the check.
+#[test]
+fn peft_parity_script_fails_without_its_python() {
+    let script = ftkit_testkit::workspace_root().join("scripts/check-peft-parity");
+    let missing = Run::new(&script).env("PYTHON", "false").run();
+    assert_eq!(missing.code, 2, "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("SKIP_MISSING=1"),
+        "{}",
+        missing.stderr
+    );
+    let skipped = Run::new(&script)
+        .env("PYTHON", "false")
+        .env("SKIP_MISSING", "1")
+        .run();
+    assert_eq!(skipped.code, 0, "{}", skipped.stderr);
+    assert!(skipped.stderr.contains("skipped"), "{}", skipped.stderr);
 }
