@@ -124,6 +124,14 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// The `--rejects` file, opened (as a temporary: it appears when committed), when one was named.
+    pub fn rejects_file(&self) -> anyhow::Result<Option<crate::io::AtomicFile>> {
+        self.rejects
+            .as_deref()
+            .map(crate::io::AtomicFile::create)
+            .transpose()
+    }
+
     /// Adds `-o` and `--rejects` to `paths`.
     pub fn outputs(&self, mut paths: Paths) -> Paths {
         if let Some(o) = &self.output {
@@ -160,9 +168,7 @@ pub fn run_main<A: Parser>(name: &'static str, run: fn(A) -> anyhow::Result<()>)
     };
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
-        // Only a closed stdout is the reader's choice; any other broken pipe (a socket, a FIFO
-        // given as --rejects) is a failure like any other.
-        Err(e) if is_broken_pipe(&e) && crate::io::stdout_closed() => ExitCode::SUCCESS,
+        Err(e) if reader_left(&e) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<Usage>().is_some() => {
             warn(format!("{e:#}"));
             eprintln!("Try '{name} --help' for more information.");
@@ -173,6 +179,12 @@ pub fn run_main<A: Parser>(name: &'static str, run: fn(A) -> anyhow::Result<()>)
             ExitCode::FAILURE
         }
     }
+}
+
+/// True when the run stopped because the reader of stdout went away (`| head`): a quiet success. Any
+/// other broken pipe (a socket, a FIFO) is a failure like any other: work would be lost silently.
+pub fn reader_left(e: &anyhow::Error) -> bool {
+    is_broken_pipe(e) && crate::io::stdout_closed()
 }
 
 /// True when the error comes from writing to a closed pipe, even when serde_json wraps the io::Error.
@@ -202,5 +214,24 @@ mod tests {
         let e: anyhow::Error = Err::<(), _>(js).context("x").unwrap_err();
         assert!(is_broken_pipe(&e));
         assert!(!is_broken_pipe(&anyhow::anyhow!("other")));
+    }
+
+    #[test]
+    fn only_a_closed_stdout_is_a_quiet_success() {
+        // Nothing in this test process wrote to a closed stdout: a broken pipe is someone else's.
+        let e = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert!(is_broken_pipe(&e) && !reader_left(&e));
+    }
+
+    #[test]
+    fn control_characters_are_escaped_once() {
+        let name = "a\nft-x: forged\u{1b}[31m\tb\\n é";
+        let once = escape_controls(name);
+        assert_eq!(once, "a\\nft-x: forged\\u{1b}[31m\\tb\\n é");
+        assert_eq!(
+            escape_controls(&once),
+            once,
+            "escaping twice changes nothing"
+        );
     }
 }

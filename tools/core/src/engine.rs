@@ -231,12 +231,7 @@ impl Engine {
     pub fn new(args: &CommonArgs) -> Result<Self> {
         // Tools with outputs of their own check them with these first; this covers the rest.
         args.paths().check()?;
-        let rejects = args
-            .run
-            .rejects
-            .as_deref()
-            .map(AtomicFile::create)
-            .transpose()?;
+        let rejects = args.run.rejects_file()?;
         Ok(Self {
             inputs: args.inputs(),
             pool: args.run.pool()?,

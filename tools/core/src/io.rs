@@ -203,22 +203,8 @@ pub struct AtomicFile {
 
 impl AtomicFile {
     pub fn create(path: &Path) -> Result<Self> {
-        let (dir, name) = dir_and_name(path)?;
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("{}: cannot create folder", dir.display()))?;
-        temp::remove_stale(dir, &name);
-        let (temp, live) = Live::create(
-            || {
-                tempfile::Builder::new()
-                    .prefix(&temp::prefix(&name))
-                    .suffix(temp::SUFFIX)
-                    // The kernel applies the umask to this mode, as for `> file`.
-                    .permissions(std::fs::Permissions::from_mode(0o666))
-                    .tempfile_in(dir)
-            },
-            |t| t.path(),
-        )
-        .with_context(|| format!("{}: cannot create", path.display()))?;
+        // The kernel applies the umask to this mode, as for `> file`.
+        let (temp, live) = temporary(path, 0o666, |b, dir| b.tempfile_in(dir), |t| t.path())?;
         let writer = io::BufWriter::with_capacity(READ_BUF, temp.reopen()?);
         Ok(Self {
             path: path.to_path_buf(),
@@ -271,21 +257,7 @@ pub struct AtomicDir {
 
 impl AtomicDir {
     pub fn create(dest: &Path) -> Result<Self> {
-        let (dir, name) = dir_and_name(dest)?;
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("{}: cannot create folder", dir.display()))?;
-        temp::remove_stale(dir, &name);
-        let (temp, live) = Live::create(
-            || {
-                tempfile::Builder::new()
-                    .prefix(&temp::prefix(&name))
-                    .suffix(temp::SUFFIX)
-                    .permissions(std::fs::Permissions::from_mode(0o777))
-                    .tempdir_in(dir)
-            },
-            |t| t.path(),
-        )
-        .with_context(|| format!("{}: cannot create", dest.display()))?;
+        let (temp, live) = temporary(dest, 0o777, |b, dir| b.tempdir_in(dir), |t| t.path())?;
         Ok(Self {
             dest: dest.to_path_buf(),
             temp: Some(temp),
@@ -332,6 +304,28 @@ impl AtomicDir {
         drop(temp);
         Ok(())
     }
+}
+
+/// Creates the temporary of `dest` (`.NAME.<pid>.<random>.tmp` in its folder, `mode` less the umask)
+/// with `make`, after removing stale ones, registered for removal on a signal.
+fn temporary<T>(
+    dest: &Path,
+    mode: u32,
+    make: impl FnOnce(&tempfile::Builder, &Path) -> io::Result<T>,
+    path_of: impl Fn(&T) -> &Path,
+) -> Result<(T, Live)> {
+    let (dir, name) = dir_and_name(dest)?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("{}: cannot create folder", dir.display()))?;
+    temp::remove_stale(dir, &name);
+    let prefix = temp::prefix(&name);
+    let mut builder = tempfile::Builder::new();
+    builder
+        .prefix(&prefix)
+        .suffix(temp::SUFFIX)
+        .permissions(std::fs::Permissions::from_mode(mode));
+    Live::create(|| make(&builder, dir), path_of)
+        .with_context(|| format!("{}: cannot create", dest.display()))
 }
 
 /// The folder (`.` for a bare name) and the file name of a destination.

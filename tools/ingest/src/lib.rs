@@ -194,12 +194,7 @@ pub fn run(args: Args) -> Result<()> {
     let found = walk::collect(&args.paths, &filter)?;
     let mut w = Writer {
         out: Output::create(args.run.output.as_deref())?,
-        rejects: args
-            .run
-            .rejects
-            .as_deref()
-            .map(AtomicFile::create)
-            .transpose()?,
+        rejects: args.run.rejects_file()?,
         stats: Stats::default(),
         on_error: args.run.on_error,
         quiet: args.run.quiet,

@@ -7,7 +7,7 @@
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, ValueEnum};
 use ftkit_core::cli::{CommonArgs, OnError, warn};
-use ftkit_core::io::{AtomicFile, Output};
+use ftkit_core::io::Output;
 use ftkit_core::{ObjectWriter, RawRecord, stable_id, usage};
 use ftkit_llm::client::Answer;
 use ftkit_llm::driver::{Driver, End, Outcome};
@@ -227,13 +227,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     paths.check()?;
     let mut out = Output::create(args.common.run.output.as_deref())?;
-    let mut rejects = args
-        .common
-        .run
-        .rejects
-        .as_deref()
-        .map(AtomicFile::create)
-        .transpose()?;
+    let mut rejects = args.common.run.rejects_file()?;
     let counts = Counts::default();
     let driver = Driver {
         common: &args.common,

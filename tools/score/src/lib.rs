@@ -6,7 +6,7 @@ pub mod heuristics;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, ValueEnum};
 use ftkit_core::cli::{CommonArgs, OnError, warn};
-use ftkit_core::io::{AtomicFile, Output, open_input};
+use ftkit_core::io::{Output, open_input};
 use ftkit_core::jsonl::LineReader;
 use ftkit_core::{ObjectWriter, RawRecord, usage};
 use ftkit_llm::driver::{Driver, End, Outcome};
@@ -250,13 +250,7 @@ pub fn run(args: Args) -> Result<()> {
     paths.check()?;
     let chunks = args.chunks.as_deref().map(load_chunks).transpose()?;
     let mut out = Output::create(args.common.run.output.as_deref())?;
-    let mut rejects = args
-        .common
-        .run
-        .rejects
-        .as_deref()
-        .map(AtomicFile::create)
-        .transpose()?;
+    let mut rejects = args.common.run.rejects_file()?;
     let mut dist = Distribution::default();
     let mut no_context = 0u64;
     let cores = std::thread::available_parallelism().map_or(1, usize::from);

@@ -103,11 +103,19 @@ impl Run {
     }
 
     /// Starts the tool with piped stdio and a thread feeding it the stdin bytes.
-    fn spawn(mut self) -> (std::process::Child, std::thread::JoinHandle<()>) {
+    fn spawn(self) -> (std::process::Child, std::thread::JoinHandle<()>) {
+        self.spawn_with_stdout(Stdio::piped())
+    }
+
+    /// [`Run::spawn`] with stdout going to `stdout`.
+    fn spawn_with_stdout(
+        mut self,
+        stdout: impl Into<Stdio>,
+    ) -> (std::process::Child, std::thread::JoinHandle<()>) {
         let mut child = self
             .cmd
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -132,23 +140,11 @@ impl Run {
 
     /// Runs with stdout a pipe whose reader is already gone (as after `| head -1` has exited), so
     /// that the very first write to stdout fails; stdout comes back empty.
-    pub fn run_closed_stdout(mut self) -> Outcome {
+    pub fn run_closed_stdout(self) -> Outcome {
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader);
-        self.cmd.stdout(writer);
-        let mut child = self
-            .cmd
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // The parent's copy of the write end goes with `self.cmd`.
-        drop(self.cmd);
-        let mut stdin = child.stdin.take().unwrap();
-        let input = std::mem::take(&mut self.stdin);
-        let feeder = std::thread::spawn(move || {
-            let _ = stdin.write_all(&input);
-        });
+        // The parent's copy of the write end goes with the Command, dropped inside.
+        let (child, feeder) = self.spawn_with_stdout(writer);
         let out = child.wait_with_output().unwrap();
         feeder.join().unwrap();
         Outcome {

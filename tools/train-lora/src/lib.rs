@@ -22,7 +22,6 @@ pub mod train;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use ftkit_core::io::AtomicFile;
 use ftkit_core::{Paths, RunArgs, usage};
 use optim::Schedule;
 use std::path::PathBuf;
@@ -268,12 +267,7 @@ pub fn run(args: Args) -> Result<()> {
             .context("--threads")?;
     }
     // Like every tool's, the rejects file appears, complete, when the data are loaded.
-    let mut rejects = args
-        .run
-        .rejects
-        .as_deref()
-        .map(AtomicFile::create)
-        .transpose()?;
+    let mut rejects = args.run.rejects_file()?;
     let mut load = |path: &String| -> Result<data::Dataset> {
         let w = rejects.as_mut().map(|f| f as &mut dyn std::io::Write);
         data::load(path, args.run.on_error, w)
