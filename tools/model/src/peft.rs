@@ -83,18 +83,6 @@ impl AdapterConfig {
             self.lora_alpha / self.r as f64
         }
     }
-
-    /// Module names, when given as a list.
-    pub fn target_names(&self) -> Result<Vec<String>> {
-        match &self.target_modules {
-            TargetModules::List(v) => Ok(v.clone()),
-            TargetModules::Regex(r) if r == "all-linear" => Ok(crate::lora::ALL_LINEAR
-                .iter()
-                .map(|s| s.to_string())
-                .collect()),
-            TargetModules::Regex(r) => bail!("regex target_modules {r:?} are not supported"),
-        }
-    }
 }
 
 /// Write the adapter files into `dir` (created), each atomically (temp file + rename).
