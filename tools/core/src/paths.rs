@@ -78,8 +78,13 @@ fn clash(
     kind: &str,
 ) -> anyhow::Error {
     let (path, other_path) = (path.display(), other_path.display());
+    // Positional inputs have no flag: "the input in.jsonl", else "the input --train t.jsonl".
+    let other = match other_flag == kind {
+        true => format!("{kind} {other_path}"),
+        false => format!("{kind} {other_flag} {other_path}"),
+    };
     anyhow::Error::new(Usage(format!(
-        "{flag} {path} is the same file as the {kind} {other_flag} {other_path}: refusing to overwrite it"
+        "{flag} {path} is the same file as the {other}: refusing to overwrite it"
     )))
 }
 
