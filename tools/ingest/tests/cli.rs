@@ -653,3 +653,22 @@ fn bundled_docs_are_ingested() {
         out.stderr
     );
 }
+
+/// `-o` or `--rejects` naming an input file is a usage error naming both; the input is untouched.
+#[test]
+fn outputs_naming_an_input_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("notes.jsonl");
+    let data = b"{\"text\":\"a note\"}\n";
+    std::fs::write(&input, data).unwrap();
+    for flag in ["-o", "--rejects"] {
+        let r = Run::new(BIN).arg(&input).arg(flag).arg(&input).run();
+        assert_eq!(r.code, 2, "{flag}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(flag) && r.stderr.contains("input"),
+            "{}",
+            r.stderr
+        );
+        assert_eq!(std::fs::read(&input).unwrap(), data, "{flag}");
+    }
+}
