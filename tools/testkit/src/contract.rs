@@ -59,7 +59,8 @@ impl Contract<'_> {
         reference.stdout
     }
 
-    /// `-o FILE` holds exactly what stdout would; `-o FILE.zst` decompresses to it.
+    /// `-o FILE` holds exactly what stdout would, also when stdout is closed; `-o FILE.zst`
+    /// decompresses to it.
     pub fn output_file(&self, reference: &[u8]) {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out.jsonl");
@@ -82,6 +83,20 @@ impl Contract<'_> {
         assert_eq!(
             zstd::decode_all(&std::fs::read(&zst).unwrap()[..]).unwrap(),
             reference
+        );
+        // A closed stdout is no reason to lose an -o file.
+        std::fs::remove_file(&out).unwrap();
+        let r = self
+            .run()
+            .arg("-o")
+            .arg(&out)
+            .stdin(self.input)
+            .run_closed_stdout();
+        assert_eq!(r.code, 0, "-o with stdout closed: {}", r.stderr);
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            reference,
+            "-o with stdout closed"
         );
     }
 
