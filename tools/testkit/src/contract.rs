@@ -314,16 +314,16 @@ impl Contract<'_> {
         for (signal, number) in [("TERM", 15), ("INT", 2)] {
             // The tool has read the input and waits for more on the open pipe.
             let (mut child, stdin) = self.run().arg("-o").arg(&out).start_waiting(self.input);
-            wait_for_entry(dir.path(), is_temp);
+            wait_for_entry(dir.path(), is_temp, &mut child);
             kill(child.id(), signal);
             let status = child.wait().unwrap();
             drop(stdin);
-            assert_eq!(status.signal(), Some(number), "SIGTERM: {status:?}");
+            assert_eq!(status.signal(), Some(number), "SIG{signal}: {status:?}");
             let left = entries(dir.path());
             assert!(left.is_empty(), "after SIG{signal}: {left:?}");
         }
         let (mut child, stdin) = self.run().arg("-o").arg(&out).start_waiting(self.input);
-        let stale = wait_for_entry(dir.path(), is_temp);
+        let stale = wait_for_entry(dir.path(), is_temp, &mut child);
         kill(child.id(), "KILL");
         child.wait().unwrap();
         drop(stdin);

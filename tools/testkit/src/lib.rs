@@ -245,15 +245,25 @@ pub mod man {
     }
 }
 
-/// Waits (without a time limit: the test harness has one) until `dir` holds an entry whose name
-/// satisfies `wanted`, and returns that name.
-pub fn wait_for_entry(dir: &Path, wanted: impl Fn(&str) -> bool) -> String {
+/// Waits until `dir` holds an entry whose name satisfies `wanted` and returns that name; panics if
+/// `child` exits first (it would never create it).
+pub fn wait_for_entry(
+    dir: &Path,
+    wanted: impl Fn(&str) -> bool,
+    child: &mut std::process::Child,
+) -> String {
     loop {
         for entry in std::fs::read_dir(dir).unwrap() {
             let name = entry.unwrap().file_name().to_string_lossy().into_owned();
             if wanted(&name) {
                 return name;
             }
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "the tool ended ({status}) before creating its file in {}",
+                dir.display()
+            );
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
