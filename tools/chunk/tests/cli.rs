@@ -45,7 +45,7 @@ fn check_records(
         let doc_id = match &doc["id"] {
             Value::String(s) => s.clone(),
             Value::Number(n) => n.to_string(),
-            _ => ftkit_core::stable_id(&[text]),
+            _ => ftkit_testkit::independent_id(&[text]),
         };
         let n = rest
             .iter()
@@ -66,7 +66,11 @@ fn check_records(
                 &text.as_bytes()[start..end],
                 "{c}"
             );
-            let id = ftkit_core::stable_id(&[doc_id.clone(), start.to_string(), end.to_string()]);
+            let id = ftkit_testkit::independent_id(&[
+                doc_id.clone(),
+                start.to_string(),
+                end.to_string(),
+            ]);
             assert_eq!(c["id"], id.as_str());
             for (k, v) in doc.as_object().unwrap() {
                 if k != "text" && k != "id" {

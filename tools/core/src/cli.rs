@@ -1,8 +1,10 @@
 //! The `main` of every tool: argument parsing, exit codes, error printing, closed pipes.
 //!
-//! Exit status: 0 success (also when stdout was closed early, as by `| head`), 1 failure,
+//! Exit status: 0 success (also when stdout was closed early, as by `| head`; only stdout: any other
+//! broken pipe is a failure), 1 failure,
 //! 2 usage error (from clap, or a [`Usage`] error returned by the tool after parsing).
 
+use crate::paths::Paths;
 use clap::{Args, Parser, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,9 +17,27 @@ pub fn tool_name() -> &'static str {
     TOOL.get().copied().unwrap_or("ftkit")
 }
 
-/// Prints `ft-<tool>: {message}` on stderr.
+/// Prints `ft-<tool>: {message}` on stderr, control characters escaped.
 pub fn warn(message: impl std::fmt::Display) {
-    eprintln!("{}: {message}", tool_name());
+    eprintln!("{}: {}", tool_name(), escape_controls(&message.to_string()));
+}
+
+/// `text` with its control characters escaped (`\n`, `\r`, `\t`, `\u{1b}`), so that a file name or
+/// a field value cannot break a message into forged lines or send terminal escape sequences.
+/// Backslashes stay as they are: escaping twice changes nothing.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// A usage error found after parsing (conflicting values and the like): exit status 2.
@@ -67,6 +87,15 @@ impl CommonArgs {
             self.files.clone()
         }
     }
+
+    /// The inputs, `-o` and `--rejects`, for the same-file check; a tool adds its other outputs.
+    pub fn paths(&self) -> Paths {
+        let paths = self
+            .inputs()
+            .into_iter()
+            .fold(Paths::new(), |p, f| p.input("input", f));
+        self.run.outputs(paths)
+    }
 }
 
 /// Where output goes, what a bad input does, threads, quietness: every tool's, including those
@@ -95,6 +124,25 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// The `--rejects` file, opened (as a temporary: it appears when committed), when one was named.
+    pub fn rejects_file(&self) -> anyhow::Result<Option<crate::io::AtomicFile>> {
+        self.rejects
+            .as_deref()
+            .map(crate::io::AtomicFile::create)
+            .transpose()
+    }
+
+    /// Adds `-o` and `--rejects` to `paths`.
+    pub fn outputs(&self, mut paths: Paths) -> Paths {
+        if let Some(o) = &self.output {
+            paths = paths.output("-o", o);
+        }
+        if let Some(r) = &self.rejects {
+            paths = paths.output("--rejects", r);
+        }
+        paths
+    }
+
     /// A rayon pool of `--threads` workers.
     pub fn pool(&self) -> anyhow::Result<rayon::ThreadPool> {
         let mut b = rayon::ThreadPoolBuilder::new();
@@ -120,17 +168,23 @@ pub fn run_main<A: Parser>(name: &'static str, run: fn(A) -> anyhow::Result<()>)
     };
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if reader_left(&e) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<Usage>().is_some() => {
-            eprintln!("{name}: {e:#}");
+            warn(format!("{e:#}"));
             eprintln!("Try '{name} --help' for more information.");
             ExitCode::from(2)
         }
         Err(e) => {
-            eprintln!("{name}: {e:#}");
+            warn(format!("{e:#}"));
             ExitCode::FAILURE
         }
     }
+}
+
+/// True when the run stopped because the reader of stdout went away (`| head`): a quiet success. Any
+/// other broken pipe (a socket, a FIFO) is a failure like any other: work would be lost silently.
+pub fn reader_left(e: &anyhow::Error) -> bool {
+    is_broken_pipe(e) && crate::io::stdout_closed()
 }
 
 /// True when the error comes from writing to a closed pipe, even when serde_json wraps the io::Error.
@@ -160,5 +214,24 @@ mod tests {
         let e: anyhow::Error = Err::<(), _>(js).context("x").unwrap_err();
         assert!(is_broken_pipe(&e));
         assert!(!is_broken_pipe(&anyhow::anyhow!("other")));
+    }
+
+    #[test]
+    fn only_a_closed_stdout_is_a_quiet_success() {
+        // Nothing in this test process wrote to a closed stdout: a broken pipe is someone else's.
+        let e = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert!(is_broken_pipe(&e) && !reader_left(&e));
+    }
+
+    #[test]
+    fn control_characters_are_escaped_once() {
+        let name = "a\nft-x: forged\u{1b}[31m\tb\\n é";
+        let once = escape_controls(name);
+        assert_eq!(once, "a\\nft-x: forged\\u{1b}[31m\\tb\\n é");
+        assert_eq!(
+            escape_controls(&once),
+            once,
+            "escaping twice changes nothing"
+        );
     }
 }

@@ -6,7 +6,7 @@
 //! lines before it; `skip` reports it on stderr, copies it verbatim to `--rejects`, and goes on.
 
 use crate::cli::{CommonArgs, OnError, warn};
-use crate::io::{Input, ZSTD_MAGIC, open_input};
+use crate::io::{BOM, Input, ZSTD_MAGIC, open_input};
 use crate::jsonl::{LineReader, Loc};
 use crate::progress::Progress;
 use crate::rejects::Rejects;
@@ -229,12 +229,9 @@ fn as_utf8(line: &[u8]) -> Result<&str> {
 
 impl Engine {
     pub fn new(args: &CommonArgs) -> Result<Self> {
-        let rejects = args
-            .run
-            .rejects
-            .as_deref()
-            .map(Rejects::create)
-            .transpose()?;
+        // Tools with outputs of their own check them with these first; this covers the rest.
+        args.paths().check()?;
+        let rejects = args.run.rejects_file()?.map(Rejects::new);
         Ok(Self {
             inputs: args.inputs(),
             pool: args.run.pool()?,
@@ -279,7 +276,9 @@ impl Engine {
                 Feed::Stream(reader) => (None, Some(reader)),
             };
             let read_err = |e: std::io::Error| anyhow!(e).context(name.clone());
-            let (mut pos, mut line) = (0usize, 0u64);
+            // A byte order mark is skipped (the stream feed's reader does the same).
+            let bom = map.as_ref().is_some_and(|m| m.starts_with(BOM));
+            let (mut pos, mut line) = (if bom { BOM.len() } else { 0 }, 0u64);
             let (mut emitting, mut working, mut filling) =
                 (Batch::new(), Batch::new(), Batch::new());
             fill(&mut working, map.as_ref(), &mut reader, &mut pos, &mut line).map_err(read_err)?;
@@ -379,11 +378,13 @@ impl Engine {
 
     /// Runs `parse` on every line in parallel, then `consume` on each result sequentially in input
     /// order (for tools with state: dedup, caps, splits). Errors from either go through the policy.
+    /// `consume` gets the line's bytes, which `parse` saw as valid UTF-8: tools write them verbatim,
+    /// and checking them again on this sequential path would cost throughput.
     pub fn scan<T, P, C>(&mut self, parse: P, mut consume: C) -> Result<Summary>
     where
         T: Send,
         P: Fn(Loc, &str) -> Result<T> + Sync,
-        C: FnMut(Loc, &str, T) -> Result<()>,
+        C: FnMut(Loc, &[u8], T) -> Result<()>,
     {
         self.drive(
             |name, data, spans| {
@@ -406,7 +407,7 @@ impl Engine {
                         line: span.line,
                     };
                     let raw = &data[span.start..span.end];
-                    let outcome = result.and_then(|value| consume(loc, validated_utf8(raw), value));
+                    let outcome = result.and_then(|value| consume(loc, raw, value));
                     if let Err(err) = outcome {
                         policy.reject(loc, raw, err)?;
                     }
@@ -429,15 +430,6 @@ impl Engine {
         }
         Ok(policy.summary)
     }
-}
-
-/// A line whose parse succeeded, which `as_utf8` has therefore already validated.
-#[allow(unsafe_code)]
-fn validated_utf8(raw: &[u8]) -> &str {
-    debug_assert!(std::str::from_utf8(raw).is_ok());
-    // SAFETY: `scan` calls this only for lines whose parse step returned Ok, which happens only after
-    // `as_utf8` accepted the very same bytes.
-    unsafe { std::str::from_utf8_unchecked(raw) }
 }
 
 fn run_task<F>(

@@ -21,7 +21,8 @@ pub struct Loc<'a> {
 
 impl fmt::Display for Loc<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.path, self.line)
+        let path = crate::cli::escape_controls(self.path);
+        write!(f, "{path}:{}", self.line)
     }
 }
 

@@ -6,6 +6,11 @@
 //! - [`cli`]: `run_main`, exit codes, the options every tool shares.
 //! - [`id`]: stable content ids.
 //! - [`template`]: the `{field}` template syntax every tool shares.
+//! - [`paths`]: the check that no output is an input or another output.
+//! - [`chunks`], [`rejects`], [`secret`]: the chunk loader, the shared `--rejects` file, secrets and URL
+//!   redaction.
+//!
+//! Temporaries of atomic outputs are removed on SIGINT/SIGTERM/SIGHUP and after a killed run (`temp`).
 
 pub mod chunks;
 pub mod cli;
@@ -13,12 +18,15 @@ pub mod engine;
 pub mod id;
 pub mod io;
 pub mod jsonl;
+pub mod paths;
 pub mod progress;
 pub mod rejects;
 pub mod secret;
+mod temp;
 pub mod template;
 
 pub use cli::{CommonArgs, OnError, RunArgs, Usage, run_main};
 pub use engine::{Engine, Summary};
 pub use id::stable_id;
 pub use jsonl::{Loc, ObjectWriter, RawRecord};
+pub use paths::Paths;

@@ -5,7 +5,6 @@
 use crate::io::AtomicFile;
 use anyhow::{Result, anyhow};
 use std::io::Write;
-use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A handle on the rejects file; clones write to the same file.
@@ -13,8 +12,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub struct Rejects(Arc<Mutex<AtomicFile>>);
 
 impl Rejects {
-    pub fn create(path: &Path) -> Result<Self> {
-        Ok(Self(Arc::new(Mutex::new(AtomicFile::create(path)?))))
+    pub fn new(file: AtomicFile) -> Self {
+        Self(Arc::new(Mutex::new(file)))
     }
 
     fn file(&self) -> MutexGuard<'_, AtomicFile> {

@@ -291,8 +291,9 @@ impl Filter {
 }
 
 /// `line` with `"reject_reason"` set (any earlier one replaced), as one JSONL line.
-fn with_reason(line: &str, reason: &str, buf: &mut Vec<u8>) -> Result<()> {
-    let rec = RawRecord::parse(line)?;
+fn with_reason(line: &[u8], reason: &str, buf: &mut Vec<u8>) -> Result<()> {
+    // Only dropped records come here: checking their UTF-8 again costs little.
+    let rec = RawRecord::parse(std::str::from_utf8(line)?)?;
     let mut w = ObjectWriter::new(buf);
     for (k, v) in rec.others(&["reject_reason"]) {
         w.raw(k, v);
@@ -433,7 +434,7 @@ pub fn run(args: Args) -> Result<()> {
                 match verdict {
                     None => {
                         kept_count += 1;
-                        out.write_all(line.as_bytes())?;
+                        out.write_all(line)?;
                         out.write_all(b"\n")?;
                     }
                     Some(reason) => {

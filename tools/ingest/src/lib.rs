@@ -19,7 +19,7 @@ use format::Kind;
 use ftkit_core::cli::warn;
 use ftkit_core::io::{AtomicFile, Output};
 use ftkit_core::progress::Progress;
-use ftkit_core::{OnError, RunArgs, usage};
+use ftkit_core::{OnError, Paths, RunArgs, usage};
 use rayon::prelude::*;
 use std::io::Write;
 use template::TextSpec;
@@ -197,6 +197,11 @@ pub fn run(args: Args) -> Result<()> {
         usage!("'-' (stdin) can be given only once");
     }
     let pool = args.run.pool()?;
+    let inputs = args
+        .paths
+        .iter()
+        .fold(Paths::new(), |p, f| p.input("input", f));
+    args.run.outputs(inputs).check()?;
     let opts = Opts {
         text,
         max_records: args.max_records,
@@ -208,12 +213,7 @@ pub fn run(args: Args) -> Result<()> {
     let found = walk::collect(&args.paths, &filter)?;
     let mut w = Writer {
         out: Output::create(args.run.output.as_deref())?,
-        rejects: args
-            .run
-            .rejects
-            .as_deref()
-            .map(AtomicFile::create)
-            .transpose()?,
+        rejects: args.run.rejects_file()?,
         stats: Stats::default(),
         on_error: args.run.on_error,
         quiet: args.run.quiet,

@@ -73,7 +73,7 @@ fn golden_tree() {
         let text = r["text"].as_str().unwrap();
         assert_eq!(
             r["id"].as_str().unwrap(),
-            ftkit_core::stable_id(&[text]),
+            ftkit_testkit::independent_id(&[text]),
             "id is the hash of the text"
         );
         assert!(r["meta"].is_object());
@@ -990,4 +990,23 @@ fn a_jsonl_line_over_max_file_size_stops_the_run() {
     );
     let out = ingest().arg(&path).run().expect_code(0);
     assert_eq!(texts(&out), ["short", &long, "after"]);
+}
+
+/// `-o` or `--rejects` naming an input file is a usage error naming both; the input is untouched.
+#[test]
+fn outputs_naming_an_input_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("notes.jsonl");
+    let data = b"{\"text\":\"a note\"}\n";
+    std::fs::write(&input, data).unwrap();
+    for flag in ["-o", "--rejects"] {
+        let r = Run::new(BIN).arg(&input).arg(flag).arg(&input).run();
+        assert_eq!(r.code, 2, "{flag}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(flag) && r.stderr.contains("input"),
+            "{}",
+            r.stderr
+        );
+        assert_eq!(std::fs::read(&input).unwrap(), data, "{flag}");
+    }
 }

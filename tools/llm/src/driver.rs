@@ -90,13 +90,7 @@ impl Driver<'_> {
         D: FnMut(M),
         S: Fn() -> bool,
     {
-        let mut rejects_file = self
-            .common
-            .run
-            .rejects
-            .as_deref()
-            .map(AtomicFile::create)
-            .transpose()?;
+        let mut rejects_file = self.common.run.rejects_file()?;
         let rejects = &mut rejects_file;
         let workers = self.workers.max(1);
         let window = (workers * 2 + 8) as u64;

@@ -13,7 +13,7 @@ use crate::config::Arch;
 use crate::rng::Rng;
 use anyhow::{Context, Result, anyhow};
 use candle_core::{Device, Tensor};
-use std::collections::HashMap;
+
 use std::path::Path;
 use tokenizers::Tokenizer;
 
@@ -215,30 +215,13 @@ pub fn train_tokenizer_for(arch: Arch, specials: &[&str], vocab_size: usize) -> 
     Ok(tok)
 }
 
-fn tensor_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
 /// Write a safetensors file of F32 tensors (sorted by name) with `{"format":"pt"}` metadata.
 pub fn write_f32_safetensors(
     path: &Path,
     tensors: &[(String, Vec<usize>, Vec<f32>)],
 ) -> Result<()> {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .iter()
-        .map(|(n, s, v)| (n.clone(), s.clone(), tensor_bytes(v)))
-        .collect();
-    let views = bytes
-        .iter()
-        .map(|(n, s, b)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| anyhow!("{n}: {e}"))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let out = safetensors::tensor::serialize(views, Some(meta))
-        .map_err(|e| anyhow!("serialising {}: {e}", path.display()))?;
+    let out = crate::peft::f32_safetensors(tensors)
+        .with_context(|| format!("{}: cannot serialise", path.display()))?;
     std::fs::write(path, out).with_context(|| format!("cannot write {}", path.display()))
 }
 

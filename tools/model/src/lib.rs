@@ -68,6 +68,9 @@ pub mod attention;
 pub mod chat;
 pub mod config;
 pub mod device;
+// Tiny models, tokenizers and test tensors: for tests, examples and benchmarks only, kept out of release
+// builds (the `fixtures` feature, which the dev-dependencies of the test and example targets turn on).
+#[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod fused;
 pub mod lora;
@@ -82,7 +85,7 @@ pub mod source;
 
 pub use chat::{ChatMessage, ChatTemplate, EncodedChat, TokenizerConfig, encode_chat};
 pub use config::{Arch, ModelConfig};
-pub use lora::{LoraConfig, check_gradients, parse_targets};
+pub use lora::{LoraConfig, check_gradient_list, check_gradients, parse_targets};
 pub use model::{CausalLm, ForwardOpts, packed_row};
 pub use source::{HubOptions, ModelFiles, ModelSource, resolve};
 

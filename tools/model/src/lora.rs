@@ -577,6 +577,23 @@ pub fn check_gradients(
     grads: &candle_core::backprop::GradStore,
     params: &[(String, Var)],
 ) -> Result<()> {
+    let list: Vec<Option<&Tensor>> = params
+        .iter()
+        .map(|(_, var)| grads.get(var.as_tensor()))
+        .collect();
+    check_gradient_list(&list, params)
+}
+
+/// [`check_gradients`] on gradients given in the order of `params` (`None`: no gradient reached it),
+/// as a training loop holds them after summing its shards.
+pub fn check_gradient_list(grads: &[Option<&Tensor>], params: &[(String, Var)]) -> Result<()> {
+    if grads.len() != params.len() {
+        bail!(
+            "{} gradients for {} trainable tensors",
+            grads.len(),
+            params.len()
+        );
+    }
     let mut missing = Vec::new();
     let mut zero = Vec::new();
     let mut bad = Vec::new();
@@ -588,8 +605,8 @@ pub fn check_gradients(
             .to_scalar::<f32>()?
             == 0.0)
     };
-    for (name, var) in params {
-        let Some(g) = grads.get(var.as_tensor()) else {
+    for ((name, _), g) in params.iter().zip(grads) {
+        let Some(g) = g else {
             missing.push(name.clone());
             continue;
         };

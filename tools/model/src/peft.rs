@@ -83,18 +83,6 @@ impl AdapterConfig {
             self.lora_alpha / self.r as f64
         }
     }
-
-    /// Module names, when given as a list.
-    pub fn target_names(&self) -> Result<Vec<String>> {
-        match &self.target_modules {
-            TargetModules::List(v) => Ok(v.clone()),
-            TargetModules::Regex(r) if r == "all-linear" => Ok(crate::lora::ALL_LINEAR
-                .iter()
-                .map(|s| s.to_string())
-                .collect()),
-            TargetModules::Regex(r) => bail!("regex target_modules {r:?} are not supported"),
-        }
-    }
 }
 
 /// Write the adapter files into `dir` (created), each atomically (temp file + rename).
@@ -115,16 +103,35 @@ pub fn save_adapter(
         ));
     }
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    let tmp = dir.join(format!(".{WEIGHTS_FILE}.tmp"));
-    crate::fixtures::write_f32_safetensors(&tmp, &sorted)?;
-    std::fs::rename(&tmp, dir.join(WEIGHTS_FILE))
-        .with_context(|| format!("cannot write {}", dir.join(WEIGHTS_FILE).display()))?;
+    let weights = dir.join(WEIGHTS_FILE);
+    ftkit_core::io::write_atomic(&weights, &f32_safetensors(&sorted)?)?;
     let json = serde_json::to_string_pretty(&serde_json::to_value(config)?)? + "\n";
-    let tmp = dir.join(format!(".{CONFIG_FILE}.tmp"));
-    std::fs::write(&tmp, json).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, dir.join(CONFIG_FILE))
-        .with_context(|| format!("cannot write {}", dir.join(CONFIG_FILE).display()))?;
+    ftkit_core::io::write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())?;
     Ok(())
+}
+
+/// A safetensors file of F32 tensors (in the given order) with PEFT's `{"format":"pt"}` metadata.
+pub(crate) fn f32_safetensors(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<Vec<u8>> {
+    let bytes: Vec<(&str, &[usize], Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, s, v)| {
+            (
+                n.as_str(),
+                &s[..],
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(n, s, b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.to_vec(), b)
+                .map(|v| (*n, v))
+                .map_err(|e| anyhow!("{n}: {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::tensor::serialize(views, Some(meta)).map_err(|e| anyhow!("serialising: {e}"))
 }
 
 /// A loaded adapter: config and tensors by PEFT key (F32 on `device`).

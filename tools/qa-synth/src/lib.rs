@@ -228,6 +228,11 @@ pub fn run(args: Args) -> Result<()> {
         keep_context: args.keep_context,
     };
 
+    let mut paths = args.common.paths();
+    if let Some(p) = &args.prompt_file {
+        paths = paths.input("--prompt-file", p);
+    }
+    paths.check()?;
     let mut out = Output::create(args.common.run.output.as_deref())?;
     let counts = Counts::default();
     let driver = Driver {

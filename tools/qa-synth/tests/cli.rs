@@ -164,7 +164,7 @@ fn records_carry_lineage_and_stable_ids() {
             r.get("text").is_none(),
             "chunk text must not pass through: {r}"
         );
-        let id = ftkit_core::stable_id(&[
+        let id = ftkit_testkit::independent_id(&[
             r["chunk_id"].as_str().unwrap(),
             r["lang"].as_str().unwrap(),
             r["question"].as_str().unwrap(),

@@ -231,6 +231,14 @@ pub fn run(args: Args) -> Result<()> {
             Some(args.llm.client(Box::new(args.llm.openai()?))?)
         }
     };
+    let mut paths = args.common.paths();
+    if let Some(c) = &args.chunks {
+        paths = paths.input("--chunks", c);
+    }
+    if let Some(r) = &args.report {
+        paths = paths.output("--report", r);
+    }
+    paths.check()?;
     let chunks = args.chunks.as_deref().map(load_chunks).transpose()?;
     let mut out = Output::create(args.common.run.output.as_deref())?;
     let mut dist = Distribution::default();

@@ -357,3 +357,26 @@ fn a_bad_chunks_line_is_named_like_in_every_tool() {
     let expected = format!("--chunks {}:2: missing field \"text\"", chunks.display());
     assert!(out.stderr.contains(&expected), "{}", out.stderr);
 }
+
+/// `--report` naming the input (or `-o`) is a usage error naming both; the input is untouched.
+#[test]
+fn report_naming_an_input_or_the_output_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("qa.jsonl");
+    std::fs::write(&input, qa()).unwrap();
+    let out = dir.path().join("out.jsonl");
+    for (extra, other) in [
+        (vec![input.clone()], "input"),
+        (vec![out.clone(), "-o".into(), out.clone()], "-o"),
+    ] {
+        let r = Run::new(BIN).arg(&input).arg("--report").args(&extra).run();
+        assert_eq!(r.code, 2, "{}", r.stderr);
+        assert!(
+            r.stderr.contains("--report") && r.stderr.contains(other),
+            "{}",
+            r.stderr
+        );
+        assert_eq!(std::fs::read(&input).unwrap(), qa());
+        assert!(!out.exists());
+    }
+}

@@ -278,8 +278,17 @@ pub fn run(args: Args) -> Result<()> {
         tag: args.out_dir.is_none(),
         names: names.clone(),
     };
-    let mut engine = Engine::new(&args.common)?;
     let ext = if args.compress { "jsonl.zst" } else { "jsonl" };
+    if let Some(dir) = &args.out_dir {
+        let mut paths = args.common.paths();
+        for n in &names {
+            paths = paths.output("--out-dir", dir.join(format!("{n}.{ext}")));
+        }
+        paths
+            .output("--out-dir", dir.join("split_stats.json"))
+            .check()?;
+    }
+    let mut engine = Engine::new(&args.common)?;
     let mut outs: Vec<Output> = match &args.out_dir {
         Some(dir) => names
             .iter()
@@ -307,7 +316,7 @@ pub fn run(args: Args) -> Result<()> {
                 item.tagged
             } else {
                 let mut b = Vec::with_capacity(line.len() + 1);
-                b.extend_from_slice(line.as_bytes());
+                b.extend_from_slice(line);
                 b.push(b'\n');
                 b
             };

@@ -344,3 +344,27 @@ fn key_reaches_array_items_by_index() {
         .expect_code(1);
     assert!(out.stderr.contains("<stdin>:1"), "{}", out.stderr);
 }
+
+/// A file `--out-dir` would write that is an input (`in/train.jsonl`, `in/split_stats.json`) is a usage
+/// error naming both; the input is untouched.
+#[test]
+fn out_dir_files_naming_an_input_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["train.jsonl", "split_stats.json"] {
+        let input = dir.path().join(name);
+        std::fs::write(&input, qa()).unwrap();
+        let r = Run::new(BIN)
+            .arg(&input)
+            .arg("--out-dir")
+            .arg(dir.path())
+            .run();
+        assert_eq!(r.code, 2, "{name}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("--out-dir") && r.stderr.contains("input"),
+            "{}",
+            r.stderr
+        );
+        assert_eq!(std::fs::read(&input).unwrap(), qa(), "{name}");
+        std::fs::remove_file(&input).unwrap();
+    }
+}

@@ -64,7 +64,7 @@ pub struct Run {
 }
 
 impl Run {
-    pub fn new(bin: &str) -> Self {
+    pub fn new(bin: impl AsRef<std::ffi::OsStr>) -> Self {
         let mut cmd = Command::new(bin);
         cmd.env_remove("RAYON_NUM_THREADS");
         Self {
@@ -103,11 +103,19 @@ impl Run {
     }
 
     /// Starts the tool with piped stdio and a thread feeding it the stdin bytes.
-    fn spawn(mut self) -> (std::process::Child, std::thread::JoinHandle<()>) {
+    fn spawn(self) -> (std::process::Child, std::thread::JoinHandle<()>) {
+        self.spawn_with_stdout(Stdio::piped())
+    }
+
+    /// [`Run::spawn`] with stdout going to `stdout`.
+    fn spawn_with_stdout(
+        mut self,
+        stdout: impl Into<Stdio>,
+    ) -> (std::process::Child, std::thread::JoinHandle<()>) {
         let mut child = self
             .cmd
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -128,6 +136,41 @@ impl Run {
             stdout: out.stdout,
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
+    }
+
+    /// Runs with stdout a pipe whose reader is already gone (as after `| head -1` has exited), so
+    /// that the very first write to stdout fails; stdout comes back empty.
+    pub fn run_closed_stdout(self) -> Outcome {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        // The parent's copy of the write end goes with the Command, dropped inside.
+        let (child, feeder) = self.spawn_with_stdout(writer);
+        let out = child.wait_with_output().unwrap();
+        feeder.join().unwrap();
+        Outcome {
+            code: out.status.code().unwrap_or(-1),
+            stdout: Vec::new(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Starts the tool with `input` on stdin and the pipe left open (the tool waits for more), stdout
+    /// and stderr discarded: for tests that signal a tool in the middle of a run.
+    pub fn start_waiting(
+        mut self,
+        input: &[u8],
+    ) -> (std::process::Child, std::process::ChildStdin) {
+        let mut child = self
+            .cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input).unwrap();
+        stdin.flush().unwrap();
+        (child, stdin)
     }
 
     /// Reads only the first stdout line, then closes the pipe, like `| head -1`.
@@ -200,6 +243,69 @@ pub mod man {
             &page,
         );
     }
+}
+
+/// Waits until `dir` holds an entry whose name satisfies `wanted` and returns that name; panics if
+/// `child` exits first (it would never create it).
+pub fn wait_for_entry(
+    dir: &Path,
+    wanted: impl Fn(&str) -> bool,
+    child: &mut std::process::Child,
+) -> String {
+    loop {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            if wanted(&name) {
+                return name;
+            }
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "the tool ended ({status}) before creating its file in {}",
+                dir.display()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// The names in folder `dir`, sorted.
+pub fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Sends `signal` (a `kill` name: TERM, INT, KILL) to a process.
+pub fn kill(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+/// The documented stable id (man/ftkit.7: the first 32 hex digits of SHA-256 over each part followed
+/// by 0x1F), computed by coreutils' `sha256sum`: a source independent of `ftkit_core::stable_id`.
+pub fn independent_id<S: AsRef<str>>(parts: &[S]) -> String {
+    let mut bytes = Vec::new();
+    for p in parts {
+        bytes.extend_from_slice(p.as_ref().as_bytes());
+        bytes.push(0x1f);
+    }
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sha256sum (coreutils) must be on PATH");
+    child.stdin.take().unwrap().write_all(&bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()[..32].to_string()
 }
 
 /// zstd-compresses bytes (for `.zst` inputs in tests).

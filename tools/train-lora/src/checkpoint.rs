@@ -17,6 +17,7 @@ use crate::optim::{load_tensors, save_tensors};
 use crate::train::{State, TrainModel, Trainer};
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor, Var};
+use ftkit_core::io::AtomicDir;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -30,13 +31,9 @@ impl<M: TrainModel> Trainer<'_, M> {
     /// checkpoint folder is always complete.
     pub fn save_checkpoint(&self, out: &Path, elapsed_s: f64) -> Result<PathBuf> {
         let final_dir = out.join(format!("checkpoint-{}", self.state.step));
-        let tmp = out.join(format!(".checkpoint-{}.tmp", self.state.step));
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp)?;
-        }
-        std::fs::create_dir_all(&tmp)
-            .with_context(|| format!("{}: cannot create", tmp.display()))?;
-        self.model.save_adapter(&tmp)?;
+        let building = AtomicDir::create(&final_dir)?;
+        let tmp = building.path();
+        self.model.save_adapter(tmp)?;
         let params = self.opt.params();
         let current: Vec<Tensor> = params.iter().map(|(_, v)| v.as_tensor().clone()).collect();
         save_tensors(&tmp.join(TRAINABLE), &named(params, &current))?;
@@ -49,11 +46,7 @@ impl<M: TrainModel> Trainer<'_, M> {
             ..self.state.clone()
         };
         ftkit_core::io::write_atomic(&tmp.join(STATE), &serde_json::to_vec_pretty(&state)?)?;
-        if final_dir.exists() {
-            std::fs::remove_dir_all(&final_dir)?;
-        }
-        std::fs::rename(&tmp, &final_dir)
-            .with_context(|| format!("{}: cannot rename into place", final_dir.display()))?;
+        building.commit()?;
         Ok(final_dir)
     }
 

@@ -8,8 +8,18 @@ use crate::optim::AdamWConfig;
 use crate::report::{DataReport, Report, Split, StdoutSink, peak_memory_bytes};
 use crate::train::{LoopConfig, TrainModel, Trainer, evaluate};
 use anyhow::{Context, Result};
+use ftkit_core::io::{AtomicDir, Output};
 use std::collections::BTreeMap;
 use std::path::Path;
+
+const REPORT_FILE: &str = "training_report.json";
+
+/// The files a run writes into `--out-dir` (besides checkpoint folders).
+pub const OUTPUT_FILES: [&str; 3] = [
+    ftkit_model::peft::CONFIG_FILE,
+    ftkit_model::peft::WEIGHTS_FILE,
+    REPORT_FILE,
+];
 
 /// Tokenises a split with the model's chat template, cuts to `--max-seq-len`, drops examples left
 /// without a target, and makes rows.
@@ -95,7 +105,7 @@ pub fn train(
     test: Option<Dataset>,
 ) -> Result<()> {
     let note = |m: &str| {
-        if !args.quiet {
+        if !args.run.quiet {
             ftkit_core::cli::warn(m);
         }
     };
@@ -192,8 +202,8 @@ pub fn train(
         trainer.steps_per_epoch()
     ));
 
-    let stdout = std::io::stdout();
-    let mut sink = StdoutSink::new(stdout.lock(), args.quiet);
+    let metrics = Output::create(args.run.output.as_deref())?;
+    let mut sink = StdoutSink::new(metrics, args.run.quiet);
     let start_tokens = trainer.state.tokens;
     let outcome = trainer.run(&mut sink)?;
     if let Some(best) = trainer.best.take() {
@@ -253,10 +263,12 @@ pub fn train(
             0.0
         },
         peak_memory_bytes: peak_memory_bytes(),
+        threads: rayon::current_num_threads(),
     };
     let mut bytes = serde_json::to_vec_pretty(&report)?;
     bytes.push(b'\n');
-    ftkit_core::io::write_atomic(&args.out_dir.join("training_report.json"), &bytes)?;
+    ftkit_core::io::write_atomic(&args.out_dir.join(REPORT_FILE), &bytes)?;
+    sink.finish()?;
     note(&format!(
         "wrote {} (train loss {}, val loss {}, test loss {})",
         args.out_dir.display(),
@@ -271,25 +283,9 @@ fn fmt_loss(l: Option<f64>) -> String {
     l.map_or("-".into(), |l| format!("{l:.4}"))
 }
 
-/// Writes the adapter files into a temporary folder beside `out`, then renames each into place.
+/// Writes the adapter files into a temporary folder inside `out`, then renames each into place.
 fn save_adapter_atomically(lm: &Lm, out: &Path) -> Result<()> {
-    let tmp = tempdir_in(out)?;
-    lm.save_adapter(&tmp)?;
-    for entry in std::fs::read_dir(&tmp)? {
-        let entry = entry?;
-        let dest = out.join(entry.file_name());
-        std::fs::rename(entry.path(), &dest)
-            .with_context(|| format!("{}: cannot rename into place", dest.display()))?;
-    }
-    std::fs::remove_dir(&tmp).ok();
-    Ok(())
-}
-
-fn tempdir_in(out: &Path) -> Result<std::path::PathBuf> {
-    let tmp = out.join(format!(".adapter.{}.tmp", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
-    }
-    std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-    Ok(tmp)
+    let tmp = AtomicDir::create(&out.join("adapter"))?;
+    lm.save_adapter(tmp.path())?;
+    tmp.commit_into(out)
 }

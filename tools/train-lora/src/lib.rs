@@ -22,7 +22,7 @@ pub mod train;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use ftkit_core::{OnError, usage};
+use ftkit_core::{Paths, RunArgs, usage};
 use optim::Schedule;
 use std::path::PathBuf;
 
@@ -39,7 +39,7 @@ and every evaluation: {\"step\":50,\"val_loss\":1.41,\"val_perplexity\":4.1}.
 The output folder receives adapter_config.json and adapter_model.safetensors (PEFT's layout, loadable with
 PeftModel.from_pretrained), training_report.json, and checkpoint-<step>/ folders with --save-every.
 
-CPU threads: RAYON_NUM_THREADS (default: all cores). The rows of an update train in parallel, one per
+CPU threads: --threads or RAYON_NUM_THREADS (default: all cores). The rows of an update train in parallel, one per
 thread, so --batch-size times --grad-accum at least the thread count keeps every core busy; the output
 is the same on any thread count.";
 
@@ -198,17 +198,10 @@ pub struct Args {
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub log_every: u64,
 
-    /// What to do with a bad input line.
-    #[arg(long, value_enum, default_value_t = OnError::Fail, value_name = "POLICY")]
-    pub on_error: OnError,
-
-    /// Append every rejected input line, verbatim, to this file.
-    #[arg(long, value_name = "FILE")]
-    pub rejects: Option<PathBuf>,
-
-    /// No messages on stderr except errors.
-    #[arg(short, long)]
-    pub quiet: bool,
+    /// -o: the metrics lines go to this file instead of stdout; --threads: CPU threads (default: all
+    /// cores, or RAYON_NUM_THREADS); --on-error, --rejects and -q as in every ftkit tool.
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 impl Args {
@@ -235,6 +228,18 @@ impl Args {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             usage!("--lr must be a positive number");
         }
+        if !(self.alpha > 0.0 && self.alpha.is_finite()) {
+            usage!("--alpha must be a positive number");
+        }
+        if !(self.max_grad_norm >= 0.0 && self.max_grad_norm.is_finite()) {
+            usage!("--max-grad-norm must be 0 (off) or a positive number");
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            usage!("--weight-decay must be 0 or a positive number");
+        }
+        if self.run.threads == Some(0) {
+            usage!("--threads must be at least 1");
+        }
         if let Some(r) = self.warmup_ratio
             && !(0.0..=1.0).contains(&r)
         {
@@ -253,22 +258,41 @@ impl Args {
 /// Runs the tool.
 pub fn run(args: Args) -> Result<()> {
     args.validate()?;
-    let mut rejects = match &args.rejects {
-        Some(p) => Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .with_context(|| format!("{}: cannot open", p.display()))?,
-        ),
-        None => None,
-    };
+    args.paths().check()?;
+    if let Some(n) = args.run.threads {
+        // The shards of an update share out rayon's global pool (shard.rs).
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("--threads")?;
+    }
+    // Like every tool's, the rejects file appears, complete, when the data are loaded.
+    let mut rejects = args.run.rejects_file()?;
     let mut load = |path: &String| -> Result<data::Dataset> {
         let w = rejects.as_mut().map(|f| f as &mut dyn std::io::Write);
-        data::load(path, args.on_error, w)
+        data::load(path, args.run.on_error, w)
     };
     let train = load(&args.train)?;
     let val = args.val.as_ref().map(&mut load).transpose()?;
     let test = args.test.as_ref().map(&mut load).transpose()?;
+    if let Some(file) = rejects {
+        file.commit().context("--rejects")?;
+    }
     job::train(&args, train, val, test)
+}
+
+impl Args {
+    /// The data files, and every file the run writes, for the same-file check.
+    pub fn paths(&self) -> Paths {
+        let mut paths = Paths::new().input("--train", &self.train);
+        for (flag, file) in [("--val", &self.val), ("--test", &self.test)] {
+            if let Some(f) = file {
+                paths = paths.input(flag, f);
+            }
+        }
+        for name in job::OUTPUT_FILES {
+            paths = paths.output("--out-dir", self.out_dir.join(name));
+        }
+        self.run.outputs(paths)
+    }
 }

@@ -41,7 +41,7 @@ impl Lm {
         let source = ModelSource::parse(&args.model)?;
         let files = resolve(&source, &HubOptions::from_env(args.offline))?;
         let model_sha256 = files.digest()?;
-        let quiet = args.quiet;
+        let quiet = args.run.quiet;
         let device = open_device(device_spec, &mut |m: &str| {
             if !quiet {
                 ftkit_core::cli::warn(m);
@@ -49,6 +49,14 @@ impl Lm {
         })?;
         let dtype = resolve_dtype(dtype_spec, &device);
         let mut model = CausalLm::from_files(&files, dtype, &device)?;
+        let hidden = model.config.hidden_size;
+        if args.rank > hidden {
+            // A rank above the hidden size adds parameters and no expressiveness (and PEFT refuses it).
+            return Err(anyhow::Error::new(ftkit_core::Usage(format!(
+                "--rank {} is above the model's hidden size {hidden}",
+                args.rank
+            ))));
+        }
         let tokenizer = ftkit_model::load_tokenizer(&files.tokenizer)?;
         let tok_cfg = TokenizerConfig::load(
             files.tokenizer_config.as_deref(),

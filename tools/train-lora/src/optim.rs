@@ -133,23 +133,12 @@ impl AdamW {
 
 /// Writes named tensors to `path` atomically, as safetensors.
 pub fn save_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
-    let map: HashMap<String, Tensor> = tensors.iter().cloned().collect();
-    // candle writes directly; go through a temporary file so the destination is never half-written.
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = tempfile_path(dir, path)?;
-    candle_core::safetensors::save(&map, &tmp)
-        .with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("{}: cannot rename into place", path.display()))?;
-    Ok(())
-}
-
-fn tempfile_path(dir: &Path, path: &Path) -> Result<std::path::PathBuf> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    Ok(dir.join(format!(".{name}.{}.tmp", std::process::id())))
+    // Serialised in memory (the tensors of a LoRA run are small), written by the core's one writer.
+    let map: std::collections::BTreeMap<&str, &Tensor> =
+        tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    let bytes = safetensors::serialize(map, None)
+        .map_err(|e| anyhow::anyhow!("{}: cannot serialise: {e}", path.display()))?;
+    ftkit_core::io::write_atomic(path, &bytes)
 }
 
 /// Loads every tensor of a safetensors file onto `device`.

@@ -87,12 +87,20 @@ pub struct Report {
     /// Non-padding tokens per second of training in this process.
     pub tokens_per_s: f64,
     pub peak_memory_bytes: Option<u64>,
+    /// CPU threads of the run (`--threads`, RAYON_NUM_THREADS, or all cores).
+    pub threads: usize,
 }
 
 /// Metrics as JSON lines on stdout (flushed per line so `| jq` streams), notes on stderr.
+///
+/// A reader that goes away (`| head -1`, a `jq` that dies) does not stop the run: the metrics stop,
+/// training goes on and writes its adapter, with one note on stderr. Hours of training are worth
+/// more than the metrics lines nobody reads.
 pub struct StdoutSink<W: Write> {
     pub out: W,
     pub quiet: bool,
+    /// The reader of the metrics closed its end.
+    pub closed: bool,
     buf: Vec<u8>,
 }
 
@@ -101,16 +109,42 @@ impl<W: Write> StdoutSink<W> {
         Self {
             out,
             quiet,
+            closed: false,
             buf: Vec::new(),
         }
     }
 
     fn line<T: Serialize>(&mut self, value: &T) -> Result<()> {
+        if self.closed {
+            return Ok(());
+        }
         self.buf.clear();
         ftkit_core::jsonl::write_line(&mut self.buf, value)?;
-        self.out.write_all(&self.buf)?;
-        self.out.flush()?;
-        Ok(())
+        match self
+            .out
+            .write_all(&self.buf)
+            .and_then(|()| self.out.flush())
+        {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                // Said even with -q: the run no longer does what was asked.
+                ftkit_core::cli::warn(
+                    "the metrics reader closed its pipe: training goes on without metrics lines",
+                );
+                Ok(())
+            }
+            other => Ok(other?),
+        }
+    }
+}
+
+impl StdoutSink<ftkit_core::io::Output> {
+    /// Flushes the metrics (moves a `-o` file into place) unless their reader has gone.
+    pub fn finish(self) -> Result<()> {
+        match self.closed {
+            true => Ok(()),
+            false => self.out.finish(),
+        }
     }
 }
 

@@ -189,6 +189,8 @@ pub struct Trainer<'a, M: TrainModel> {
     pub best: Option<Vec<Tensor>>,
     /// Where the shards of an update (and of an evaluation) run.
     pub parallel: Parallel,
+    /// The first update of the run has passed the gradient check.
+    pub gradients_checked: bool,
 }
 
 impl<'a, M: TrainModel> Trainer<'a, M> {
@@ -218,6 +220,7 @@ impl<'a, M: TrainModel> Trainer<'a, M> {
             out_dir: None,
             best: None,
             parallel,
+            gradients_checked: false,
         })
     }
 
@@ -312,6 +315,15 @@ impl<'a, M: TrainModel> Trainer<'a, M> {
             },
         )?;
         let mut grads = grads.context("no gradient")?;
+        if !self.gradients_checked && self.state.step == 0 {
+            // The first update of a run (not of a resume: later gradients may be zero legitimately, as
+            // where a softmax saturates): every trainable tensor must get a finite gradient, non-zero
+            // wherever it can be (candle#2168 cuts graphs silently).
+            let list: Vec<Option<&Tensor>> = grads.iter().map(Some).collect();
+            ftkit_model::check_gradient_list(&list, params)
+                .context("start-up gradient check (first update)")?;
+            self.gradients_checked = true;
+        }
         let norm = clip_global_norm(&mut grads, self.config.max_grad_norm)?;
         let lr = self.current_lr();
         self.opt.step(&grads, lr)?;
@@ -560,6 +572,49 @@ pub(crate) mod toy {
 mod tests {
     use super::toy::{Bigram, Collect, config, rows};
     use super::*;
+
+    /// A bigram whose second trainable tensor reaches the loss only multiplied by zero: it gets a
+    /// gradient, all zeros, as a LoRA tensor behind a cut graph would.
+    struct DeadEnd {
+        bigram: Bigram,
+        dead: Var,
+    }
+
+    impl TrainModel for DeadEnd {
+        fn logits(&self, batch: &Batch, seed: Option<u64>) -> Result<Tensor> {
+            let logits = self.bigram.logits(batch, seed)?;
+            let dead = self.dead.as_tensor();
+            let zero = (dead * dead.zeros_like()?)?.sum_all()?;
+            Ok(logits.broadcast_add(&zero)?)
+        }
+        fn trainable(&self) -> Vec<(String, Var)> {
+            let mut t = self.bigram.trainable();
+            t.push(("dead".into(), self.dead.clone()));
+            t
+        }
+        fn save_adapter(&self, dir: &Path) -> Result<()> {
+            self.bigram.save_adapter(dir)
+        }
+        fn device(&self) -> &Device {
+            self.bigram.device()
+        }
+    }
+
+    #[test]
+    fn the_first_update_refuses_an_all_zero_gradient() -> Result<()> {
+        let bigram = Bigram::new(16)?;
+        let dead = Var::from_vec(vec![1f32; 4], 4, &Device::Cpu)?;
+        let model = DeadEnd { bigram, dead };
+        let rows = rows();
+        let mut t = Trainer::new(&model, config(), &rows, &[], "d".into())?;
+        let err = t.train_step().err().map(|e| format!("{e:#}"));
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("all-zero gradient for dead")),
+            "{err:?}"
+        );
+        Ok(())
+    }
 
     #[test]
     fn loss_decreases_and_eval_runs() -> Result<()> {

@@ -112,9 +112,10 @@ fn loss_decreases_and_everything_is_written() {
         );
         assert!(report["test"]["perplexity"].as_f64().unwrap() > 1.0);
         assert!(report["peak_memory_bytes"].as_u64().unwrap() > 0);
+        // sha256sum testdata/train-lora/train.jsonl
         assert_eq!(
-            report["data"]["train"]["sha256"].as_str().unwrap().len(),
-            64
+            report["data"]["train"]["sha256"],
+            "6354908d65320a318a456e93663e8750bd97608ff400a711a9885454d521e4e3"
         );
         assert!(
             out.join("adapter_model.safetensors").exists()
@@ -602,4 +603,153 @@ fn packing_does_not_leak_across_examples() {
             );
         }
     }
+}
+
+/// A metrics reader that has gone away (`| head -1`, a `jq` that died) does not stop the run: the
+/// adapter and the report are written, exit 0, one note on stderr.
+#[test]
+fn closed_metrics_pipe_keeps_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path(), TinySpec::qwen2(11));
+    let out = dir.path().join("out");
+    let run = train_cmd(&model, &out, &["--max-steps", "2", "-q"]).run_closed_stdout();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for f in [
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "training_report.json",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing; stderr: {}", run.stderr);
+    }
+    assert_eq!(report(&out)["steps"], 2);
+    assert_eq!(
+        run.stderr.matches("metrics reader closed its pipe").count(),
+        1,
+        "{}",
+        run.stderr
+    );
+}
+
+/// `--rejects` or a file of `--out-dir` naming a data file is refused before anything is written.
+#[test]
+fn outputs_naming_the_data_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = std::fs::read(testdata("train-lora", "train.jsonl")).unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let plain = dir.path().join("train.jsonl");
+    let inside = out.join("training_report.json");
+    let model = dir.path().join("no-model");
+    for (train, rejects, flag) in [
+        (&plain, Some(&plain), "--rejects"),
+        (&inside, None, "--out-dir"),
+    ] {
+        std::fs::write(train, &data).unwrap();
+        let mut run = Run::new(BIN)
+            .arg("--model")
+            .arg(&model)
+            .arg("--train")
+            .arg(train)
+            .arg("--out-dir")
+            .arg(&out);
+        if let Some(r) = rejects {
+            run = run.arg("--rejects").arg(r);
+        }
+        let run = run.run();
+        assert_eq!(run.code, 2, "{}", run.stderr);
+        assert!(
+            run.stderr.contains(flag) && run.stderr.contains("--train"),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(std::fs::read(train).unwrap(), data);
+    }
+}
+
+/// Numbers that cannot train are usage errors (exit 2) naming the flag.
+#[test]
+fn numbers_are_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path(), TinySpec::qwen2(12));
+    let hidden = TinySpec::qwen2(12).hidden_size;
+    let above = (hidden + 1).to_string();
+    for (flag, value) in [
+        ("--alpha", "0"),
+        ("--alpha", "-1"),
+        ("--max-grad-norm", "-1"),
+        ("--weight-decay", "-0.1"),
+        ("--threads", "0"),
+        ("--rank", above.as_str()),
+    ] {
+        // `--flag=-1`: clap would read a separate `-1` as a flag.
+        let arg = format!("{flag}={value}");
+        let run = train_cmd(&model, &dir.path().join("out"), &[&arg]).run();
+        assert_eq!(run.code, 2, "{flag} {value}: {}", run.stderr);
+        assert!(run.stderr.contains(flag), "{flag} {value}: {}", run.stderr);
+    }
+}
+
+/// `--rejects` is replaced, atomically, like every tool's (it used to be appended to); `--threads`
+/// sizes the pool; `-o` takes the metrics lines.
+#[test]
+fn rejects_threads_and_output_are_the_shared_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path(), TinySpec::qwen2(13));
+    let mut data = std::fs::read(testdata("train-lora", "train.jsonl")).unwrap();
+    data.extend_from_slice(b"not json\n");
+    let train = dir.path().join("train.jsonl");
+    std::fs::write(&train, &data).unwrap();
+    let rejects = dir.path().join("rejects.jsonl");
+    std::fs::write(&rejects, "old\n").unwrap();
+    let metrics = dir.path().join("metrics.jsonl");
+    for threads in ["1", "3"] {
+        let out = dir.path().join(format!("out-{threads}"));
+        let run = Run::new(BIN)
+            .arg("--model")
+            .arg(&model)
+            .arg("--train")
+            .arg(&train)
+            .arg("--out-dir")
+            .arg(&out)
+            .args(["--device", "cpu", "--rank", "4", "--max-steps", "2"])
+            .args([
+                "--max-seq-len",
+                "256",
+                "--on-error",
+                "skip",
+                "--threads",
+                threads,
+            ])
+            .arg("--rejects")
+            .arg(&rejects)
+            .arg("-o")
+            .arg(&metrics)
+            .run()
+            .expect_code(0);
+        assert!(run.stdout.is_empty(), "metrics went to stdout with -o");
+        assert_eq!(std::fs::read_to_string(&rejects).unwrap(), "not json\n");
+        let lines = std::fs::read_to_string(&metrics).unwrap();
+        assert_eq!(lines.lines().filter(|l| l.contains("\"loss\"")).count(), 2);
+        assert_eq!(report(&out)["threads"], threads.parse::<u64>().unwrap());
+    }
+}
+
+/// scripts/check-peft-parity fails (exit 2, saying why) when its Python lacks torch/transformers/peft,
+/// unless SKIP_MISSING=1; it used to exit 0, so a machine without them passed the check.
+#[test]
+fn peft_parity_script_fails_without_its_python() {
+    let script = ftkit_testkit::workspace_root().join("scripts/check-peft-parity");
+    let missing = Run::new(&script).env("PYTHON", "false").run();
+    assert_eq!(missing.code, 2, "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("SKIP_MISSING=1"),
+        "{}",
+        missing.stderr
+    );
+    let skipped = Run::new(&script)
+        .env("PYTHON", "false")
+        .env("SKIP_MISSING", "1")
+        .run();
+    assert_eq!(skipped.code, 0, "{}", skipped.stderr);
+    assert!(skipped.stderr.contains("skipped"), "{}", skipped.stderr);
 }
