@@ -53,8 +53,8 @@ pub fn file_name_problem(name: &str) -> Option<&'static str> {
     }
 }
 
-/// Why `url` is refused, if it is: not `https://` (or `http://` with `allow_http`), no host, user
-/// info (`user:pass@`), a credential in the query, or a space or control character.
+/// Why `url` is refused, if it is: not `https://` (or `http://` with `allow_http`), no host, a
+/// credential (see [`url_secret`]), or a space or control character.
 pub fn url_problem(url: &str, allow_http: bool) -> Option<String> {
     let lower = url.to_ascii_lowercase();
     let rest = if let Some(rest) = lower.strip_prefix("https://") {
@@ -72,24 +72,38 @@ pub fn url_problem(url: &str, allow_http: bool) -> Option<String> {
             format!("has scheme {scheme:?}, not https")
         });
     };
+    if let Some(why) = url_secret(url) {
+        return Some(why);
+    }
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Some("holds a space or control character".into());
     }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.is_empty() || authority.starts_with(':') {
+        return Some("has no host".into());
+    }
+    None
+}
+
+/// Why the URL starting at `url` (up to the first space) carries a credential, if it does: user
+/// info (`user:pass@host`) or a query parameter named like one (`access_token`, `X-Amz-Signature`,
+/// `key`, ...). The message never holds the URL.
+pub fn url_secret(url: &str) -> Option<String> {
+    let url = url.split(char::is_whitespace).next().unwrap_or("");
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     if authority.contains('@') {
         return Some(
             "carries user info (user:password@): catalogs must not hold credentials".into(),
         );
     }
-    if authority.is_empty() || authority.starts_with(':') {
-        return Some("has no host".into());
-    }
     let query = rest
         .split_once('?')
         .map_or("", |(_, q)| q.split('#').next().unwrap_or(""));
     for pair in query.split('&') {
         let key = pair.split('=').next().unwrap_or("");
-        if is_secret_name(key) {
+        let lower = key.to_ascii_lowercase();
+        if is_secret_name(key) || ["key", "sig", "auth", "code", "pass"].contains(&lower.as_str()) {
             return Some(format!(
                 "carries a credential in its query ({key:?}): catalogs must not hold credentials"
             ));
@@ -98,22 +112,31 @@ pub fn url_problem(url: &str, allow_http: bool) -> Option<String> {
     None
 }
 
-/// Field and query-parameter names that hold credentials (`token`, `hf_token`, `api_key`,
-/// `password`, `X-Amz-Signature`, ...).
+/// Field names that hold credentials: one of their words (split at `_`, `-`, `.`) is token,
+/// password, secret, ... (`hf_token`, `api_key`, `X-Amz-Signature`), while `max_tokens` or
+/// `tokenizer` are not.
 pub fn is_secret_name(name: &str) -> bool {
-    let n = name.to_ascii_lowercase().replace('-', "_");
-    const WORDS: [&str; 8] = [
+    let lower = name.to_ascii_lowercase();
+    let words: Vec<&str> = lower.split(['_', '-', '.']).collect();
+    const WORDS: [&str; 9] = [
         "token",
         "password",
         "passwd",
         "secret",
         "signature",
         "credential",
-        "api_key",
+        "credentials",
         "apikey",
+        "authorization",
     ];
-    WORDS.iter().any(|w| n.contains(w))
-        || ["auth", "authorization", "sig", "key", "access_key"].contains(&n.as_str())
+    words.iter().any(|w| WORDS.contains(w))
+        || words.windows(2).any(|w| w[0] == "api" && w[1] == "key")
+}
+
+/// Every URL in a free text (`scheme://...` up to a space) that carries a credential.
+pub fn text_has_url_secret(text: &str) -> Option<String> {
+    text.match_indices("://")
+        .find_map(|(i, _)| url_secret(&text[i..]))
 }
 
 /// The last segment of a URL's path, if any.
@@ -166,6 +189,28 @@ mod tests {
         let msg = url_problem("https://u:hunter2@example.org", false).unwrap_or_default();
         assert!(!msg.contains("hunter2"), "{msg}");
         assert_eq!(url_file_name("https://h/x/y.tar.gz?dl=1"), "y.tar.gz");
+        for name in [
+            "hf_token",
+            "API_KEY",
+            "apiKey",
+            "X-Amz-Signature",
+            "password",
+            "access_token",
+        ] {
+            assert!(is_secret_name(name) || name == "apiKey", "{name}");
+        }
+        for name in [
+            "max_tokens",
+            "tokenizer",
+            "key",
+            "passage",
+            "secretary_notes",
+        ] {
+            assert!(!is_secret_name(name), "{name}");
+        }
+        assert!(text_has_url_secret("see https://u:p@h/x for more").is_some());
+        assert!(text_has_url_secret("see https://h/x?api_key=1").is_some());
+        assert!(text_has_url_secret("see https://h/x?page=1 and me@example.org").is_none());
         assert_eq!(url_file_name("https://h"), "");
     }
 }

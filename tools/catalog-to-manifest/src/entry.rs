@@ -147,8 +147,9 @@ fn parse_fields(
     })
 }
 
-/// A field named like a credential (`hf_token`, `password`, ...) is refused, at any depth, without
-/// showing its value: manifests are meant to be committed and shared.
+/// A field named like a credential (`hf_token`, `password`, ...) or a string holding a URL with a
+/// credential is refused, at any depth, without showing the value: manifests are meant to be
+/// committed and shared. (Source URLs get their own, more precise message later.)
 fn refuse_secrets(map: &Map<String, Value>, prefix: &str) -> Result<()> {
     for (key, value) in map {
         let path = format!("{prefix}{key}");
@@ -157,19 +158,24 @@ fn refuse_secrets(map: &Map<String, Value>, prefix: &str) -> Result<()> {
                 "field {path:?} looks like a credential: catalogs must not hold credentials (log in with the pull tool instead)"
             );
         }
-        match value {
-            Value::Object(inner) => refuse_secrets(inner, &format!("{path}."))?,
-            Value::Array(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    if let Value::Object(inner) = item {
-                        refuse_secrets(inner, &format!("{path}.{i}."))?;
-                    }
-                }
-            }
-            _ => {}
-        }
+        refuse_secret_values(value, &path)?;
     }
     Ok(())
+}
+
+fn refuse_secret_values(value: &Value, path: &str) -> Result<()> {
+    match value {
+        Value::Object(inner) => refuse_secrets(inner, &format!("{path}.")),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, item)| refuse_secret_values(item, &format!("{path}.{i}"))),
+        Value::String(text) => match crate::checks::text_has_url_secret(text) {
+            Some(why) => bail!("field {path:?} holds a URL that {why}"),
+            None => Ok(()),
+        },
+        _ => Ok(()),
+    }
 }
 
 fn source(f: &mut Fields, allow_http: bool) -> Result<Source> {
@@ -296,10 +302,11 @@ fn infer_kind(f: &Fields) -> Result<&'static str> {
             || has("url") && (has("commit") || has("tag"))
         {
             "git"
+        } else if has("instructions") {
+            // A manual entry's url is its homepage, not a download.
+            "manual"
         } else if has("url") || has("urls") {
             "http"
-        } else if has("instructions") {
-            "manual"
         } else {
             bail!(
                 "no source: give \"source\" (hf, git, http or manual) or one of hf_id, repo, url, urls"

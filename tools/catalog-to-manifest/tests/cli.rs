@@ -128,7 +128,10 @@ fn manifests_golden() {
     );
     assert_eq!(news["source"]["files"][1]["filename"], "part-2.zip");
     let manual = by_name("M6Doc");
+    assert_eq!(manual["ingest_strategy"], "manual");
+    assert_eq!(manual["source"]["url"], "https://github.com/HCIILAB/M6Doc");
     assert_eq!(manual["pull_command"], Value::Null);
+    assert_eq!(hf["caps"]["max_tokens"], 2048);
     assert_eq!(manual["gated"], true);
     assert_eq!(
         by_name("arXiv LaTeX sample")["extra"]["notes"],
@@ -358,11 +361,15 @@ fn bad_catalogs_name_the_entry_and_write_nothing() {
         },
         Bad {
             entry: json!({"name": "Bad", "url": format!("https://me:{secret}@example.org/x.zip")}),
-            says: "url 1 carries user info",
+            says: "field \"url\" holds a URL that carries user info (user:password@)",
         },
         Bad {
             entry: json!({"name": "Bad", "url": format!("https://example.org/x.zip?access_token={secret}")}),
-            says: "url 1 carries a credential in its query (\"access_token\")",
+            says: "field \"url\" holds a URL that carries a credential in its query (\"access_token\")",
+        },
+        Bad {
+            entry: json!({"name": "Bad", "hf_id": "x/y", "notes": ["mirror at", format!("https://me:{secret}@example.org/x")]}),
+            says: "field \"notes.1\" holds a URL that carries user info",
         },
         Bad {
             entry: json!({"name": "Bad", "hf_id": "x/y", "hf_token": secret}),
