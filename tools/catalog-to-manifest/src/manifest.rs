@@ -80,16 +80,13 @@ pub fn pull_command(source: &Source, dir: &str) -> Option<String> {
                 q(repo_id),
                 q(revision)
             );
+            // `hf download` (typer) takes one pattern per flag; a second word would be a file name.
             for (flag, patterns) in [
                 ("--include", allow_patterns),
                 ("--exclude", ignore_patterns),
             ] {
-                if !patterns.is_empty() {
-                    cmd.push_str(&format!(" {flag}"));
-                    for p in patterns {
-                        cmd.push(' ');
-                        cmd.push_str(&q(p));
-                    }
+                for p in patterns {
+                    cmd.push_str(&format!(" {flag} {}", q(p)));
                 }
             }
             cmd.push_str(&format!(" --local-dir {}", q(dir)));

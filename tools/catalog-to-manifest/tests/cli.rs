@@ -100,7 +100,7 @@ fn manifests_golden() {
     assert_eq!(hf["ingest_strategy"], "hf_snapshot");
     assert_eq!(
         hf["pull_command"],
-        "hf download Kyudan/MathBridge --repo-type dataset --revision main --include '*.json' 'data/*.parquet' --exclude '*.md' --local-dir raw/kyudan-mathbridge"
+        "hf download Kyudan/MathBridge --repo-type dataset --revision main --include '*.json' --include 'data/*.parquet' --exclude '*.md' --local-dir raw/kyudan-mathbridge"
     );
     // `repo` (not a URL) and `hf_id` are hf repo ids; a given slug is kept.
     assert_eq!(
