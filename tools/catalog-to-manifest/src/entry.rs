@@ -64,8 +64,11 @@ pub const NO_TRACK: &str = "untracked";
 /// An entry's label in messages: `path:line: entry N ("name")`.
 pub fn label(loc: &str, index: usize, fields: &Map<String, Value>) -> String {
     match fields.get("name").and_then(Value::as_str) {
-        Some(name) => format!("{loc}: entry {index} ({name:?})"),
-        None => format!("{loc}: entry {index}"),
+        // A name holding a URL with a credential is refused, and not repeated in the message.
+        Some(name) if crate::checks::text_has_url_secret(name).is_none() => {
+            format!("{loc}: entry {index} ({name:?})")
+        }
+        _ => format!("{loc}: entry {index}"),
     }
 }
 

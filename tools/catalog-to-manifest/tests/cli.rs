@@ -372,6 +372,10 @@ fn bad_catalogs_name_the_entry_and_write_nothing() {
             says: "field \"notes.1\" holds a URL that carries user info",
         },
         Bad {
+            entry: json!({"name": format!("mirror https://me:{secret}@example.org"), "hf_id": "x/y"}),
+            says: "field \"name\" holds a URL that carries user info",
+        },
+        Bad {
             entry: json!({"name": "Bad", "hf_id": "x/y", "hf_token": secret}),
             says: "field \"hf_token\" looks like a credential",
         },
@@ -408,8 +412,10 @@ fn bad_catalogs_name_the_entry_and_write_nothing() {
         let mut e = entries();
         e.push(case.entry.clone());
         std::fs::write(&path, jsonl(&e)).unwrap();
-        let name = case.entry["name"].as_str().unwrap();
-        let label = format!("{}:10: entry 10 ({name:?}): ", path.display());
+        let label = match case.entry["name"].as_str().unwrap() {
+            name if name.contains(secret) => format!("{}:10: entry 10: ", path.display()),
+            name => format!("{}:10: entry 10 ({name:?}): ", path.display()),
+        };
         for target in [&root, &fresh] {
             let out = Run::new(BIN).arg("--root").arg(target).arg(&path).run();
             assert_eq!(out.code, 1, "{:?}: {}", case.entry, out.stderr);
