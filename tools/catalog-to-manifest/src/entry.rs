@@ -62,8 +62,8 @@ pub struct HttpFile {
 pub const NO_TRACK: &str = "untracked";
 
 /// An entry's label in messages: `path:line: entry N ("name")`.
-pub fn label(loc: &str, index: usize, fields: &Map<String, Value>) -> String {
-    match fields.get("name").and_then(Value::as_str) {
+pub fn label(loc: &str, index: usize, name: Option<&str>) -> String {
+    match name {
         // A name holding a URL with a credential is refused, and not repeated in the message.
         Some(name) if crate::checks::text_has_url_secret(name).is_none() => {
             format!("{loc}: entry {index} ({name:?})")
@@ -74,7 +74,8 @@ pub fn label(loc: &str, index: usize, fields: &Map<String, Value>) -> String {
 
 /// Checks entry number `index` (1-based).
 pub fn parse(entry: Located, index: usize, allow_http: bool) -> Result<Dataset> {
-    let label = label(&entry.loc, index, &entry.fields);
+    let name = entry.fields.get("name").and_then(Value::as_str);
+    let label = label(&entry.loc, index, name);
     parse_fields(entry.loc, entry.fields, index, allow_http).context(label)
 }
 

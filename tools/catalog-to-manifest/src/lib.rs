@@ -139,7 +139,7 @@ fn check_unique(datasets: &[Dataset]) -> Result<()> {
     let mut seen: HashMap<&str, &Dataset> = HashMap::new();
     for d in datasets {
         if let Some(first) = seen.insert(&d.slug, d) {
-            let label = entry::label(&d.loc, d.index, &name_map(d));
+            let label = entry::label(&d.loc, d.index, Some(&d.name));
             return Err(anyhow::anyhow!(
                 "slug {:?} is already used by entry {} ({:?}) at {}",
                 d.slug,
@@ -151,10 +151,4 @@ fn check_unique(datasets: &[Dataset]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn name_map(d: &Dataset) -> serde_json::Map<String, serde_json::Value> {
-    let mut m = serde_json::Map::new();
-    m.insert("name".into(), d.name.clone().into());
-    m
 }
