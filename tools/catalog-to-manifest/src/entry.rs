@@ -460,3 +460,130 @@ impl Fields {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn check(entry: Value) -> Result<Dataset> {
+        let Value::Object(fields) = entry else {
+            bail!("not an object")
+        };
+        parse(
+            Located {
+                loc: "c:1".into(),
+                fields,
+            },
+            1,
+            false,
+        )
+    }
+
+    fn kind_of(entry: Value) -> String {
+        match check(entry) {
+            Ok(d) => crate::manifest::strategy(&d.source).to_string(),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn the_kind_follows_the_fields_present() {
+        let k = |v| kind_of(v);
+        assert_eq!(
+            k(json!({"name": "a", "url": "https://h/r.git", "commit": "abcdef1"})),
+            "git_clone"
+        );
+        assert_eq!(
+            k(json!({"name": "a", "git_url": "https://h/r.git", "tag": "v1"})),
+            "git_clone"
+        );
+        assert_eq!(k(json!({"name": "a", "repo": "org/name"})), "hf_snapshot");
+        assert_eq!(k(json!({"name": "a", "hf_repo": "name"})), "hf_snapshot");
+        assert_eq!(
+            k(json!({"name": "a", "source": "github", "url": "https://h/r", "tag": "v2"})),
+            "git_clone"
+        );
+        assert_eq!(
+            k(json!({"name": "a", "instructions": "ask", "url": "https://h/"})),
+            "manual"
+        );
+        assert_eq!(
+            k(json!({"name": "a", "urls": ["https://h/x.zip"]})),
+            "http_download"
+        );
+        assert_eq!(
+            k(json!({"name": "a", "source": {"type": "https", "url": "https://h/x"}})),
+            "http_download"
+        );
+    }
+
+    #[test]
+    fn spellings_and_their_checks() -> Result<()> {
+        let d = check(
+            json!({"name": "A b", "source": {"kind": "hub", "hf_id": "o/n", "repo_type": "models", "rev": "v1"}}),
+        )?;
+        let Source::Hf {
+            repo_type,
+            revision,
+            ..
+        } = &d.source
+        else {
+            bail!("not hf: {:?}", d.source)
+        };
+        assert_eq!((repo_type.as_str(), revision.as_str()), ("model", "v1"));
+        assert_eq!(d.slug, "a-b");
+        assert_eq!(d.track, NO_TRACK);
+        for (entry, says) in [
+            (
+                json!({"name": "a", "urls": ["https://h/x", "https://h/y"], "sha256": "0".repeat(64)}),
+                "one sha256 beside several urls",
+            ),
+            (
+                json!({"name": "a", "urls": ["https://h/x.zip", "https://g/x.zip"]}),
+                "downloads to \"x.zip\" like an earlier url",
+            ),
+            (
+                json!({"name": "a", "url": "https://h/"}),
+                "file name \"\" of url 1 is empty",
+            ),
+            (
+                json!({"name": "a", "url": "https://h/x", "sha256": "abc"}),
+                "sha256 of url 1 is not 64 hex digits",
+            ),
+            (
+                json!({"name": "a", "repo": "https://h/r", "commit": "xyz"}),
+                "commit \"xyz\" is not 7 to 64 hex digits",
+            ),
+            (
+                json!({"name": "a", "hf_id": "o/n/x"}),
+                "is not NAME or OWNER/NAME",
+            ),
+            (
+                json!({"name": "a", "hf_id": "o/n", "revision": "--upload"}),
+                "revision \"--upload\" is not a valid name",
+            ),
+            (
+                json!({"name": "a", "hf_id": "o/n", "gated": "yes"}),
+                "\"gated\" must be true or false, not a string",
+            ),
+            (
+                json!({"name": "a", "hf_id": "o/n", "caps": {"max_docs": -1}}),
+                "cap \"max_docs\" must be a whole number",
+            ),
+            (json!({"name": "", "hf_id": "o/n"}), "no \"name\""),
+            (
+                json!({"name": "a", "source": "manual"}),
+                "manual source without \"instructions\"",
+            ),
+        ] {
+            let err = check(entry.clone())
+                .err()
+                .map(|e| format!("{e:#}"))
+                .unwrap_or_default();
+            assert!(err.contains(says), "{entry}: want {says:?} in {err:?}");
+            assert!(err.starts_with("c:1: entry 1"), "{err}");
+        }
+        Ok(())
+    }
+}
