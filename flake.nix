@@ -38,6 +38,7 @@
 
         # Tool name (flake attribute, `nix run .#chunk`) → package and binary `ft-<name>`.
         tools = [
+          "catalog-to-manifest"
           "chunk"
           "filter"
           "ingest"
