@@ -5,6 +5,7 @@
 //! - `source`: the file's path as given on the command line or found by the walk;
 //! - `source_line` (1-based line where the record starts) and `record_index` (0-based position among
 //!   the file's records, counting skipped ones): only for records of JSON, JSONL and CSV sources;
+//!   a Parquet row ([`crate::parquet`]) has `record_index` alone, its row number;
 //! - `meta`: every field of the record not consumed by the text, raw and in input order (CSV values are
 //!   strings); `{}` for text and HTML documents.
 
