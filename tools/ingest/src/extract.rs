@@ -5,6 +5,7 @@
 //! - `source`: the file's path as given on the command line or found by the walk;
 //! - `source_line` (1-based line where the record starts) and `record_index` (0-based position among
 //!   the file's records, counting skipped ones): only for records of JSON, JSONL and CSV sources;
+//!   a Parquet row ([`crate::parquet`]) has `record_index` alone, its row number;
 //! - `meta`: every field of the record not consumed by the text, raw and in input order (CSV values are
 //!   strings); `{}` for text and HTML documents.
 
@@ -99,7 +100,7 @@ pub struct FileOut {
 }
 
 impl FileOut {
-    fn skip(reason: Skip, message: impl Into<String>) -> Self {
+    pub(crate) fn skip(reason: Skip, message: impl Into<String>) -> Self {
         Self {
             skipped: Some((reason, message.into())),
             ..Self::default()
@@ -107,7 +108,13 @@ impl FileOut {
     }
 
     /// Records a bad record; true when the source must stop here (`--on-error fail`).
-    fn reject(&mut self, opts: &Opts, line: u64, raw: &[u8], error: anyhow::Error) -> bool {
+    pub(crate) fn reject(
+        &mut self,
+        opts: &Opts,
+        line: u64,
+        raw: &[u8],
+        error: anyhow::Error,
+    ) -> bool {
         self.rejects.push(Reject {
             at: self.bytes.len(),
             line,
@@ -117,16 +124,17 @@ impl FileOut {
         opts.on_error == OnError::Fail
     }
 
-    fn full(&self, opts: &Opts) -> bool {
+    pub(crate) fn full(&self, opts: &Opts) -> bool {
         opts.max_records.is_some_and(|max| self.docs >= max)
     }
 }
 
 /// Lineage of a record inside its source.
 #[derive(Clone, Copy, Debug)]
-struct At {
-    line: u64,
-    index: u64,
+pub(crate) struct At {
+    /// 1-based; 0 for a Parquet row, which has no line (no `source_line` is written).
+    pub(crate) line: u64,
+    pub(crate) index: u64,
 }
 
 /// Output bytes a streaming conversion holds before handing them to its flush callback.
@@ -159,6 +167,9 @@ pub fn process_streaming(source: &str, opts: &Opts, flush: Flush<'_>) -> FileOut
     };
     // A file that cannot be opened or decompressed, before anything of it was written: skipped.
     let unreadable = |e: anyhow::Error| FileOut::skip(Skip::Unreadable, e.root_cause().to_string());
+    if kind == Kind::Parquet {
+        return crate::parquet::process(source, shown, opts, flush);
+    }
     if kind == Kind::Jsonl {
         let mut input = match ftkit_core::io::open_input(source) {
             Ok(i) => i,
@@ -245,7 +256,7 @@ fn read_whole(source: &str, max: u64) -> Result<std::result::Result<Vec<u8>, Fil
 }
 
 /// Hands the output to `flush` once it is big; false when the source must stop.
-fn maybe_flush(out: &mut FileOut, flush: Flush<'_>) -> bool {
+pub(crate) fn maybe_flush(out: &mut FileOut, flush: Flush<'_>) -> bool {
     if out.bytes.len() < FLUSH_BYTES {
         return true;
     }
@@ -274,11 +285,10 @@ fn emit(out: &mut FileOut, source: &str, text: &str, at: Option<At>, meta: &[(&s
     write_json_str(buf, source);
     if let Some(at) = at {
         use std::io::Write;
-        let _ = write!(
-            buf,
-            ",\"source_line\":{},\"record_index\":{}",
-            at.line, at.index
-        );
+        if at.line > 0 {
+            let _ = write!(buf, ",\"source_line\":{}", at.line);
+        }
+        let _ = write!(buf, ",\"record_index\":{}", at.index);
     }
     // Meta values are raw JSON texts already validated by the parser (or written by write_json_str).
     buf.extend_from_slice(b",\"meta\":{");
@@ -325,7 +335,13 @@ pub fn push_compact(buf: &mut Vec<u8>, json: &[u8]) {
 }
 
 /// A record → a document, or the reason it cannot be one.
-fn record(out: &mut FileOut, source: &str, rec: &RawRecord<'_>, at: At, opts: &Opts) -> Result<()> {
+pub(crate) fn record(
+    out: &mut FileOut,
+    source: &str,
+    rec: &RawRecord<'_>,
+    at: At,
+    opts: &Opts,
+) -> Result<()> {
     let text = opts.text.render(rec)?;
     let consumed = opts.text.consumed(rec);
     let meta: Vec<(&str, &str)> = rec

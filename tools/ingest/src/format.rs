@@ -15,6 +15,8 @@ pub enum Kind {
     Jsonl,
     /// Comma- or tab-separated values with a header row (`.csv`, `.tsv`): one document per row.
     Csv { delimiter: u8 },
+    /// Apache Parquet (`.parquet`): one document per row.
+    Parquet,
 }
 
 impl Kind {
@@ -30,13 +32,17 @@ impl Kind {
             "jsonl" | "ndjson" => Kind::Jsonl,
             "csv" => Kind::Csv { delimiter: b',' },
             "tsv" => Kind::Csv { delimiter: b'\t' },
+            "parquet" => Kind::Parquet,
             _ => return None,
         })
     }
 
     /// Record sources yield one document per record and need `--text-field` or `--template`.
     pub fn has_records(self) -> bool {
-        matches!(self, Kind::Json | Kind::Jsonl | Kind::Csv { .. })
+        matches!(
+            self,
+            Kind::Json | Kind::Jsonl | Kind::Csv { .. } | Kind::Parquet
+        )
     }
 }
 
@@ -64,10 +70,13 @@ mod tests {
         assert_eq!(k("x.ndjson"), Some(Kind::Jsonl));
         assert_eq!(k("x.json"), Some(Kind::Json));
         assert_eq!(k("x.tsv"), Some(Kind::Csv { delimiter: b'\t' }));
+        assert_eq!(k("x.PARQUET"), Some(Kind::Parquet));
+        assert_eq!(k("x.parquet.zst"), Some(Kind::Parquet));
         assert_eq!(k("x.zst"), None);
         assert_eq!(k("x.png"), None);
         assert_eq!(k("Makefile"), None);
         assert!(Kind::Csv { delimiter: b',' }.has_records());
+        assert!(Kind::Parquet.has_records());
         assert!(!Kind::Html.has_records());
     }
 

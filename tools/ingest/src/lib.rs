@@ -8,6 +8,7 @@ pub mod extract;
 pub mod format;
 pub mod html;
 pub mod linecap;
+pub mod parquet;
 pub mod size;
 pub mod template;
 pub mod walk;
@@ -36,25 +37,31 @@ Folders are walked recursively in sorted order. By extension (a trailing .zst is
   .json                                an array of objects (or one object): a document per object
   .jsonl .ndjson                       a document per line (one JSON object each)
   .csv .tsv                            a document per row; the header row names the fields
+  .parquet                             a document per row (pages uncompressed, snappy or zstd)
 
-For records (JSON, JSONL, CSV) the text is --text-field (default: text) or --template; every
-other field is kept, raw and in order, under \"meta\" (CSV values as strings), and
+For records (JSON, JSONL, CSV, Parquet) the text is --text-field (default: text) or --template;
+every other field is kept, raw and in order, under \"meta\" (CSV values as strings), and
 \"source_line\" (1-based line where the record starts) and \"record_index\" (0-based among the
-file's records) are added. \"id\" is the stable hash of the text alone (sha256 of the text and
-a 0x1F byte, first 16 bytes in hex), so equal texts share an id.
+file's records) are added. A Parquet row is a JSON object (columns in schema order; structs,
+lists and maps nested; nulls as null) and has no line: its record_index is its row number, and
+messages name path:ROW (1-based). \"id\" is the stable hash of the text alone (sha256 of the
+text and a 0x1F byte, first 16 bytes in hex), so equal texts share an id.
 
 Binary files (a NUL byte in the first 8 KiB, looked at before the rest is read), files of
 unknown type, text that is not UTF-8, files over --max-file-size (default 256M; for JSONL, a
 line over it stops the run), FIFOs, sockets and devices are skipped with a warning. A walk
 stays inside the folder given: a symbolic link whose target is outside it is skipped with a
-warning unless --follow-links. Empty texts are skipped and counted. A bad record (malformed
-JSON line, missing text field) stops the run with path:line (exit 1) unless --on-error skip.";
+warning unless --follow-links. A Parquet file that does not parse, or whose pages use a codec
+other than snappy or zstd, is skipped with a warning (unreadable). Empty texts are skipped and
+counted. A bad record (malformed JSON line, missing text field) stops the run with path:line
+(exit 1) unless --on-error skip.";
 
 const AFTER_LONG_HELP: &str = "\
 Examples:
   ft-ingest docs/ -o docs.jsonl
   ft-ingest notes/ --glob '*.md' --exclude drafts | ft-chunk --size 1000 --overlap 200
   ft-ingest qa.csv --template '{question}\\n{answer}' --max-records 3000
+  ft-ingest train-00000-of-00001.parquet --template '{instruction}\\n{output}'
   ft-ingest dump.jsonl.zst --text-field body --on-error skip --rejects bad.jsonl
   cat page.html | ft-ingest - --format html";
 
@@ -75,6 +82,8 @@ pub enum FormatArg {
     Csv,
     /// Tab-separated values with a header row.
     Tsv,
+    /// Apache Parquet, a document per row.
+    Parquet,
 }
 
 impl FormatArg {
@@ -87,6 +96,7 @@ impl FormatArg {
             FormatArg::Jsonl => Some(Kind::Jsonl),
             FormatArg::Csv => Some(Kind::Csv { delimiter: b',' }),
             FormatArg::Tsv => Some(Kind::Csv { delimiter: b'\t' }),
+            FormatArg::Parquet => Some(Kind::Parquet),
         }
     }
 }
@@ -95,7 +105,7 @@ impl FormatArg {
 #[command(
     name = "ft-ingest",
     version,
-    about = "Files and folders (text, markdown, HTML, JSON, JSONL, CSV, .zst) to JSONL document records",
+    about = "Files and folders (text, markdown, HTML, JSON, JSONL, CSV, Parquet, .zst) to JSONL document records",
     long_about = LONG_ABOUT,
     after_long_help = AFTER_LONG_HELP
 )]
@@ -124,7 +134,8 @@ pub struct Args {
 
     /// Skip (with a warning) any source read whole (text, HTML, JSON, CSV) bigger than this, on disk
     /// or decompressed; suffixes K, M, G, T (powers of 1024). JSONL streams: the cap is per line, and a
-    /// longer line stops the run.
+    /// longer line stops the run. Parquet streams too: the cap is per row group (its uncompressed size in
+    /// the footer; a bigger one skips the file), and on the whole file for stdin or .zst (read into memory).
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = size::parse)]
     pub max_file_size: u64,
 
@@ -132,7 +143,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = FormatArg::Auto, value_name = "FORMAT")]
     pub format: FormatArg,
 
-    /// Field holding a record's text (JSON, JSONL, CSV); dotted paths reach nested values (`a.b.0`).
+    /// Field holding a record's text (JSON, JSONL, CSV, Parquet); dotted paths reach nested values (`a.b.0`).
     #[arg(
         long,
         value_name = "NAME",

@@ -1010,3 +1010,422 @@ fn outputs_naming_an_input_are_refused() {
         assert_eq!(std::fs::read(&input).unwrap(), data, "{flag}");
     }
 }
+
+// ---- Parquet ------------------------------------------------------------------------------------
+
+/// One column chunk to write: values, then definition and repetition levels (None: a required,
+/// unrepeated column).
+enum Col {
+    Str(Vec<&'static str>, Option<Vec<i16>>, Option<Vec<i16>>),
+    I32(Vec<i32>, Option<Vec<i16>>),
+    I64(Vec<i64>),
+    F64(Vec<f64>),
+}
+
+/// Writes a Parquet file with the `parquet` crate: `groups` row groups of column chunks in leaf order.
+fn write_parquet(
+    path: &Path,
+    schema: &str,
+    codec: parquet::basic::Compression,
+    groups: Vec<Vec<Col>>,
+) {
+    use parquet::data_type::{ByteArray, ByteArrayType, DoubleType, Int32Type, Int64Type};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    let schema = std::sync::Arc::new(parquet::schema::parser::parse_message_type(schema).unwrap());
+    let props = std::sync::Arc::new(WriterProperties::builder().set_compression(codec).build());
+    let file = std::fs::File::create(path).unwrap();
+    let mut writer = SerializedFileWriter::new(file, schema, props).unwrap();
+    for group in groups {
+        let mut rg = writer.next_row_group().unwrap();
+        for col in group {
+            let mut cw = rg.next_column().unwrap().unwrap();
+            match col {
+                Col::Str(v, def, rep) => {
+                    let v: Vec<ByteArray> = v.into_iter().map(ByteArray::from).collect();
+                    cw.typed::<ByteArrayType>()
+                        .write_batch(&v, def.as_deref(), rep.as_deref())
+                        .unwrap();
+                }
+                Col::I32(v, def) => {
+                    cw.typed::<Int32Type>()
+                        .write_batch(&v, def.as_deref(), None)
+                        .unwrap();
+                }
+                Col::I64(v) => {
+                    cw.typed::<Int64Type>().write_batch(&v, None, None).unwrap();
+                }
+                Col::F64(v) => {
+                    cw.typed::<DoubleType>()
+                        .write_batch(&v, None, None)
+                        .unwrap();
+                }
+            };
+            cw.close().unwrap();
+        }
+        rg.close().unwrap();
+    }
+    writer.close().unwrap();
+}
+
+const FLAT_SCHEMA: &str = "message doc {
+    REQUIRED BYTE_ARRAY text (UTF8);
+    REQUIRED INT64 n;
+    OPTIONAL BYTE_ARRAY lang (UTF8);
+    REQUIRED DOUBLE score;
+}";
+
+/// Three rows of flat columns in two row groups (snappy, as on the Hugging Face hub).
+fn flat_parquet(path: &Path) {
+    write_parquet(
+        path,
+        FLAT_SCHEMA,
+        parquet::basic::Compression::SNAPPY,
+        vec![
+            vec![
+                Col::Str(vec!["alpha one", "beta two"], None, None),
+                Col::I64(vec![1, 2]),
+                Col::Str(vec!["en"], Some(vec![1, 0]), None),
+                Col::F64(vec![0.5, 1.25]),
+            ],
+            vec![
+                Col::Str(vec!["gamma three"], None, None),
+                Col::I64(vec![3]),
+                Col::Str(vec!["fr"], Some(vec![1]), None),
+                Col::F64(vec![2.0]),
+            ],
+        ],
+    );
+}
+
+#[test]
+fn parquet_rows_are_documents_like_jsonl_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("train.parquet");
+    flat_parquet(&path);
+    let source = path.display().to_string();
+    let out = Run::new(BIN).arg(&path).run().expect_code(0);
+    let doc = |text: &str, index: u64, meta: serde_json::Value| {
+        serde_json::json!({
+            "id": ftkit_testkit::independent_id(&[text]), "text": text, "source": source,
+            "record_index": index, "meta": meta,
+        })
+    };
+    assert_eq!(
+        out.records(),
+        [
+            doc(
+                "alpha one",
+                0,
+                serde_json::json!({"n": 1, "lang": "en", "score": 0.5})
+            ),
+            doc(
+                "beta two",
+                1,
+                serde_json::json!({"n": 2, "lang": null, "score": 1.25})
+            ),
+            doc(
+                "gamma three",
+                2,
+                serde_json::json!({"n": 3, "lang": "fr", "score": 2.0})
+            ),
+        ],
+        "row numbers run on across row groups; no source_line"
+    );
+    assert!(
+        out.stdout_str()
+            .contains(r#""meta":{"n":1,"lang":"en","score":0.5}}"#),
+        "meta in column order: {}",
+        out.stdout_str()
+    );
+    assert!(
+        out.stderr.contains("1 file read, 3 documents written"),
+        "{}",
+        out.stderr
+    );
+
+    // --template and --max-records as for JSONL.
+    let out = Run::new(BIN)
+        .arg(&path)
+        .args(["--template", "{text} #{n}", "--max-records", "2"])
+        .run()
+        .expect_code(0);
+    assert_eq!(texts(&out), ["alpha one #1", "beta two #2"]);
+    assert_eq!(
+        out.records()[1]["meta"],
+        serde_json::json!({"lang": null, "score": 1.25})
+    );
+
+    // Stdin and .zst (read into memory first): the same rows.
+    let bytes = std::fs::read(&path).unwrap();
+    let zst = dir.path().join("train.parquet.zst");
+    std::fs::write(&zst, zstd(&bytes)).unwrap();
+    let out = Run::new(BIN).arg(&zst).run().expect_code(0);
+    assert_eq!(texts(&out), ["alpha one", "beta two", "gamma three"]);
+    let out = Run::new(BIN)
+        .args(["-", "--format", "parquet"])
+        .stdin(bytes.clone())
+        .run()
+        .expect_code(0);
+    assert_eq!(texts(&out), ["alpha one", "beta two", "gamma three"]);
+    assert_eq!(out.records()[2]["source"], "<stdin>");
+    // In memory, --max-file-size caps the whole file.
+    let out = Run::new(BIN)
+        .arg(&zst)
+        .args(["--max-file-size", &(bytes.len() - 1).to_string()])
+        .run()
+        .expect_code(0);
+    assert!(out.stdout.is_empty());
+    assert!(
+        out.stderr
+            .contains("skipped (too big: a Parquet file read into memory"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn parquet_nested_and_null_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested.parquet");
+    write_parquet(
+        &path,
+        "message doc {
+            OPTIONAL BYTE_ARRAY text (UTF8);
+            OPTIONAL group info { REQUIRED INT32 year; OPTIONAL BYTE_ARRAY author (UTF8); }
+            OPTIONAL group tags (LIST) { REPEATED group list { OPTIONAL BYTE_ARRAY element (UTF8); } }
+        }",
+        parquet::basic::Compression::ZSTD(Default::default()),
+        // Rows: {first, {2020, ann}, [x, y]}, {null, null, null}, {third, {1999, null}, [null, z]},
+        // {fourth, {2001, bo}, []}.
+        vec![vec![
+            Col::Str(vec!["first", "third", "fourth"], Some(vec![1, 0, 1, 1]), None),
+            Col::I32(vec![2020, 1999, 2001], Some(vec![1, 0, 1, 1])),
+            Col::Str(vec!["ann", "bo"], Some(vec![2, 0, 1, 2]), None),
+            Col::Str(
+                vec!["x", "y", "z"],
+                Some(vec![3, 3, 0, 2, 3, 1]),
+                Some(vec![0, 1, 0, 0, 1, 0]),
+            ),
+        ]],
+    );
+    let shown = path.display().to_string();
+
+    // A null text is a missing field: the run stops at its row (1-based) after the rows before it.
+    let out = Run::new(BIN).arg(&path).run().expect_code(1);
+    assert_eq!(texts(&out), ["first"]);
+    assert!(
+        out.stderr
+            .contains(&format!("{shown}:2: missing field \"text\"")),
+        "{}",
+        out.stderr
+    );
+
+    let rejects = dir.path().join("rejects.jsonl");
+    let out = Run::new(BIN)
+        .arg(&path)
+        .args(["--on-error", "skip", "--rejects"])
+        .arg(&rejects)
+        .run()
+        .expect_code(0);
+    let got: Vec<(String, u64, serde_json::Value)> = out
+        .records()
+        .iter()
+        .map(|r| {
+            assert!(r.get("source_line").is_none(), "{r}");
+            (
+                r["text"].as_str().unwrap().to_string(),
+                r["record_index"].as_u64().unwrap(),
+                r["meta"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "first".to_string(),
+                0,
+                serde_json::json!({"info": {"year": 2020, "author": "ann"}, "tags": ["x", "y"]})
+            ),
+            (
+                "third".to_string(),
+                2,
+                serde_json::json!({"info": {"year": 1999, "author": null}, "tags": [null, "z"]})
+            ),
+            (
+                "fourth".to_string(),
+                3,
+                serde_json::json!({"info": {"year": 2001, "author": "bo"}, "tags": []})
+            ),
+        ]
+    );
+    // Struct fields keep the schema's order (year before author), not sorted.
+    assert!(
+        out.stdout_str()
+            .contains(r#""info":{"year":2020,"author":"ann"}"#),
+        "{}",
+        out.stdout_str()
+    );
+    assert!(
+        out.stderr
+            .contains(&format!("{shown}:2: missing field \"text\" (skipped)")),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(&rejects).unwrap(),
+        "{\"text\":null,\"info\":null,\"tags\":null}\n"
+    );
+
+    // Dotted paths reach into structs and lists.
+    let out = Run::new(BIN)
+        .arg(&path)
+        .args(["--text-field", "info.author", "--on-error", "skip"])
+        .run()
+        .expect_code(0);
+    assert_eq!(texts(&out), ["ann", "bo"]);
+    let out = Run::new(BIN)
+        .arg(&path)
+        .args(["--template", "{text}: {tags.1}", "--on-error", "skip"])
+        .run()
+        .expect_code(0);
+    assert_eq!(texts(&out), ["first: y", "third: z"]);
+}
+
+/// A file written by pyarrow (testdata/ingest/parquet/make.py), the way Hugging Face datasets are:
+/// every row, as pyarrow reads it back (hf.rows.json), is the document's text field plus meta.
+#[test]
+fn parquet_written_by_pyarrow_reads_as_pyarrow_reads_it() {
+    let dir = workspace_root().join("testdata/ingest/parquet");
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(dir.join("hf.rows.json")).unwrap()).unwrap();
+    let out = Run::new(BIN)
+        .arg(dir.join("hf.parquet"))
+        .args(["--on-error", "skip"])
+        .run()
+        .expect_code(0);
+    let mut expected = Vec::new();
+    for (index, row) in rows.iter().enumerate() {
+        let mut meta = row.as_object().unwrap().clone();
+        let Some(serde_json::Value::String(text)) = meta.remove("text") else {
+            continue;
+        };
+        expected.push((text, index as u64, serde_json::Value::Object(meta)));
+    }
+    assert_eq!(expected.len(), 2, "the fixture has one null text");
+    let got: Vec<(String, u64, serde_json::Value)> = out
+        .records()
+        .iter()
+        .map(|r| {
+            (
+                r["text"].as_str().unwrap().to_string(),
+                r["record_index"].as_u64().unwrap(),
+                r["meta"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn broken_and_unsupported_parquet_files_are_skipped_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    std::fs::create_dir(&root).unwrap();
+    flat_parquet(&root.join("a-good.parquet"));
+    let good = std::fs::read(root.join("a-good.parquet")).unwrap();
+    write(
+        &root.join("b-garbage.parquet"),
+        b"PAR1 this is not parquet PAR1",
+    );
+    write(&root.join("c-truncated.parquet"), &good[..good.len() / 2]);
+    std::fs::copy(
+        workspace_root().join("testdata/ingest/parquet/gzip.parquet"),
+        root.join("d-gzip.parquet"),
+    )
+    .unwrap();
+    let out = Run::new(BIN).arg(&root).run().expect_code(0);
+    assert_eq!(texts(&out), ["alpha one", "beta two", "gamma three"]);
+    let shown = root.display();
+    for (name, why) in [
+        ("b-garbage", "skipped (not a Parquet file: "),
+        ("c-truncated", "skipped (not a Parquet file: "),
+        (
+            "d-gzip",
+            "skipped (column \"text\" is compressed with gzip; ft-ingest reads Parquet pages that \
+             are uncompressed, snappy, zstd)",
+        ),
+    ] {
+        assert!(
+            out.stderr
+                .contains(&format!("ft-ingest: {shown}/{name}.parquet: {why}")),
+            "{name}: {}",
+            out.stderr
+        );
+    }
+    assert!(
+        out.stderr
+            .contains("1 file read, 3 skipped (3 unreadable), 3 documents written"),
+        "{}",
+        out.stderr
+    );
+
+    // A damaged page behind a sound footer: the rows are out of reach, the run stops (exit 1).
+    let mut damaged = good.clone();
+    damaged[4..40].fill(0xff);
+    let path = dir.path().join("damaged.parquet");
+    write(&path, &damaged);
+    let out = Run::new(BIN).arg(&path).run().expect_code(1);
+    assert!(out.stdout.is_empty());
+    assert!(
+        out.stderr
+            .contains(&format!("{}: cannot read row group 0", path.display())),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn parquet_max_file_size_caps_each_row_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.parquet");
+    // 300 short, alike rows: zstd shrinks them well, and the footer's min/max statistics stay small.
+    let rows: Vec<&'static str> = (0..300)
+        .map(|i| &*format!("row {i:03}: {}", "many words ".repeat(6)).leak())
+        .collect();
+    write_parquet(
+        &path,
+        FLAT_SCHEMA,
+        parquet::basic::Compression::ZSTD(Default::default()),
+        vec![vec![
+            Col::Str(rows.clone(), None, None),
+            Col::I64(vec![1; 300]),
+            Col::Str(vec![], Some(vec![0; 300]), None),
+            Col::F64(vec![0.0; 300]),
+        ]],
+    );
+    let on_disk = std::fs::metadata(&path).unwrap().len();
+    assert!(on_disk < 4096, "{on_disk} bytes on disk");
+    // The file is under 4K on disk, its row group over 20K uncompressed: the row group decides.
+    let out = Run::new(BIN)
+        .arg(&path)
+        .args(["--max-file-size", "4K"])
+        .run()
+        .expect_code(0);
+    assert!(out.stdout.is_empty());
+    assert!(
+        out.stderr.contains(&format!(
+            "{}: skipped (too big: row group 0 holds ",
+            path.display()
+        )) && out.stderr.contains("over --max-file-size (4096 bytes)"),
+        "{}",
+        out.stderr
+    );
+    let out = Run::new(BIN)
+        .arg(&path)
+        .args(["--max-file-size", "64K"])
+        .run()
+        .expect_code(0);
+    assert_eq!(texts(&out), rows);
+}
