@@ -93,15 +93,33 @@ pub struct Engine {
     policy: Policy,
 }
 
-/// The `--on-error` policy, the rejects file and the counts.
-struct Policy {
+/// The `--on-error` policy, the rejects file and the counts: the engine's, and that of a tool that
+/// reads its input its own way (the LLM driver).
+pub struct Policy {
     on_error: OnError,
     rejects: Option<Rejects>,
     summary: Summary,
 }
 
 impl Policy {
-    fn reject(&mut self, loc: Loc, line: &[u8], err: anyhow::Error) -> Result<()> {
+    /// The policy of `run`; its `--rejects` file is created now, as a temporary.
+    pub fn new(run: &RunArgs) -> Result<Self> {
+        Ok(Self {
+            on_error: run.on_error,
+            rejects: run.rejects_file()?.map(Rejects::new),
+            summary: Summary::default(),
+        })
+    }
+
+    /// A handle on the `--rejects` file, for rejects of a tool's own format (drop it before
+    /// [`Policy::close`]).
+    pub fn rejects(&self) -> Option<Rejects> {
+        self.rejects.clone()
+    }
+
+    /// Applies the policy to one bad line: counts it, copies it to `--rejects`, then returns its
+    /// error with `path:line` (`fail`) or reports it on stderr (`skip`).
+    pub fn reject(&mut self, loc: Loc, line: &[u8], err: anyhow::Error) -> Result<()> {
         self.summary.rejected += 1;
         if let Some(file) = &self.rejects
             && !line.is_empty()
@@ -118,7 +136,7 @@ impl Policy {
     }
 
     /// Writes `bytes` up to each failure, applies the policy to it, and goes on (or stops).
-    fn write(
+    pub fn write(
         &mut self,
         out: &mut impl Write,
         path: &str,
@@ -140,6 +158,14 @@ impl Policy {
         }
         out.write_all(&bytes[written..])?;
         Ok(())
+    }
+
+    /// Commits the `--rejects` file; returns the counts.
+    pub fn close(self) -> Result<Summary> {
+        if let Some(file) = self.rejects {
+            file.commit()?;
+        }
+        Ok(self.summary)
     }
 }
 
@@ -465,16 +491,11 @@ impl Engine {
     /// progress, so this engine shows none.
     pub fn for_streams(run: &RunArgs) -> Result<Self> {
         let pool = run.pool()?;
-        let rejects = run.rejects_file()?.map(Rejects::new);
         Ok(Self {
             inputs: Vec::new(),
             pool,
             progress: Progress::bytes(true, "reading"),
-            policy: Policy {
-                on_error: run.on_error,
-                rejects,
-                summary: Summary::default(),
-            },
+            policy: Policy::new(run)?,
         })
     }
 
@@ -780,11 +801,7 @@ impl Engine {
     /// Commits the rejects file, saying nothing: for a tool with a summary line of its own.
     pub fn close(self) -> Result<Summary> {
         self.progress.finish();
-        let policy = self.policy;
-        if let Some(file) = policy.rejects {
-            file.commit()?;
-        }
-        Ok(policy.summary)
+        self.policy.close()
     }
 }
 
