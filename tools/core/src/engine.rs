@@ -9,7 +9,7 @@
 //!
 //! The same pieces serve a tool that opens its inputs itself (ft-ingest): [`Engine::map_reader`]
 //! drives an opened stream, [`map_part`] converts a small input in memory inside the tool's own
-//! parallel batch, and [`Engine::write`] is the one "write up to the failure, then reject" path.
+//! parallel batch, and [`Policy::write`] is the one "write up to the failure, then reject" path.
 
 use crate::cli::{CommonArgs, OnError, RunArgs, warn};
 use crate::io::{BOM, Input, ZSTD_MAGIC, open_input};
@@ -135,7 +135,9 @@ impl Policy {
         }
     }
 
-    /// Writes `bytes` up to each failure, applies the policy to it, and goes on (or stops).
+    /// Writes output made ahead to `out` in order: the bytes up to each failure, then the failure
+    /// through the policy (`fail` returns its error with `path:line`, `skip` reports it and goes
+    /// on). The one "write up to the failure, then reject" path.
     pub fn write(
         &mut self,
         out: &mut impl Write,
@@ -419,7 +421,7 @@ where
 }
 
 /// Runs `f` over the lines of `reader` into one [`Part`] held in memory, for a tool that converts
-/// many small inputs at once in its own parallel batch and writes each with [`Engine::write`] in
+/// many small inputs at once in its own parallel batch and writes each with [`Policy::write`] in
 /// its own order. The lines of a batch run in parallel on the current rayon pool, except with a
 /// `limit`: then they run in order, a batch reads no more lines than records are still wanted, and
 /// conversion stops once `limit` records are written. Stops after the first failure with
@@ -515,18 +517,10 @@ impl Engine {
         self.policy.reject(loc, line, err)
     }
 
-    /// Writes output that was made ahead (a [`Part`], or a tool's own) to `out` in order: the bytes
-    /// up to each failure, then the failure through the error policy (`fail` returns its error with
-    /// `path:line`, `skip` reports it and goes on); a failure with no bytes is not copied to
-    /// `--rejects`.
-    pub fn write(
-        &mut self,
-        out: &mut impl Write,
-        path: &str,
-        bytes: &[u8],
-        failures: Vec<Failure>,
-    ) -> Result<()> {
-        self.policy.write(out, path, bytes, failures)
+    /// The error policy, for output a tool made ahead (a [`Part`], or its own) and writes with
+    /// [`Policy::write`].
+    pub fn policy(&mut self) -> &mut Policy {
+        &mut self.policy
     }
 
     /// Feeds every batch of every source to `work` (in the pool) and then `emit` (in order), which
@@ -1059,6 +1053,7 @@ mod tests {
         };
         let mut out = Vec::new();
         let err = Engine::for_streams(&run)?
+            .policy()
             .write(&mut out, "p", b"one\ntwo\n", failures())
             .unwrap_err();
         assert_eq!(format!("{err:#}"), "p:7: no good");
@@ -1068,7 +1063,9 @@ mod tests {
         run.rejects = Some(dir.path().join("r.jsonl"));
         let mut engine = Engine::for_streams(&run)?;
         let mut out = Vec::new();
-        engine.write(&mut out, "p", b"one\ntwo\n", failures())?;
+        engine
+            .policy()
+            .write(&mut out, "p", b"one\ntwo\n", failures())?;
         assert_eq!(out, b"one\ntwo\n");
         assert_eq!(engine.close()?.rejected, 1);
         assert_eq!(std::fs::read(dir.path().join("r.jsonl"))?, b"bad\n");

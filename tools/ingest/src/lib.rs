@@ -323,6 +323,7 @@ impl Writer {
             .min(bytes.len());
         let rejects = std::mem::take(&mut file.rejects);
         self.engine
+            .policy()
             .write(&mut self.out, shown, &bytes[..end], rejects)
     }
 
