@@ -674,7 +674,8 @@ impl Engine {
     /// Like [`Engine::map`] on a stream a tool opened (and checked, capped) itself, named `name` in
     /// messages. `f` also gets the line's 0-based position among the stream's non-blank lines and
     /// returns how many records it wrote; with a `limit`, reading stops once that many are written
-    /// (lines then run in order, see [`Engine::drive`]). The counts are this stream's.
+    /// (lines then run in order, a batch holding no more lines than records are still wanted). The
+    /// counts are this stream's.
     pub fn map_reader<F>(
         &mut self,
         name: &str,
