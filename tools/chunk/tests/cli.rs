@@ -291,3 +291,42 @@ fn escaped_input_gives_exact_chunks() {
         assert_eq!(covered, text.len());
     }
 }
+
+/// Issue 10 (one ordered batch reader): a read error in the middle of an input (here a truncated
+/// zstd stream) stops the run naming the file, after the output of every line read before it is
+/// written, as for a bad line. It used to drop the whole batch being read (all of a small input).
+#[test]
+fn a_read_error_writes_the_lines_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut input = String::new();
+    for i in 0..3000 {
+        let words: Vec<String> = (0..80).map(|j| (i * j).to_string()).collect();
+        input.push_str(&format!(
+            "{{\"id\":\"d{i}\",\"text\":\"document {i} {}\"}}\n",
+            words.join(" ")
+        ));
+    }
+    let packed = ftkit_testkit::zstd(input.as_bytes());
+    let full = dir.path().join("full.jsonl.zst");
+    std::fs::write(&full, &packed).unwrap();
+    let whole = Run::new(BIN).arg(&full).run().expect_code(0).stdout;
+    // Cut inside the last compressed block: the blocks before it still decode.
+    let cut = dir.path().join("cut.jsonl.zst");
+    std::fs::write(&cut, &packed[..packed.len() - 100]).unwrap();
+    let out = Run::new(BIN).arg(&cut).run().expect_code(1);
+    let prefix = format!("ft-chunk: {}: cannot read: ", cut.display());
+    assert!(out.stderr.starts_with(&prefix), "{}", out.stderr);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    let docs: std::collections::BTreeSet<String> = out
+        .records()
+        .iter()
+        .map(|c| c["doc_id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(docs.len() > 1000, "{} documents written", docs.len());
+    assert!(docs.len() < 3000, "{} documents written", docs.len());
+    assert!(
+        whole.starts_with(&out.stdout),
+        "a prefix of the full output"
+    );
+    assert!(out.stdout.ends_with(b"\n"));
+}

@@ -15,7 +15,8 @@ use crate::linecap::LineCap;
 use crate::template::TextSpec;
 use anyhow::{Result, anyhow};
 use ftkit_core::OnError;
-use ftkit_core::jsonl::{LineReader, RawRecord, write_json_str};
+use ftkit_core::engine::{Failure, map_part};
+use ftkit_core::jsonl::{Loc, RawRecord, write_json_str};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::io::BufRead;
@@ -75,17 +76,6 @@ impl Skip {
     }
 }
 
-/// A record that could not be made into a document.
-#[derive(Debug)]
-pub struct Reject {
-    /// Offset in [`FileOut::bytes`] where the output stood when the record was met.
-    pub at: usize,
-    pub line: u64,
-    /// The record's input text, verbatim (for `--rejects`).
-    pub raw: Vec<u8>,
-    pub error: anyhow::Error,
-}
-
 /// Everything one source produced.
 #[derive(Debug, Default)]
 pub struct FileOut {
@@ -93,8 +83,9 @@ pub struct FileOut {
     pub docs: u64,
     pub empty: u64,
     pub skipped: Option<(Skip, String)>,
-    /// Records rejected, in order. With `--on-error fail` the last one ends the run.
-    pub rejects: Vec<Reject>,
+    /// Records rejected, in order: `at` is the offset in `bytes` where the output stood when the
+    /// record was met, `raw` its input text verbatim. With `--on-error fail` the last one ends the run.
+    pub rejects: Vec<Failure>,
     /// An error that ends the run after `bytes[..at]` is written (a file that cannot be read).
     pub fatal: Option<(usize, anyhow::Error)>,
 }
@@ -115,7 +106,7 @@ impl FileOut {
         raw: &[u8],
         error: anyhow::Error,
     ) -> bool {
-        self.rejects.push(Reject {
+        self.rejects.push(Failure {
             at: self.bytes.len(),
             line,
             raw: raw.to_vec(),
@@ -171,21 +162,26 @@ pub fn process_streaming(source: &str, opts: &Opts, flush: Flush<'_>) -> FileOut
         return crate::parquet::process(source, shown, opts, flush);
     }
     if kind == Kind::Jsonl {
-        let mut input = match ftkit_core::io::open_input(source) {
-            Ok(i) => i,
-            Err(e) => return unreadable(e),
+        let reader = match open_jsonl(source, opts) {
+            Ok(r) => r,
+            Err(skipped) => return skipped,
         };
-        match input.reader.fill_buf() {
-            Ok(head) if looks_binary(head) => {
-                return FileOut::skip(Skip::Binary, "binary: a NUL byte in the first 8 KiB");
-            }
-            Ok(_) => {}
-            Err(e) => return unreadable(anyhow::Error::new(e)),
-        }
-        let mut out = FileOut::default();
-        let capped = LineCap::new(input.reader, opts.max_file_size);
-        jsonl(&mut out, shown, capped, opts, flush);
-        return out;
+        let (part, error) = map_part(
+            shown,
+            reader,
+            opts.on_error,
+            opts.max_records,
+            jsonl_line(shown, opts),
+        );
+        let ok = part.lines - part.failures.len() as u64;
+        return FileOut {
+            fatal: error.map(|e| (part.bytes.len(), e)),
+            bytes: part.bytes,
+            docs: part.written,
+            empty: ok - part.written,
+            rejects: part.failures,
+            skipped: None,
+        };
     }
     let bytes = match read_whole(source, opts.max_file_size) {
         Ok(Ok(b)) => b,
@@ -214,6 +210,24 @@ pub fn process_streaming(source: &str, opts: &Opts, flush: Flush<'_>) -> FileOut
         }
     }
     out
+}
+
+/// Opens a JSONL source as a stream of lines capped at `--max-file-size` each, after looking at
+/// its first bytes; a source that cannot be opened or is binary comes back as a skipped [`FileOut`].
+pub fn open_jsonl(
+    source: &str,
+    opts: &Opts,
+) -> std::result::Result<Box<dyn BufRead + Send>, FileOut> {
+    let unreadable = |e: anyhow::Error| FileOut::skip(Skip::Unreadable, e.root_cause().to_string());
+    let mut input = ftkit_core::io::open_input(source).map_err(unreadable)?;
+    match input.reader.fill_buf() {
+        Ok(head) if looks_binary(head) => Err(FileOut::skip(
+            Skip::Binary,
+            "binary: a NUL byte in the first 8 KiB",
+        )),
+        Ok(_) => Ok(Box::new(LineCap::new(input.reader, opts.max_file_size))),
+        Err(e) => Err(unreadable(anyhow::Error::new(e))),
+    }
 }
 
 /// Reads a source that is converted whole, after looking at its first bytes: a binary file is
@@ -271,12 +285,25 @@ pub(crate) fn maybe_flush(out: &mut FileOut, flush: Flush<'_>) -> bool {
 
 /// Appends one document record (or counts an empty text).
 fn emit(out: &mut FileOut, source: &str, text: &str, at: Option<At>, meta: &[(&str, &str)]) {
-    if text.trim().is_empty() {
+    if write_doc(&mut out.bytes, source, text, at, meta) {
+        out.docs += 1;
+    } else {
         out.empty += 1;
-        return;
+    }
+}
+
+/// Appends one document record to `buf`; false (nothing written) for an empty text.
+fn write_doc(
+    buf: &mut Vec<u8>,
+    source: &str,
+    text: &str,
+    at: Option<At>,
+    meta: &[(&str, &str)],
+) -> bool {
+    if text.trim().is_empty() {
+        return false;
     }
     let id = ftkit_core::stable_id(&[text]);
-    let buf = &mut out.bytes;
     buf.extend_from_slice(b"{\"id\":\"");
     buf.extend_from_slice(id.as_bytes());
     buf.extend_from_slice(b"\",\"text\":");
@@ -301,7 +328,7 @@ fn emit(out: &mut FileOut, source: &str, text: &str, at: Option<At>, meta: &[(&s
         push_compact(buf, v.as_bytes());
     }
     buf.extend_from_slice(b"}}\n");
-    out.docs += 1;
+    true
 }
 
 /// Appends valid JSON text without the whitespace between tokens (a pretty-printed value in a
@@ -342,6 +369,23 @@ pub(crate) fn record(
     at: At,
     opts: &Opts,
 ) -> Result<()> {
+    if record_doc(&mut out.bytes, source, rec, at, opts)? == 1 {
+        out.docs += 1;
+    } else {
+        out.empty += 1;
+    }
+    Ok(())
+}
+
+/// A record → a document appended to `buf` (1 written, 0 for an empty text), or the reason it
+/// cannot be one.
+fn record_doc(
+    buf: &mut Vec<u8>,
+    source: &str,
+    rec: &RawRecord<'_>,
+    at: At,
+    opts: &Opts,
+) -> Result<u64> {
     let text = opts.text.render(rec)?;
     let consumed = opts.text.consumed(rec);
     let meta: Vec<(&str, &str)> = rec
@@ -350,120 +394,21 @@ pub(crate) fn record(
         .filter(|(k, _)| !consumed.contains(&k.as_ref()))
         .map(|(k, v)| (k.as_ref(), v.get()))
         .collect();
-    emit(out, source, &text, Some(at), &meta);
-    Ok(())
+    Ok(u64::from(write_doc(buf, source, &text, Some(at), &meta)))
 }
 
-/// JSONL lines read per parallel batch, and per task within a batch.
-const JSONL_BATCH_BYTES: usize = 4 << 20;
-const JSONL_TASK_BYTES: usize = 256 << 10;
-
-/// One JSONL line → a document in `out`, or a rejected record; true when the source must stop.
-fn jsonl_line(out: &mut FileOut, source: &str, line: &[u8], at: At, opts: &Opts) -> bool {
-    let outcome = std::str::from_utf8(line)
-        .map_err(|e| anyhow!("invalid UTF-8 at byte {}", e.valid_up_to()))
-        .and_then(|s| record(out, source, &RawRecord::parse(s)?, at, opts));
-    match outcome {
-        Ok(()) => false,
-        Err(e) => out.reject(opts, at.line, line, e),
-    }
-}
-
-/// Converts JSONL lines in batches: the lines of a batch in parallel (on the current rayon pool),
-/// their output appended in line order. With `--max-records` the lines go one by one instead, so
-/// that reading stops at the cap and the counts stay exact.
-fn jsonl(out: &mut FileOut, source: &str, input: impl BufRead, opts: &Opts, flush: Flush<'_>) {
-    use rayon::prelude::*;
-    let mut reader = LineReader::new(input);
-    let mut data = Vec::new();
-    let mut spans: Vec<(usize, usize, u64)> = Vec::new();
-    let mut index = 0;
-    let batch_bytes = if opts.max_records.is_some() {
-        0
-    } else {
-        JSONL_BATCH_BYTES
-    };
-    while !out.full(opts) && maybe_flush(out, flush) {
-        data.clear();
-        spans.clear();
-        // A read error ends the source after the lines read before it are converted.
-        let mut failed = None;
-        loop {
-            let start = data.len();
-            match reader.append_line(&mut data) {
-                Ok(Some(line_no)) => spans.push((start, data.len(), line_no)),
-                Ok(None) => break,
-                Err(e) => {
-                    data.truncate(start);
-                    failed = Some(anyhow::Error::new(e).context(format!("{source}: cannot read")));
-                    break;
-                }
-            }
-            if data.len() >= batch_bytes {
-                break;
-            }
-        }
-        if spans.is_empty() {
-            if let Some(e) = failed {
-                out.fatal = Some((out.bytes.len(), e));
-            }
-            break;
-        }
-        if index == 0 && data.starts_with(b"\xef\xbb\xbf") {
-            spans[0].0 += 3; // a UTF-8 byte-order mark
-        }
-        let at = |i: usize| At {
-            line: spans[i].2,
-            index: index + i as u64,
+/// The per-line function of a JSONL source for the engine: one line → a document in `buf`
+/// (`index`: the line's position among the source's non-blank lines, its `record_index`).
+pub fn jsonl_line<'a>(
+    source: &'a str,
+    opts: &'a Opts,
+) -> impl Fn(Loc, u64, &str, &mut Vec<u8>) -> Result<u64> + Sync + 'a {
+    move |loc, index, line, buf| {
+        let at = At {
+            line: loc.line,
+            index,
         };
-        if spans.len() == 1 {
-            let (s, e, _) = spans[0];
-            if jsonl_line(out, source, &data[s..e], at(0), opts) {
-                return;
-            }
-        } else {
-            let mut tasks = Vec::new();
-            let (mut begin, mut bytes) = (0, 0);
-            for (i, &(s, e, _)) in spans.iter().enumerate() {
-                bytes += e - s;
-                if bytes >= JSONL_TASK_BYTES || i + 1 == spans.len() {
-                    tasks.push(begin..i + 1);
-                    (begin, bytes) = (i + 1, 0);
-                }
-            }
-            let parts: Vec<FileOut> = tasks
-                .into_par_iter()
-                .map(|range| {
-                    let mut part = FileOut::default();
-                    for i in range {
-                        let (s, e, _) = spans[i];
-                        if jsonl_line(&mut part, source, &data[s..e], at(i), opts) {
-                            break;
-                        }
-                    }
-                    part
-                })
-                .collect();
-            for part in parts {
-                let base = out.bytes.len();
-                let stop = opts.on_error == OnError::Fail && !part.rejects.is_empty();
-                out.bytes.extend_from_slice(&part.bytes);
-                out.rejects.extend(part.rejects.into_iter().map(|r| Reject {
-                    at: r.at + base,
-                    ..r
-                }));
-                out.docs += part.docs;
-                out.empty += part.empty;
-                if stop {
-                    return;
-                }
-            }
-        }
-        index += spans.len() as u64;
-        if let Some(e) = failed {
-            out.fatal = Some((out.bytes.len(), e));
-            return;
-        }
+        record_doc(buf, source, &RawRecord::parse(line)?, at, opts)
     }
 }
 
@@ -511,7 +456,7 @@ fn json(out: &mut FileOut, source: &str, text: &str, opts: &Opts) {
 fn malformed(out: &mut FileOut, opts: &Opts, e: serde_json::Error) {
     let msg = format!("invalid JSON: {e}");
     match opts.on_error {
-        OnError::Fail => out.rejects.push(Reject {
+        OnError::Fail => out.rejects.push(Failure {
             at: 0,
             line: e.line() as u64,
             raw: Vec::new(),
@@ -537,7 +482,7 @@ fn csv(
     let headers = match reader.byte_headers() {
         Ok(h) => h.clone(),
         Err(e) => {
-            out.rejects.push(Reject {
+            out.rejects.push(Failure {
                 at: 0,
                 line: 1,
                 raw: Vec::new(),

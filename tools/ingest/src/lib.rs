@@ -13,16 +13,15 @@ pub mod size;
 pub mod template;
 pub mod walk;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, ValueEnum};
 use extract::{FileOut, Opts, Skip};
 use format::Kind;
 use ftkit_core::cli::warn;
-use ftkit_core::io::{AtomicFile, Output};
+use ftkit_core::io::Output;
 use ftkit_core::progress::Progress;
-use ftkit_core::{OnError, Paths, RunArgs, usage};
+use ftkit_core::{Engine, Paths, RunArgs, usage};
 use rayon::prelude::*;
-use std::io::Write;
 use template::TextSpec;
 use walk::{Filter, Found, Patterns};
 
@@ -207,12 +206,13 @@ pub fn run(args: Args) -> Result<()> {
     if args.paths.iter().filter(|p| *p == "-").count() > 1 {
         usage!("'-' (stdin) can be given only once");
     }
-    let pool = args.run.pool()?;
     let inputs = args
         .paths
         .iter()
         .fold(Paths::new(), |p, f| p.input("input", f));
     args.run.outputs(inputs).check()?;
+    // The engine holds the pool, the error policy and --rejects for every source.
+    let engine = Engine::for_streams(&args.run)?;
     let opts = Opts {
         text,
         max_records: args.max_records,
@@ -224,15 +224,15 @@ pub fn run(args: Args) -> Result<()> {
     let found = walk::collect(&args.paths, &filter)?;
     let mut w = Writer {
         out: Output::create(args.run.output.as_deref())?,
-        rejects: args.run.rejects_file()?,
+        engine,
         stats: Stats::default(),
-        on_error: args.run.on_error,
         quiet: args.run.quiet,
     };
     let progress = Progress::items(args.run.quiet, "files", Some(found.len() as u64));
 
-    // Big record files (and stdin) are converted as streams on this thread, writing as they go;
-    // everything else is converted in parallel batches, written in list order.
+    // Big record files (and stdin) are converted as streams on this thread, writing as they go
+    // (JSONL through the engine's ordered batch reader); everything else is converted in parallel
+    // batches, written in list order.
     let streams = |f: &Found| match f {
         Found::File { source, size } => {
             let records = extract::kind_of(source, &opts).is_some_and(Kind::has_records);
@@ -244,10 +244,15 @@ pub fn run(args: Args) -> Result<()> {
     while start < found.len() {
         if streams(&found[start]) {
             if let Found::File { source, .. } = &found[start] {
-                let shown = shown(source);
-                let mut flush = |part: &mut FileOut| w.drain(shown, part);
-                let file = pool.install(|| extract::process_streaming(source, &opts, &mut flush));
-                w.finish_file(shown, file)?;
+                if extract::kind_of(source, &opts) == Some(Kind::Jsonl) {
+                    w.jsonl(source, &opts)?;
+                } else {
+                    let shown = shown(source);
+                    // A CSV stream is converted row by row on this thread: no pool needed.
+                    let mut flush = |part: &mut FileOut| w.drain(shown, part);
+                    let file = extract::process_streaming(source, &opts, &mut flush);
+                    w.finish_file(shown, file)?;
+                }
             }
             progress.inc(1);
             start += 1;
@@ -265,7 +270,7 @@ pub fn run(args: Args) -> Result<()> {
             end += 1;
         }
         let batch = &found[start..end];
-        let results: Vec<Option<FileOut>> = pool.install(|| {
+        let results: Vec<Option<FileOut>> = w.engine.pool().install(|| {
             batch
                 .par_iter()
                 .map(|f| match f {
@@ -298,9 +303,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     progress.finish();
     w.out.finish()?;
-    if let Some(file) = w.rejects {
-        file.commit()?;
-    }
+    w.stats.rejected = w.engine.close()?.rejected;
     if !args.run.quiet {
         warn(summary(&w.stats));
     }
@@ -311,12 +314,11 @@ fn shown(source: &str) -> &str {
     if source == "-" { "<stdin>" } else { source }
 }
 
-/// The output side: documents, rejected records, counts.
+/// The output side: documents, the engine (error policy, rejected records), counts.
 struct Writer {
     out: Output,
-    rejects: Option<AtomicFile>,
+    engine: Engine,
     stats: Stats,
-    on_error: OnError,
     quiet: bool,
 }
 
@@ -325,31 +327,30 @@ impl Writer {
     /// records; leaves `file.bytes` and `file.rejects` empty.
     fn drain(&mut self, shown: &str, file: &mut FileOut) -> Result<()> {
         let bytes = std::mem::take(&mut file.bytes);
-        let mut written = 0;
-        for reject in std::mem::take(&mut file.rejects) {
-            self.out.write_all(&bytes[written..reject.at])?;
-            written = reject.at;
-            self.stats.rejected += 1;
-            if let Some(r) = self.rejects.as_mut()
-                && !reject.raw.is_empty()
-            {
-                r.write_all(&reject.raw)?;
-                r.write_all(b"\n")?;
-            }
-            let loc = format!("{shown}:{}", reject.line);
-            match self.on_error {
-                OnError::Fail => return Err(reject.error.context(loc)),
-                OnError::Skip => warn(format!("{loc}: {:#} (skipped)", reject.error)),
-            }
-        }
         let end = file
             .fatal
             .as_ref()
             .map_or(bytes.len(), |(at, _)| *at)
-            .clamp(written, bytes.len());
-        self.out
-            .write_all(&bytes[written..end])
-            .context("cannot write output")?;
+            .min(bytes.len());
+        let rejects = std::mem::take(&mut file.rejects);
+        self.engine
+            .policy()
+            .write(&mut self.out, shown, &bytes[..end], rejects)
+    }
+
+    /// Converts a JSONL source (a big file, or stdin) through the engine, writing as it goes.
+    fn jsonl(&mut self, source: &str, opts: &Opts) -> Result<()> {
+        let shown = shown(source);
+        let reader = match extract::open_jsonl(source, opts) {
+            Ok(r) => r,
+            Err(skipped) => return self.finish_file(shown, skipped),
+        };
+        self.stats.read += 1;
+        let line = extract::jsonl_line(shown, opts);
+        let counts =
+            (self.engine).map_reader(shown, reader, &mut self.out, opts.max_records, line)?;
+        self.stats.docs += counts.written;
+        self.stats.empty += counts.lines - counts.rejected - counts.written;
         Ok(())
     }
 

@@ -1429,3 +1429,45 @@ fn parquet_max_file_size_caps_each_row_group() {
         .expect_code(0);
     assert_eq!(texts(&out), rows);
 }
+
+/// Issue 10 (one ordered batch reader): stdin JSONL goes through the core engine's stream reader.
+/// A line over the cap stops the run after the documents before it, naming `<stdin>`; with
+/// --max-records the reading stops at the cap, so a bad or over-long line after it is never met.
+#[test]
+fn stdin_jsonl_stops_at_a_long_line_and_reads_no_further_than_max_records() {
+    let mut input = String::new();
+    for i in 0..5000 {
+        input.push_str(&format!("{{\"text\":\"r{i}\"}}\n"));
+    }
+    input.push_str(&format!(
+        "{{\"text\":\"{}\"}}\nnot json\n",
+        "x".repeat(2000)
+    ));
+    let jsonl = ["-", "--format", "jsonl", "--max-file-size", "1K"];
+    let out = Run::new(BIN)
+        .args(jsonl)
+        .stdin(input.clone())
+        .run()
+        .expect_code(1);
+    let expected: Vec<String> = (0..5000).map(|i| format!("r{i}")).collect();
+    assert_eq!(texts(&out), expected);
+    assert_eq!(
+        out.stderr,
+        "ft-ingest: <stdin>: cannot read: line 5001 is longer than --max-file-size (1024 bytes)\n"
+    );
+    for threads in ["1", "3"] {
+        let out = Run::new(BIN)
+            .args(jsonl)
+            .args(["--max-records", "5000", "--threads", threads])
+            .stdin(input.clone())
+            .run()
+            .expect_code(0);
+        assert_eq!(texts(&out), expected, "--threads {threads}");
+        assert!(
+            out.stderr
+                .ends_with("1 file read, 5000 documents written\n"),
+            "{}",
+            out.stderr
+        );
+    }
+}

@@ -9,8 +9,9 @@
 //! model) stops the run. When the budget is spent, no new item starts; items not done are counted.
 
 use anyhow::{Result, anyhow};
-use ftkit_core::cli::{CommonArgs, OnError, warn};
-use ftkit_core::io::{AtomicFile, Input, open_input};
+use ftkit_core::cli::{CommonArgs, warn};
+use ftkit_core::engine::Policy;
+use ftkit_core::io::{Input, open_input};
 use ftkit_core::jsonl::{LineReader, Loc};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -90,8 +91,9 @@ impl Driver<'_> {
         D: FnMut(M),
         S: Fn() -> bool,
     {
-        let mut rejects_file = self.common.run.rejects_file()?;
-        let rejects = &mut rejects_file;
+        // Bad input lines follow the engine's policy; failed items go to the same --rejects file.
+        let mut policy = Policy::new(&self.common.run)?;
+        let rejects = policy.rejects();
         let workers = self.workers.max(1);
         let window = (workers * 2 + 8) as u64;
         let halt = AtomicBool::new(false);
@@ -135,8 +137,7 @@ impl Driver<'_> {
             let mut drain = |pending: &mut BTreeMap<u64, ((String, String), Outcome<M>)>,
                              next_out: &mut u64,
                              summary: &mut RunSummary,
-                             end: &mut End,
-                             rejects: &mut Option<AtomicFile>|
+                             end: &mut End|
              -> Result<()> {
                 while let Some(((loc, line), outcome)) = pending.remove(next_out) {
                     *next_out += 1;
@@ -149,7 +150,7 @@ impl Driver<'_> {
                         Outcome::Failed { reason, raw } => {
                             summary.failed += 1;
                             warn(format!("{loc}: rejected: {reason}"));
-                            if let Some(file) = rejects {
+                            if let Some(file) = &rejects {
                                 file.write_all(&reject_line(
                                     &line,
                                     self.tool,
@@ -202,20 +203,12 @@ impl Driver<'_> {
                             Ok(x) => x,
                             Err(err) => {
                                 summary.bad_lines += 1;
-                                if let Some(file) = rejects {
-                                    file.write_all(&buf)?;
-                                    file.write_all(b"\n")?;
+                                // `fail` stops reading here; the items before it are still written.
+                                if let Err(err) = policy.reject(loc, &buf, err) {
+                                    end = End::BadLine(err);
+                                    break 'inputs;
                                 }
-                                match self.common.run.on_error {
-                                    OnError::Fail => {
-                                        end = End::BadLine(err.context(loc.to_string()));
-                                        break 'inputs;
-                                    }
-                                    OnError::Skip => {
-                                        warn(format!("{loc}: {err:#} (skipped)"));
-                                        continue;
-                                    }
-                                }
+                                continue;
                             }
                         };
                         while submitted - next_out >= window {
@@ -223,7 +216,7 @@ impl Driver<'_> {
                                 break;
                             };
                             pending.insert(seq, (l, o));
-                            drain(&mut pending, &mut next_out, &mut summary, &mut end, rejects)?;
+                            drain(&mut pending, &mut next_out, &mut summary, &mut end)?;
                         }
                         if job_tx
                             .send(Job {
@@ -250,8 +243,7 @@ impl Driver<'_> {
                     break;
                 };
                 pending.insert(seq, (l, o));
-                if let Err(e) = drain(&mut pending, &mut next_out, &mut summary, &mut end, rejects)
-                {
+                if let Err(e) = drain(&mut pending, &mut next_out, &mut summary, &mut end) {
                     halt.store(true, Relaxed);
                     return Err(e);
                 }
@@ -260,9 +252,8 @@ impl Driver<'_> {
         });
         progress.finish();
         result?;
-        if let Some(file) = rejects_file {
-            file.commit()?;
-        }
+        drop(rejects);
+        policy.close()?;
         Ok((summary, end))
     }
 }
