@@ -15,6 +15,7 @@
 pub mod chunks;
 pub mod cli;
 pub mod engine;
+pub mod hub;
 pub mod id;
 pub mod io;
 pub mod jsonl;
