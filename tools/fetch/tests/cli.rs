@@ -1,0 +1,584 @@
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use clap::CommandFactory;
+use ftkit_testkit::Run;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::Command;
+use support::{COMMIT, Fault, Server};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ft-fetch");
+
+/// sha256 by coreutils' `sha256sum`: a source independent of the tool's hashing.
+fn sha256sum(bytes: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    std::fs::write(&path, bytes).unwrap();
+    let out = Command::new("sha256sum").arg(&path).output().unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
+fn http_manifest(slug: &str, files: &[(String, &str, Option<String>)]) -> Value {
+    let files: Vec<Value> = files
+        .iter()
+        .map(|(url, name, sha)| json!({"url": url, "filename": name, "sha256": sha}))
+        .collect();
+    json!({"slug": slug, "name": slug, "track": "t", "source": {"kind": "http", "files": files},
+           "ingest_strategy": "http_download", "raw_root": format!("raw/{slug}"),
+           "processed_root": format!("processed/{slug}"), "manifest": format!("manifests/{slug}.json")})
+}
+
+fn jsonl(records: &[Value]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for r in records {
+        out.extend_from_slice(r.to_string().as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+fn fetch(root: &Path, manifests: &[Value], extra: &[&str]) -> ftkit_testkit::Outcome {
+    Run::new(BIN)
+        .arg("--root")
+        .arg(root)
+        .args(extra)
+        .stdin(jsonl(manifests))
+        .run()
+}
+
+fn by_slug<'a>(records: &'a [Value], slug: &str) -> &'a Value {
+    records.iter().find(|r| r["slug"] == slug).unwrap()
+}
+
+const DATA: &[u8] = b"{\"a\":1}\n{\"a\":2}\n\n{\"a\":3}\n";
+const CSV: &[u8] = b"x,y\n1,2\n3,4\n";
+
+#[test]
+fn man_page() {
+    ftkit_testkit::man::check(ft_fetch::Args::command());
+}
+
+#[test]
+fn http_fetches_records_lock_and_stats_then_is_cached() {
+    let server = Server::start();
+    server.put("/d/data.jsonl", DATA);
+    server.put("/d/t.csv", CSV);
+    let root = tempfile::tempdir().unwrap();
+    let manual = json!({"slug": "m6doc", "source": {"kind": "manual", "instructions": "ask the authors", "url": "https://example.org/m6doc"}});
+    let m = http_manifest(
+        "ds",
+        &[
+            (
+                format!("{}/d/data.jsonl", server.url),
+                "data.jsonl",
+                Some(sha256sum(DATA)),
+            ),
+            (format!("{}/d/t.csv", server.url), "t.csv", None),
+        ],
+    );
+    let out = fetch(root.path(), &[m.clone(), manual.clone()], &["--allow-http"]);
+    // --allow-http is not a flag of ours: usage error.
+    assert_eq!(out.code, 2, "{}", out.stderr);
+
+    let out = fetch(root.path(), &[m.clone(), manual.clone()], &[]).expect_code(0);
+    let recs = out.records();
+    assert_eq!(recs.len(), 2);
+    let ds = by_slug(&recs, "ds");
+    assert_eq!(ds["status"], "fetched");
+    assert_eq!(
+        ds["files"],
+        json!([
+            {"path": "data.jsonl", "bytes": DATA.len(), "sha256": sha256sum(DATA)},
+            {"path": "t.csv", "bytes": CSV.len(), "sha256": sha256sum(CSV)},
+        ])
+    );
+    // 3 JSONL records (a blank line is none), 2 CSV rows under a header.
+    assert_eq!(ds["stats"]["records"], 5);
+    assert_eq!(ds["stats"]["files"], 2);
+    let stats: Value = serde_json::from_slice(
+        &std::fs::read(root.path().join("processed/ds/stats.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(stats, ds["stats"]);
+    let manual_rec = by_slug(&recs, "m6doc");
+    assert_eq!(manual_rec["status"], "manual");
+    assert_eq!(manual_rec["instructions"], "ask the authors");
+    assert_eq!(
+        std::fs::read(root.path().join("raw/ds/data.jsonl")).unwrap(),
+        DATA
+    );
+    let lock = std::fs::read_to_string(root.path().join("fetch.lock")).unwrap();
+    assert_eq!(
+        lock,
+        format!(
+            "{{\"slug\":\"ds\",\"path\":\"data.jsonl\",\"bytes\":{},\"sha256\":\"{}\"}}\n{{\"slug\":\"ds\",\"path\":\"t.csv\",\"bytes\":{},\"sha256\":\"{}\"}}\n",
+            DATA.len(),
+            sha256sum(DATA),
+            CSV.len(),
+            sha256sum(CSV)
+        )
+    );
+
+    let hits = server.log().len();
+    let out = fetch(root.path(), &[m, manual], &[]).expect_code(0);
+    assert_eq!(by_slug(&out.records(), "ds")["status"], "cached");
+    assert_eq!(
+        server.log().len(),
+        hits,
+        "a cached dataset is not downloaded again"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("fetch.lock")).unwrap(),
+        lock
+    );
+}
+
+#[test]
+fn retries_and_resumes_through_dropped_connections_500_429_and_slow_bodies() {
+    let server = Server::start();
+    let big: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    server.put("/big.bin", big.clone());
+    server.put("/slow.txt", b"a slow but live body".to_vec());
+    server.fault("/big.bin", Fault::Status(500, None));
+    server.fault("/big.bin", Fault::Status(429, Some(1)));
+    server.fault("/big.bin", Fault::Drop(20_000));
+    server.fault("/slow.txt", Fault::Slow);
+    let root = tempfile::tempdir().unwrap();
+    let m = http_manifest(
+        "faults",
+        &[
+            (
+                format!("{}/big.bin", server.url),
+                "big.bin",
+                Some(sha256sum(&big)),
+            ),
+            (format!("{}/slow.txt", server.url), "slow.txt", None),
+        ],
+    );
+    let out = fetch(root.path(), &[m], &[]).expect_code(0);
+    assert_eq!(out.records()[0]["status"], "fetched");
+    assert_eq!(
+        std::fs::read(root.path().join("raw/faults/big.bin")).unwrap(),
+        big
+    );
+    assert_eq!(
+        std::fs::read(root.path().join("raw/faults/slow.txt")).unwrap(),
+        b"a slow but live body"
+    );
+    // 500, 429, then a body cut at 20000 bytes, and the rest asked for with a Range request.
+    assert_eq!(
+        server.hits("/big.bin"),
+        [
+            "/big.bin -",
+            "/big.bin -",
+            "/big.bin -",
+            "/big.bin bytes=20000-"
+        ]
+    );
+    assert!(
+        out.stderr.contains("HTTP 429; retrying in 1.0s"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !ftkit_testkit::entries(&root.path().join("raw/faults"))
+            .iter()
+            .any(|n| n.ends_with(".part"))
+    );
+}
+
+#[test]
+fn kill_9_mid_download_then_rerun_resumes_with_range() {
+    let server = Server::start();
+    let big: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+    server.put("/big.bin", big.clone());
+    server.fault("/big.bin", Fault::Hang(30_000));
+    let root = tempfile::tempdir().unwrap();
+    let m = http_manifest(
+        "k",
+        &[(
+            format!("{}/big.bin", server.url),
+            "big.bin",
+            Some(sha256sum(&big)),
+        )],
+    );
+    let manifest = root.path().join("m.jsonl");
+    std::fs::write(&manifest, jsonl(std::slice::from_ref(&m))).unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--root")
+        .arg(root.path())
+        .arg(&manifest)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let part = root.path().join("raw/k/.big.bin.part");
+    // Waits for the 30000 bytes the server sends before it stalls.
+    loop {
+        if std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0) == 30_000 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "ft-fetch ended before the stall"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    ftkit_testkit::kill(child.id(), "KILL");
+    child.wait().unwrap();
+    assert!(
+        !root.path().join("raw/k/big.bin").exists(),
+        "no partial file under the real name"
+    );
+
+    let out = fetch(root.path(), &[m], &[]).expect_code(0);
+    assert_eq!(out.records()[0]["status"], "fetched");
+    assert_eq!(
+        std::fs::read(root.path().join("raw/k/big.bin")).unwrap(),
+        big
+    );
+    assert_eq!(
+        server.hits("/big.bin"),
+        ["/big.bin -", "/big.bin bytes=30000-"]
+    );
+}
+
+#[test]
+fn checksum_mismatch_fails_keeps_previous_copy_and_others_go_on() {
+    let server = Server::start();
+    server.put("/a.jsonl", DATA);
+    server.put("/b.jsonl", b"{\"b\":1}\n".to_vec());
+    let root = tempfile::tempdir().unwrap();
+    let a = |sha: String| {
+        http_manifest(
+            "a",
+            &[(format!("{}/a.jsonl", server.url), "a.jsonl", Some(sha))],
+        )
+    };
+    let b = http_manifest("b", &[(format!("{}/b.jsonl", server.url), "b.jsonl", None)]);
+    fetch(root.path(), &[a(sha256sum(DATA))], &[]).expect_code(0);
+
+    // The manifest now pins other bytes than the server has: the download is refused.
+    let out = fetch(root.path(), &[a(sha256sum(b"other")), b.clone()], &[]).expect_code(1);
+    let recs = out.records();
+    assert_eq!(by_slug(&recs, "a")["status"], "failed");
+    let err = by_slug(&recs, "a")["error"].as_str().unwrap();
+    assert!(err.contains("checksum mismatch"), "{err}");
+    assert_eq!(by_slug(&recs, "b")["status"], "fetched");
+    assert_eq!(
+        std::fs::read(root.path().join("raw/a/a.jsonl")).unwrap(),
+        DATA
+    );
+    assert_eq!(
+        ftkit_testkit::entries(&root.path().join("raw/a")),
+        ["a.jsonl"]
+    );
+    let lock = std::fs::read_to_string(root.path().join("fetch.lock")).unwrap();
+    assert!(lock.contains(&sha256sum(DATA)), "{lock}");
+}
+
+#[test]
+fn offline_and_verify_touch_no_network() {
+    let server = Server::start();
+    server.put("/a.jsonl", DATA);
+    let root = tempfile::tempdir().unwrap();
+    let m = http_manifest("a", &[(format!("{}/a.jsonl", server.url), "a.jsonl", None)]);
+    let out = fetch(root.path(), std::slice::from_ref(&m), &["--offline"]).expect_code(1);
+    assert_eq!(out.records()[0]["status"], "failed");
+    assert!(
+        out.records()[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("offline")
+    );
+    let out = fetch(root.path(), std::slice::from_ref(&m), &["--verify"]).expect_code(1);
+    assert!(
+        out.records()[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("fetch.lock lists no file")
+    );
+    assert!(server.log().is_empty());
+
+    fetch(root.path(), std::slice::from_ref(&m), &[]).expect_code(0);
+    let hits = server.log().len();
+    let out = fetch(root.path(), std::slice::from_ref(&m), &["--offline"]).expect_code(0);
+    assert_eq!(out.records()[0]["status"], "cached");
+    let out = fetch(root.path(), std::slice::from_ref(&m), &["--verify"]).expect_code(0);
+    assert_eq!(out.records()[0]["status"], "cached");
+
+    // One changed byte: --verify fails and fetches nothing; a normal run fetches it again.
+    let mut changed = DATA.to_vec();
+    changed[2] = b'b';
+    std::fs::write(root.path().join("raw/a/a.jsonl"), &changed).unwrap();
+    let out = fetch(root.path(), std::slice::from_ref(&m), &["--verify"]).expect_code(1);
+    assert!(
+        out.records()[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("verification failed")
+    );
+    assert_eq!(server.log().len(), hits);
+    let out = fetch(root.path(), std::slice::from_ref(&m), &[]).expect_code(0);
+    assert_eq!(out.records()[0]["status"], "fetched");
+    assert_eq!(
+        std::fs::read(root.path().join("raw/a/a.jsonl")).unwrap(),
+        DATA
+    );
+}
+
+#[test]
+fn only_and_skip_from_flags_and_environment() {
+    let server = Server::start();
+    server.put("/a", DATA);
+    let root = tempfile::tempdir().unwrap();
+    let ms: Vec<Value> = ["a", "b", "c"]
+        .iter()
+        .map(|s| http_manifest(s, &[(format!("{}/a", server.url), "f.jsonl", None)]))
+        .collect();
+    let slugs = |out: ftkit_testkit::Outcome| -> Vec<String> {
+        out.records()
+            .iter()
+            .map(|r| r["slug"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        slugs(fetch(root.path(), &ms, &["--only", "c,a"]).expect_code(0)),
+        ["a", "c"]
+    );
+    assert_eq!(
+        slugs(fetch(root.path(), &ms, &["--skip", "b"]).expect_code(0)),
+        ["a", "c"]
+    );
+    let env = |k: &str, v: &str| {
+        Run::new(BIN)
+            .arg("--root")
+            .arg(root.path())
+            .env(k, v)
+            .stdin(jsonl(&ms))
+            .run()
+    };
+    assert_eq!(slugs(env("FTKIT_FETCH_ONLY", "b").expect_code(0)), ["b"]);
+    assert_eq!(slugs(env("FTKIT_FETCH_SKIP", "a,b").expect_code(0)), ["c"]);
+    let out = fetch(root.path(), &ms, &["--only", "zz"]).expect_code(2);
+    assert!(out.stderr.contains("\"zz\""), "{}", out.stderr);
+    // --jobs 3: same records, same order.
+    let out = fetch(root.path(), &ms, &["--jobs", "3"]).expect_code(0);
+    assert_eq!(slugs(out), ["a", "b", "c"]);
+}
+
+#[test]
+fn traversal_slugs_and_file_names_fail_alone_and_write_nothing_outside() {
+    let server = Server::start();
+    server.put("/a", DATA);
+    let outer = tempfile::tempdir().unwrap();
+    let root = outer.path().join("root");
+    let url = format!("{}/a", server.url);
+    let mut bad_slug = http_manifest("x", &[(url.clone(), "f.jsonl", None)]);
+    bad_slug["slug"] = json!("../evil");
+    bad_slug["raw_root"] = json!("raw/../../evil");
+    let mut bad_root = http_manifest("y", &[(url.clone(), "f.jsonl", None)]);
+    bad_root["raw_root"] = json!("../escape");
+    let bad_name = http_manifest("z", &[(url.clone(), "../../f.jsonl", None)]);
+    let good = http_manifest("ok", &[(url, "f.jsonl", None)]);
+    let out = fetch(&root, &[bad_slug, bad_root, bad_name, good], &[]).expect_code(1);
+    let recs = out.records();
+    let status: Vec<&str> = recs.iter().map(|r| r["status"].as_str().unwrap()).collect();
+    assert_eq!(status, ["failed", "failed", "failed", "fetched"]);
+    assert_eq!(ftkit_testkit::entries(outer.path()), ["root"]);
+    assert_eq!(ftkit_testkit::entries(&root.join("raw")), ["ok", "z"]);
+    assert!(ftkit_testkit::entries(&root.join("raw/z")).is_empty());
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@t")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@t")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn git_fetches_the_pinned_commit_with_the_git_binary() {
+    let repo = tempfile::tempdir().unwrap();
+    git(repo.path(), &["init", "-q"]);
+    std::fs::create_dir(repo.path().join("sub")).unwrap();
+    std::fs::write(repo.path().join("sub/x.jsonl"), DATA).unwrap();
+    std::fs::write(repo.path().join("README"), b"v1\n").unwrap();
+    git(repo.path(), &["add", "."]);
+    git(repo.path(), &["commit", "-q", "-m", "one"]);
+    let first = git(repo.path(), &["rev-parse", "HEAD"]);
+    git(repo.path(), &["tag", "v1"]);
+    std::fs::write(repo.path().join("README"), b"v2\n").unwrap();
+    git(repo.path(), &["commit", "-q", "-am", "two"]);
+
+    let root = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", repo.path().display());
+    let pinned =
+        json!({"slug": "g", "source": {"kind": "git", "url": url, "commit": first, "tag": null}});
+    let tagged =
+        json!({"slug": "t", "source": {"kind": "git", "url": url, "commit": null, "tag": "v1"}});
+    let out = fetch(root.path(), &[pinned.clone(), tagged], &[]).expect_code(0);
+    for r in out.records() {
+        assert_eq!(r["status"], "fetched", "{r}");
+        assert_eq!(
+            r["files"],
+            json!([
+                {"path": "README", "bytes": 3, "sha256": sha256sum(b"v1\n")},
+                {"path": "sub/x.jsonl", "bytes": DATA.len(), "sha256": sha256sum(DATA)},
+            ])
+        );
+        assert_eq!(r["stats"]["records"], 3);
+    }
+    let g = root.path().join("raw/g");
+    assert_eq!(git(&g, &["rev-parse", "HEAD"]), first);
+    // Shallow: the later commit was not fetched.
+    assert_eq!(git(&g, &["rev-list", "--count", "HEAD"]), "1");
+    let out = fetch(root.path(), &[pinned], &[]).expect_code(0);
+    assert_eq!(out.records()[0]["status"], "cached");
+}
+
+/// The hub's endpoints for `repo` (`datasets/org/ds` or `org/model`), as hf-hub asks them.
+fn put_hub_repo(server: &Server, api: &str, resolve: &str, files: &[(&str, &[u8])]) {
+    let siblings: Vec<Value> = files.iter().map(|(n, _)| json!({"rfilename": n})).collect();
+    let info = json!({"sha": COMMIT, "siblings": siblings}).to_string();
+    server.put(&format!("{api}/revision/main"), info.clone().into_bytes());
+    for (name, bytes) in files {
+        server.put(
+            &format!("{resolve}/resolve/{COMMIT}/{name}"),
+            bytes.to_vec(),
+        );
+    }
+}
+
+#[test]
+fn hf_dataset_and_model_through_hf_endpoint_and_gated_is_manual() {
+    let server = Server::start();
+    put_hub_repo(
+        &server,
+        "/api/datasets/org/ds",
+        "/datasets/org/ds",
+        &[
+            ("data/train.jsonl", DATA),
+            ("README.md", b"# ds\n"),
+            ("t.csv", CSV),
+        ],
+    );
+    put_hub_repo(
+        &server,
+        "/api/models/org/m",
+        "/org/m",
+        &[("config.json", b"{\"a\":1}")],
+    );
+    server.fault(
+        "/api/datasets/org/gated/revision/main",
+        Fault::Status(401, None),
+    );
+    let hf = |slug: &str, repo: &str, kind: &str, allow: &[&str], ignore: &[&str]| {
+        json!({"slug": slug, "source": {"kind": "hf", "repo_id": repo, "repo_type": kind,
+            "revision": "main", "allow_patterns": allow, "ignore_patterns": ignore}})
+    };
+    let ms = [
+        hf("ds", "org/ds", "dataset", &["*.jsonl", "*.csv"], &["t.*"]),
+        hf("m", "org/m", "model", &[], &[]),
+        hf("gated", "org/gated", "dataset", &[], &[]),
+    ];
+    let root = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let run = |extra: &[(&str, &str)]| {
+        let mut r = Run::new(BIN)
+            .arg("--root")
+            .arg(root.path())
+            .env("HF_ENDPOINT", &server.url)
+            .env("HF_HOME", home.path())
+            .env("HF_TOKEN", "");
+        for (k, v) in extra {
+            r = r.env(k, v);
+        }
+        r.stdin(jsonl(&ms)).run()
+    };
+    let out = run(&[]).expect_code(0);
+    let recs = out.records();
+    let ds = by_slug(&recs, "ds");
+    assert_eq!(ds["status"], "fetched", "{}", out.stderr);
+    assert_eq!(
+        ds["files"],
+        json!([{"path": "data/train.jsonl", "bytes": DATA.len(), "sha256": sha256sum(DATA)}])
+    );
+    assert_eq!(
+        std::fs::read(root.path().join("raw/ds/data/train.jsonl")).unwrap(),
+        DATA
+    );
+    assert_eq!(by_slug(&recs, "m")["status"], "fetched");
+    assert_eq!(
+        std::fs::read(root.path().join("raw/m/config.json")).unwrap(),
+        b"{\"a\":1}"
+    );
+    let gated = by_slug(&recs, "gated");
+    assert_eq!(gated["status"], "manual");
+    let steps = gated["instructions"].as_str().unwrap();
+    assert!(
+        steps.contains(&format!("{}/datasets/org/gated", server.url)),
+        "{steps}"
+    );
+    assert!(steps.contains("HF_TOKEN"), "{steps}");
+
+    // HF_HUB_OFFLINE: what is there is used, nothing is asked of the server.
+    let hits = server.log().len();
+    let out = run(&[("HF_HUB_OFFLINE", "1")]).expect_code(1);
+    let recs = out.records();
+    assert_eq!(by_slug(&recs, "ds")["status"], "cached");
+    assert_eq!(by_slug(&recs, "m")["status"], "cached");
+    assert_eq!(by_slug(&recs, "gated")["status"], "failed");
+    assert_eq!(server.log().len(), hits);
+}
+
+#[test]
+fn traversal_in_hub_file_names_is_refused() {
+    let server = Server::start();
+    put_hub_repo(
+        &server,
+        "/api/datasets/org/ev",
+        "/datasets/org/ev",
+        &[("../../evil.txt", b"x"), ("ok.txt", b"y")],
+    );
+    let outer = tempfile::tempdir().unwrap();
+    let root = outer.path().join("root");
+    let m = json!({"slug": "ev", "source": {"kind": "hf", "repo_id": "org/ev", "repo_type": "dataset", "revision": "main"}});
+    let home = tempfile::tempdir().unwrap();
+    let out = Run::new(BIN)
+        .arg("--root")
+        .arg(&root)
+        .env("HF_ENDPOINT", &server.url)
+        .env("HF_HOME", home.path())
+        .stdin(jsonl(&[m]))
+        .run()
+        .expect_code(1);
+    let rec = &out.records()[0];
+    assert_eq!(rec["status"], "failed");
+    assert!(
+        rec["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a relative path inside the root"),
+        "{rec}"
+    );
+    assert_eq!(
+        rec["files"],
+        json!([{"path": "ok.txt", "bytes": 1, "sha256": sha256sum(b"y")}])
+    );
+    assert_eq!(ftkit_testkit::entries(outer.path()), ["root"]);
+}

@@ -1,0 +1,178 @@
+//! A loopback HTTP/1.1 server for the tests: serves byte strings by path with Range support, the
+//! headers the hub's clients read (`etag`, `x-repo-commit`, `content-range`), and injected faults.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// Headers and the first N bytes of the body, then the connection is closed.
+    Drop(usize),
+    /// This status with an empty body, and a `Retry-After` when given.
+    Status(u16, Option<u32>),
+    /// The first N bytes, then nothing more for a minute (a stalled or killed download).
+    Hang(usize),
+    /// The whole body in 7-byte pieces, 20 ms apart.
+    Slow,
+}
+
+#[derive(Clone, Default)]
+pub struct Server {
+    pub url: String,
+    files: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    faults: Arc<Mutex<HashMap<String, VecDeque<Fault>>>>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut server = Server {
+            url: format!("http://{}", listener.local_addr().unwrap()),
+            ..Server::default()
+        };
+        server.url = server.url.clone();
+        let s = server.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let s = s.clone();
+                std::thread::spawn(move || s.handle(stream));
+            }
+        });
+        server
+    }
+
+    pub fn put(&self, path: &str, bytes: impl Into<Vec<u8>>) {
+        self.files
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), bytes.into());
+    }
+
+    pub fn fault(&self, path: &str, fault: Fault) {
+        self.faults
+            .lock()
+            .unwrap()
+            .entry(path.to_string())
+            .or_default()
+            .push_back(fault);
+    }
+
+    /// Every request so far as `PATH RANGE` (`-` without a Range header).
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn hits(&self, path: &str) -> Vec<String> {
+        self.log()
+            .into_iter()
+            .filter(|l| l.split(' ').next() == Some(path))
+            .collect()
+    }
+
+    fn handle(&self, stream: TcpStream) {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        if reader.read_line(&mut line).is_err() {
+            return;
+        }
+        let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+        let mut range = None;
+        let mut auth = false;
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+                break;
+            }
+            let lower = h.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("range: bytes=") {
+                range = Some(v.trim().to_string());
+            }
+            auth |= lower.starts_with("authorization:");
+        }
+        let shown = range
+            .clone()
+            .map_or("-".to_string(), |r| format!("bytes={r}"));
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("{path} {shown}{}", if auth { " auth" } else { "" }));
+        let fault = self
+            .faults
+            .lock()
+            .unwrap()
+            .get_mut(&path)
+            .and_then(VecDeque::pop_front);
+        let body = self.files.lock().unwrap().get(&path).cloned();
+        let mut out = stream;
+        if let Some(Fault::Status(code, after)) = fault {
+            let retry = after.map_or(String::new(), |s| format!("retry-after: {s}\r\n"));
+            let _ = write!(
+                out,
+                "HTTP/1.1 {code} Nope\r\n{retry}content-length: 0\r\nconnection: close\r\n\r\n"
+            );
+            return;
+        }
+        let Some(body) = body else {
+            let _ = write!(
+                out,
+                "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+            return;
+        };
+        let len = body.len();
+        let (status, start, end) = match range.as_deref().and_then(|r| r.split_once('-')) {
+            Some((a, b)) => {
+                let a: usize = a.parse().unwrap_or(0);
+                if a >= len {
+                    let _ = write!(
+                        out,
+                        "HTTP/1.1 416 Range Not Satisfiable\r\ncontent-range: bytes */{len}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    );
+                    return;
+                }
+                let b = b.parse::<usize>().map_or(len - 1, |b| b.min(len - 1));
+                ("206 Partial Content", a, b + 1)
+            }
+            None => ("200 OK", 0, len),
+        };
+        let part = &body[start..end];
+        let _ = write!(
+            out,
+            "HTTP/1.1 {status}\r\ncontent-length: {}\r\ncontent-range: bytes {start}-{}/{len}\r\naccept-ranges: bytes\r\netag: \"e{len}\"\r\nx-repo-commit: {COMMIT}\r\nconnection: close\r\n\r\n",
+            part.len(),
+            end.saturating_sub(1),
+        );
+        match fault {
+            Some(Fault::Drop(n)) => {
+                let _ = out.write_all(&part[..n.min(part.len())]);
+            }
+            Some(Fault::Hang(n)) => {
+                let _ = out.write_all(&part[..n.min(part.len())]);
+                let _ = out.flush();
+                std::thread::sleep(Duration::from_secs(60));
+            }
+            Some(Fault::Slow) => {
+                for piece in part.chunks(7) {
+                    if out.write_all(piece).is_err() {
+                        return;
+                    }
+                    let _ = out.flush();
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            _ => {
+                let _ = out.write_all(part);
+            }
+        }
+        let _ = out.flush();
+    }
+}
