@@ -39,6 +39,7 @@
         # Tool name (flake attribute, `nix run .#chunk`) → package and binary `ft-<name>`.
         tools = [
           "chunk"
+          "fetch"
           "filter"
           "ingest"
           "qa-synth"
