@@ -14,6 +14,7 @@ pub struct Ctx {
     pub offline: bool,
     pub verify: bool,
     pub hub: ftkit_core::hub::HubOptions,
+    pub limits: crate::archive::Limits,
     pub lock: Mutex<Lock>,
 }
 
@@ -259,6 +260,64 @@ pub fn settle(part: &Path, dest: &Path, rel: &str, expected: Option<&str>) -> Re
     Ok(entry)
 }
 
+/// Every regular file under `dir` (but a top-level `.git` when `skip_git`), sorted by path, with size
+/// and sha256; links are not followed and not listed.
+pub fn walk(dir: &Path, skip_git: bool) -> Result<Vec<FileEntry>> {
+    let mut out = Vec::new();
+    let entries = walkdir::WalkDir::new(dir)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| !(skip_git && e.depth() == 1 && e.file_name() == ".git"));
+    for entry in entries {
+        let entry = entry.with_context(|| format!("{}: cannot list", dir.display()))?;
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let rel = entry
+            .path()
+            .strip_prefix(dir)?
+            .to_string_lossy()
+            .into_owned();
+        let mut e = hash(entry.path())?;
+        e.path = rel;
+        out.push(e);
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+/// The files of archive `name` extracted into `raw/STEM/`, as `STEM/...` entries: those the lock
+/// lists when the archive was not downloaded now and they are all there unchanged, else extracted
+/// again.
+fn extracted(ctx: &Ctx, slug: &str, raw: &Path, name: &str, new: bool) -> Result<Vec<FileEntry>> {
+    let Some((kind, stem)) = crate::archive::kind(name) else {
+        return Ok(Vec::new());
+    };
+    let prefix = format!("{stem}/");
+    let locked: Vec<FileEntry> = ctx
+        .lock_files(slug)
+        .into_iter()
+        .filter(|f| f.path.starts_with(&prefix))
+        .collect();
+    if !new && !locked.is_empty() {
+        let mut ok = true;
+        for f in &locked {
+            let path = crate::manifest::inside(raw, &f.path, "lock path")?;
+            ok &= existing(&path, &f.path, Some(&f.sha256))?.is_some();
+        }
+        if ok {
+            return Ok(locked);
+        }
+    }
+    let folder = raw.join(stem);
+    crate::archive::extract(&raw.join(name), kind, &folder, ctx.limits)?;
+    let mut files = walk(&folder, false)?;
+    for f in &mut files {
+        f.path = format!("{prefix}{}", f.path);
+    }
+    Ok(files)
+}
+
 /// An http source: each file downloaded unless a good copy is there.
 fn http(ctx: &Ctx, slug: &str, raw: &Path, files: &[crate::manifest::HttpFile]) -> Result<Got> {
     std::fs::create_dir_all(raw).with_context(|| format!("{}: cannot create", raw.display()))?;
@@ -284,10 +343,14 @@ fn http(ctx: &Ctx, slug: &str, raw: &Path, files: &[crate::manifest::HttpFile]) 
             ctx.client.download(&f.url, &part)?;
             Ok((settle(&part, &dest, &f.filename, expected)?, true))
         };
-        match one() {
-            Ok((entry, new)) => {
+        match one().and_then(|(entry, new)| {
+            let inner = extracted(ctx, slug, raw, &f.filename, new)?;
+            Ok((entry, new, inner))
+        }) {
+            Ok((entry, new, inner)) => {
                 fetched |= new;
                 done.push(entry);
+                done.extend(inner);
             }
             Err(e) => errors.push(format!("{e:#}")),
         }

@@ -2,7 +2,7 @@
 //! repository built beside the raw folder, which replaces it only once checked out. A short commit
 //! cannot be fetched by itself: then the whole history is fetched and the commit checked out.
 
-use crate::dataset::{Ctx, Got, hash};
+use crate::dataset::{Ctx, Got, walk};
 use crate::lock::FileEntry;
 use anyhow::{Context, Result, bail};
 use ftkit_core::secret::{redact_url, redact_urls};
@@ -51,31 +51,6 @@ fn is_pinned(dir: &Path, head: &str, commit: Option<&str>, tag: Option<&str>) ->
     }
 }
 
-/// Every regular file of the work tree but `.git`, sorted by path, with size and sha256.
-fn files(dir: &Path) -> Result<Vec<FileEntry>> {
-    let mut out = Vec::new();
-    let walk = walkdir::WalkDir::new(dir)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_entry(|e| !(e.depth() == 1 && e.file_name() == ".git"));
-    for entry in walk {
-        let entry = entry.with_context(|| format!("{}: cannot list", dir.display()))?;
-        if !entry.file_type().is_file() {
-            continue;
-        }
-        let rel = entry
-            .path()
-            .strip_prefix(dir)?
-            .to_string_lossy()
-            .into_owned();
-        let mut e = hash(entry.path())?;
-        e.path = rel;
-        out.push(e);
-    }
-    out.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(out)
-}
-
 /// The files match the lock's entries for `slug` (when it has any).
 fn matches_lock(ctx: &Ctx, slug: &str, files: &[FileEntry]) -> bool {
     let locked = ctx.lock_files(slug);
@@ -99,7 +74,7 @@ pub fn fetch(
     if let Some(h) = head(raw)
         && is_pinned(raw, &h, commit, tag)
     {
-        let have = files(raw)?;
+        let have = walk(raw, true)?;
         if matches_lock(ctx, slug, &have) {
             return Ok(Got::Files {
                 files: have,
@@ -152,7 +127,7 @@ pub fn fetch(
     if !is_pinned(dir, &h, commit, tag) {
         bail!("git checked out {h}, not the pinned commit");
     }
-    let have = files(dir)?;
+    let have = walk(dir, true)?;
     tmp.commit()?;
     Ok(Got::Files {
         files: have,

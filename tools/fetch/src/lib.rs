@@ -2,6 +2,7 @@
 //! file's sha256 in `ROOT/fetch.lock`, `ROOT/processed/SLUG/stats.json`, one status record per dataset
 //! on stdout. One failing dataset does not stop the others; the run exits 1 at the end if any failed.
 
+pub mod archive;
 pub mod dataset;
 pub mod git;
 pub mod hf;
@@ -37,8 +38,13 @@ the right bytes and fetches only what is missing.
 For each dataset, ROOT/processed/SLUG/stats.json holds {files, bytes, records, records_by_file} \
 (records counted for .jsonl, .json and .csv files; others, parquet included, are not counted) and \
 stdout gets {slug, kind, status: fetched|cached|manual|failed, files: [{path, bytes, sha256}], stats}, \
-with error or instructions when there are. Archives are stored as downloaded: extraction is not \
-supported yet.";
+with error or instructions when there are.
+
+An http file named .zip, .tar, .tar.gz (.tgz) or .tar.zst is also extracted into the folder of its \
+name without the extension (raw/SLUG/data/ for data.tar.gz), whose files join the lock: an entry \
+that would leave that folder (absolute path, ..), a symbolic or hard link, a special file, more than \
+--max-entries entries or more than --max-extract-bytes bytes fails the dataset, and the folder is \
+replaced only by a complete extraction.";
 
 const EXAMPLE: &str = "\
 Examples:
@@ -86,6 +92,14 @@ pub struct Args {
     /// Seconds without data before a connection counts as timed out.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub timeout: u64,
+
+    /// Most bytes written when extracting one archive (an archive bomb fails the dataset).
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 30)]
+    pub max_extract_bytes: u64,
+
+    /// Most entries extracted from one archive.
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    pub max_entries: u64,
 
     /// Write the status records here instead of stdout (written atomically; `.zst` compresses).
     #[arg(short, long, value_name = "FILE")]
@@ -163,6 +177,10 @@ pub fn run(args: Args) -> Result<()> {
         offline: args.offline,
         verify: args.verify,
         hub,
+        limits: archive::Limits {
+            max_bytes: args.max_extract_bytes,
+            max_entries: args.max_entries,
+        },
     };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(args.jobs)

@@ -582,3 +582,195 @@ fn traversal_in_hub_file_names_is_refused() {
     );
     assert_eq!(ftkit_testkit::entries(outer.path()), ["root"]);
 }
+
+/// A tar of `(name, bytes)` regular files; names are written raw, so `../x` can be made too.
+fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, bytes) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        b.append(&h, *bytes).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn gz(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+fn zip_of(entries: &[(&str, &[u8])], link: Option<(&str, &str)>) -> Vec<u8> {
+    use std::io::Write;
+    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for (name, bytes) in entries {
+        z.start_file(*name, opts).unwrap();
+        z.write_all(bytes).unwrap();
+    }
+    if let Some((name, target)) = link {
+        z.add_symlink(name, target, opts).unwrap();
+    }
+    z.finish().unwrap().into_inner()
+}
+
+#[test]
+fn archives_are_extracted_into_their_folder_and_locked() {
+    let server = Server::start();
+    let tar = tar_of(&[("inner/x.jsonl", DATA), ("r.txt", b"r")]);
+    server.put("/data.tar.gz", gz(&tar));
+    server.put("/z.zip", zip_of(&[("t.csv", CSV)], None));
+    server.put(
+        "/p.tar.zst",
+        zstd::encode_all(&tar_of(&[("q.txt", b"q")])[..], 3).unwrap(),
+    );
+    server.put("/plain.tar", tar_of(&[("w.txt", b"w")]));
+    let root = tempfile::tempdir().unwrap();
+    let u = |p: &str| format!("{}{p}", server.url);
+    let m = http_manifest(
+        "arc",
+        &[
+            (u("/data.tar.gz"), "data.tar.gz", None),
+            (u("/z.zip"), "z.zip", None),
+            (u("/p.tar.zst"), "p.tar.zst", None),
+            (u("/plain.tar"), "plain.tar", None),
+        ],
+    );
+    let out = fetch(root.path(), std::slice::from_ref(&m), &[]).expect_code(0);
+    let rec = &out.records()[0];
+    let paths: Vec<&str> = rec["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "data.tar.gz",
+            "data/inner/x.jsonl",
+            "data/r.txt",
+            "p.tar.zst",
+            "p/q.txt",
+            "plain.tar",
+            "plain/w.txt",
+            "z.zip",
+            "z/t.csv"
+        ]
+    );
+    let raw = root.path().join("raw/arc");
+    assert_eq!(std::fs::read(raw.join("data/inner/x.jsonl")).unwrap(), DATA);
+    assert_eq!(std::fs::read(raw.join("z/t.csv")).unwrap(), CSV);
+    assert_eq!(std::fs::read(raw.join("p/q.txt")).unwrap(), b"q");
+    assert_eq!(rec["stats"]["records"], 5);
+    let lock = std::fs::read_to_string(root.path().join("fetch.lock")).unwrap();
+    assert!(
+        lock.contains(&format!(
+            "\"path\":\"data/inner/x.jsonl\",\"bytes\":{},\"sha256\":\"{}\"",
+            DATA.len(),
+            sha256sum(DATA)
+        )),
+        "{lock}"
+    );
+
+    // A removed extracted file comes back from the archive already there, with no download.
+    let hits = server.log().len();
+    std::fs::remove_file(raw.join("z/t.csv")).unwrap();
+    let out = fetch(root.path(), std::slice::from_ref(&m), &[]).expect_code(0);
+    assert_eq!(out.records()[0]["status"], "cached");
+    assert_eq!(std::fs::read(raw.join("z/t.csv")).unwrap(), CSV);
+    assert_eq!(server.log().len(), hits);
+}
+
+#[test]
+fn archive_traversal_links_and_bombs_are_refused() {
+    let server = Server::start();
+    let mut link = tar::Header::new_gnu();
+    link.set_path("l").unwrap();
+    link.set_entry_type(tar::EntryType::Symlink);
+    link.set_link_name("/etc").unwrap();
+    link.set_size(0);
+    link.set_cksum();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(&link, &[][..]).unwrap();
+    let mut hard = link.clone();
+    hard.set_entry_type(tar::EntryType::Link);
+    hard.set_path("h").unwrap();
+    hard.set_cksum();
+    let mut b2 = tar::Builder::new(Vec::new());
+    b2.append(&hard, &[][..]).unwrap();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "up.tar",
+            tar_of(&[("ok.txt", b"1"), ("../../evil.txt", b"x")]),
+            "leaves the archive's folder",
+        ),
+        (
+            "abs.tar",
+            tar_of(&[("/tmp/evil.txt", b"x")]),
+            "leaves the archive's folder",
+        ),
+        ("sym.tar", b.into_inner().unwrap(), "is a link"),
+        ("hard.tar", b2.into_inner().unwrap(), "is a link"),
+        (
+            "up.zip",
+            zip_of(&[("../evil.txt", b"x")], None),
+            "leaves the archive's folder",
+        ),
+        (
+            "sym.zip",
+            zip_of(&[("a.txt", b"a")], Some(("l", "/etc"))),
+            "is a link",
+        ),
+        (
+            "bomb.tar.gz",
+            gz(&tar_of(&[("zeros", &vec![0u8; 3_000_000])])),
+            "archive bomb",
+        ),
+        (
+            "many.tar",
+            tar_of(&[("a", b"1"), ("b", b"2"), ("c", b"3"), ("d", b"4")]),
+            "archive bomb",
+        ),
+    ];
+    let outer = tempfile::tempdir().unwrap();
+    let root = outer.path().join("root");
+    let mut ms = Vec::new();
+    for (i, (name, bytes, _)) in cases.iter().enumerate() {
+        server.put(&format!("/{name}"), bytes.clone());
+        ms.push(http_manifest(
+            &format!("s{i}"),
+            &[(format!("{}/{name}", server.url), name, None)],
+        ));
+    }
+    // The bomb is 3 MB of zeros packed into a few KB; four entries are more than three.
+    let out = fetch(
+        &root,
+        &ms,
+        &["--max-extract-bytes", "1000000", "--max-entries", "3"],
+    )
+    .expect_code(1);
+    for (rec, (name, _, why)) in out.records().iter().zip(&cases) {
+        assert_eq!(rec["status"], "failed", "{name}");
+        let err = rec["error"].as_str().unwrap();
+        assert!(err.contains(why), "{name}: {err}");
+        // The archive itself is kept (it matched), its folder was never put in place.
+        let stem = name.split('.').next().unwrap();
+        let dir = root.join(format!("raw/{}", rec["slug"].as_str().unwrap()));
+        assert!(!dir.join(stem).exists(), "{name}");
+        assert!(
+            ftkit_testkit::entries(&dir)
+                .iter()
+                .all(|e| !e.starts_with('.')),
+            "{name}: temporaries left"
+        );
+    }
+    assert_eq!(ftkit_testkit::entries(outer.path()), ["root"]);
+    assert!(!Path::new("/tmp/evil.txt").exists());
+}
