@@ -53,3 +53,30 @@ impl HubOptions {
         }
     }
 }
+
+#[cfg(feature = "hub")]
+impl HubOptions {
+    /// The hf-hub client for these settings: no progress bars, the token, the endpoint and the cache
+    /// folder. hf-hub's errors carry URLs (never the token): show them through
+    /// [`crate::secret::redact_urls`], HF_ENDPOINT may hold secrets.
+    pub fn api(&self) -> Result<hf_hub::api::sync::Api, hf_hub::api::sync::ApiError> {
+        let mut builder = hf_hub::api::sync::ApiBuilder::from_env()
+            .with_progress(false)
+            .with_token(self.token.as_ref().map(|t| t.expose().to_string()));
+        if let Some(e) = &self.endpoint {
+            builder = builder.with_endpoint(e.trim_end_matches('/').to_string());
+        }
+        if let Some(d) = &self.cache_dir {
+            builder = builder.with_cache_dir(d.clone());
+        }
+        builder.build()
+    }
+
+    /// The hub cache (its folder, or hf-hub's default from the environment).
+    pub fn cache(&self) -> hf_hub::Cache {
+        match &self.cache_dir {
+            Some(d) => hf_hub::Cache::new(d.clone()),
+            None => hf_hub::Cache::from_env(),
+        }
+    }
+}

@@ -23,6 +23,7 @@ pub mod paths;
 pub mod progress;
 pub mod rejects;
 pub mod secret;
+pub mod source;
 mod temp;
 pub mod template;
 

@@ -321,9 +321,7 @@ fn extracted(ctx: &Ctx, slug: &str, raw: &Path, name: &str, new: bool) -> Result
 /// An http source: each file downloaded unless a good copy is there.
 fn http(ctx: &Ctx, slug: &str, raw: &Path, files: &[crate::manifest::HttpFile]) -> Result<Got> {
     std::fs::create_dir_all(raw).with_context(|| format!("{}: cannot create", raw.display()))?;
-    let mut done = Vec::new();
-    let mut errors = Vec::new();
-    let mut fetched = false;
+    let mut tally = Tally::default();
     for f in files {
         let one = || -> Result<(FileEntry, bool)> {
             crate::manifest::check_file_name(&f.filename)?;
@@ -343,29 +341,50 @@ fn http(ctx: &Ctx, slug: &str, raw: &Path, files: &[crate::manifest::HttpFile]) 
             ctx.client.download(&f.url, &part)?;
             Ok((settle(&part, &dest, &f.filename, expected)?, true))
         };
-        match one().and_then(|(entry, new)| {
-            let inner = extracted(ctx, slug, raw, &f.filename, new)?;
-            Ok((entry, new, inner))
-        }) {
-            Ok((entry, new, inner)) => {
-                fetched |= new;
-                done.push(entry);
-                done.extend(inner);
+        tally.add(one().and_then(|(entry, new)| {
+            let mut got = extracted(ctx, slug, raw, &f.filename, new)?;
+            got.push(entry);
+            Ok((got, new))
+        }));
+    }
+    Ok(tally.finish())
+}
+
+/// The per-file outcomes of a source, gathered into one [`Got`].
+#[derive(Default)]
+pub struct Tally {
+    files: Vec<FileEntry>,
+    fetched: bool,
+    errors: Vec<String>,
+}
+
+impl Tally {
+    /// One file's outcome: its entries (an archive brings its extracted files) and whether it was
+    /// downloaded now, or why it failed.
+    pub fn add(&mut self, got: Result<(Vec<FileEntry>, bool)>) {
+        match got {
+            Ok((files, new)) => {
+                self.fetched |= new;
+                self.files.extend(files);
             }
-            Err(e) => errors.push(format!("{e:#}")),
+            Err(e) => self.errors.push(format!("{e:#}")),
         }
     }
-    done.sort_by(|a, b| a.path.cmp(&b.path));
-    if errors.is_empty() {
-        Ok(Got::Files {
-            files: done,
-            fetched,
-        })
-    } else {
-        Ok(Got::Partial {
-            files: done,
-            error: anyhow::anyhow!(errors.join("; ")),
-        })
+
+    /// Files sorted by path; [`Got::Partial`] when any file failed.
+    pub fn finish(mut self) -> Got {
+        self.files.sort_by(|a, b| a.path.cmp(&b.path));
+        if self.errors.is_empty() {
+            Got::Files {
+                files: self.files,
+                fetched: self.fetched,
+            }
+        } else {
+            Got::Partial {
+                files: self.files,
+                error: anyhow::anyhow!(self.errors.join("; ")),
+            }
+        }
     }
 }
 

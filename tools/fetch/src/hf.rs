@@ -3,7 +3,7 @@
 //! into the hub cache and copied into the raw folder under a temporary name. A gated repository
 //! that refuses us without a token becomes a manual status with the steps to get access.
 
-use crate::dataset::{Ctx, Got, existing, settle};
+use crate::dataset::{Ctx, Got, Tally, existing, settle};
 use crate::manifest::inside;
 use anyhow::{Context, Result, anyhow, bail};
 use ftkit_core::secret::{redact_url, redact_urls};
@@ -50,19 +50,10 @@ pub fn fetch(ctx: &Ctx, slug: &str, raw: &Path, spec: &Spec) -> Result<Got> {
         return offline(ctx, slug, raw, &label);
     }
     let hub = &ctx.hub;
-    let mut builder = hf_hub::api::sync::ApiBuilder::from_env()
-        .with_progress(false)
-        .with_token(hub.token.as_ref().map(|t| t.expose().to_string()));
-    if let Some(e) = &hub.endpoint {
-        builder = builder.with_endpoint(e.trim_end_matches('/').to_string());
-    }
-    if let Some(d) = &hub.cache_dir {
-        builder = builder.with_cache_dir(d.clone());
-    }
     // hf-hub's messages carry URLs (never the token): shown redacted, HF_ENDPOINT may hold secrets.
     let shown = |e: hf_hub::api::sync::ApiError| anyhow!(redact_urls(&e.to_string()));
-    let api = builder
-        .build()
+    let api = hub
+        .api()
         .map_err(shown)
         .with_context(|| format!("{label}: cannot start the hub client"))?;
     let repo = hf_hub::Repo::with_revision(
@@ -98,9 +89,7 @@ pub fn fetch(ctx: &Ctx, slug: &str, raw: &Path, spec: &Spec) -> Result<Got> {
     if names.is_empty() {
         bail!("{label}: no file of the repository matches the allow/ignore patterns");
     }
-    let mut done = Vec::new();
-    let mut errors = Vec::new();
-    let mut fetched = false;
+    let mut tally = Tally::default();
     for name in names {
         let one = || -> Result<(crate::lock::FileEntry, bool)> {
             let dest = inside(raw, name, "hub file name")?;
@@ -124,25 +113,9 @@ pub fn fetch(ctx: &Ctx, slug: &str, raw: &Path, spec: &Spec) -> Result<Got> {
                 .with_context(|| format!("{}: cannot copy from the hub cache", part.display()))?;
             Ok((settle(&part, &dest, name, expected.as_deref())?, true))
         };
-        match one() {
-            Ok((entry, new)) => {
-                fetched |= new;
-                done.push(entry);
-            }
-            Err(e) => errors.push(format!("{e:#}")),
-        }
+        tally.add(one().map(|(entry, new)| (vec![entry], new)));
     }
-    if errors.is_empty() {
-        Ok(Got::Files {
-            files: done,
-            fetched,
-        })
-    } else {
-        Ok(Got::Partial {
-            files: done,
-            error: anyhow!(errors.join("; ")),
-        })
-    }
+    Ok(tally.finish())
 }
 
 /// HF_HUB_OFFLINE or --offline: the files the lock lists, if they are all there and unchanged.

@@ -14,47 +14,7 @@ pub struct Manifest {
     pub processed_root: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum Source {
-    Hf {
-        repo_id: String,
-        #[serde(default = "dataset")]
-        repo_type: String,
-        #[serde(default = "main")]
-        revision: String,
-        #[serde(default)]
-        allow_patterns: Vec<String>,
-        #[serde(default)]
-        ignore_patterns: Vec<String>,
-    },
-    Git {
-        url: String,
-        commit: Option<String>,
-        tag: Option<String>,
-    },
-    Http {
-        files: Vec<HttpFile>,
-    },
-    Manual {
-        instructions: String,
-        url: Option<String>,
-    },
-}
-
-fn dataset() -> String {
-    "dataset".into()
-}
-fn main() -> String {
-    "main".into()
-}
-
-#[derive(Debug, Deserialize)]
-pub struct HttpFile {
-    pub url: String,
-    pub sha256: Option<String>,
-    pub filename: String,
-}
+pub use ftkit_core::source::{HttpFile, Source};
 
 /// A slug as ft-catalog-to-manifest makes them: `[a-z0-9._-]`, not starting with `.` or `-`, at
 /// most 200 bytes; so always one folder name.

@@ -61,14 +61,6 @@ impl std::fmt::Display for ModelSource {
 
 pub use ftkit_core::hub::HubOptions;
 
-/// The hub cache of `hub` (its folder, or hf-hub's default from the environment).
-fn hub_cache(hub: &HubOptions) -> hf_hub::Cache {
-    match &hub.cache_dir {
-        Some(d) => hf_hub::Cache::new(d.clone()),
-        None => hf_hub::Cache::from_env(),
-    }
-}
-
 /// The files of a resolved model.
 #[derive(Debug, Clone)]
 pub struct ModelFiles {
@@ -182,7 +174,7 @@ fn resolve_hub(repo: &str, revision: &str, hub: &HubOptions) -> Result<ModelFile
         format!("{repo}@{revision}")
     };
     if hub.offline {
-        let cached = hub_cache(hub).repo(hub_repo);
+        let cached = hub.cache().repo(hub_repo);
         let need = |name: &str| {
             cached.get(name).with_context(|| {
                 format!("{label}: {name} is not in the hub cache (offline mode; run once online)")
@@ -205,19 +197,10 @@ fn resolve_hub(repo: &str, revision: &str, hub: &HubOptions) -> Result<ModelFile
             commit: None,
         });
     }
-    let mut builder = hf_hub::api::sync::ApiBuilder::from_env()
-        .with_progress(false)
-        .with_token(hub.token.as_ref().map(|t| t.expose().to_string()));
-    if let Some(e) = &hub.endpoint {
-        builder = builder.with_endpoint(e.trim_end_matches('/').to_string());
-    }
-    if let Some(d) = &hub.cache_dir {
-        builder = builder.with_cache_dir(d.clone());
-    }
     // Errors from hf-hub carry URLs (never the token), shown redacted: HF_ENDPOINT may hold secrets.
     let shown = |e: hf_hub::api::sync::ApiError| anyhow!(redact_urls(&e.to_string()));
-    let api = builder
-        .build()
+    let api = hub
+        .api()
         .map_err(shown)
         .with_context(|| format!("{label}: cannot start the hub client"))?;
     let api_repo = api.repo(hub_repo);
