@@ -9,6 +9,8 @@
 //! - [`paths`]: the check that no output is an input or another output.
 //! - [`chunks`], [`rejects`], [`secret`]: the chunk loader, the shared `--rejects` file, secrets and URL
 //!   redaction.
+//! - [`hub`], [`source`]: Hugging Face hub settings (and, with the `hub` feature, the hf-hub client);
+//!   a dataset's source as manifests carry it.
 //!
 //! Temporaries of atomic outputs are removed on SIGINT/SIGTERM/SIGHUP and after a killed run (`temp`).
 

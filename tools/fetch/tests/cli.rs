@@ -774,3 +774,67 @@ fn archive_traversal_links_and_bombs_are_refused() {
     assert_eq!(ftkit_testkit::entries(outer.path()), ["root"]);
     assert!(!Path::new("/tmp/evil.txt").exists());
 }
+
+#[test]
+fn reads_exactly_what_catalog_to_manifest_writes() {
+    // Every record of the catalog tool's golden output parses; --verify fetches nothing, so each
+    // dataset is manual or failed (nothing in the lock), in input order.
+    let golden = ftkit_testkit::testdata("catalog-to-manifest", "catalog.out.jsonl");
+    let lines: Vec<Value> = std::fs::read_to_string(&golden)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let root = tempfile::tempdir().unwrap();
+    let out = Run::new(BIN)
+        .arg("--root")
+        .arg(root.path())
+        .arg("--verify")
+        .arg(&golden)
+        .run()
+        .expect_code(1);
+    let recs = out.records();
+    assert_eq!(recs.len(), lines.len());
+    for (rec, m) in recs.iter().zip(&lines) {
+        assert_eq!(rec["slug"], m["slug"]);
+        assert_eq!(rec["kind"], m["source"]["kind"]);
+        if m["source"]["kind"] == "manual" {
+            assert_eq!(rec["status"], "manual");
+            assert_eq!(rec["instructions"], m["source"]["instructions"]);
+        } else {
+            assert_eq!(rec["status"], "failed");
+        }
+    }
+    assert!(!root.path().join("raw").exists());
+}
+
+#[test]
+fn malformed_manifest_names_path_line_and_unknown_flag_is_usage() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.jsonl");
+    std::fs::write(
+        &path,
+        b"{\"slug\":\"a\",\"source\":{\"kind\":\"manual\",\"instructions\":\"x\"}}\n{\"slug\":\n",
+    )
+    .unwrap();
+    let out = Run::new(BIN)
+        .arg("--root")
+        .arg(dir.path())
+        .arg(&path)
+        .run()
+        .expect_code(1);
+    assert!(
+        out.stderr.contains(&format!("{}:2", path.display())),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.is_empty());
+    Run::new(BIN).arg("--no-such-flag").run().expect_code(2);
+    let out = Run::new(BIN)
+        .arg("--jobs")
+        .arg("0")
+        .stdin(Vec::new())
+        .run()
+        .expect_code(2);
+    assert!(out.stderr.contains("--jobs"), "{}", out.stderr);
+}
