@@ -250,7 +250,7 @@ pub fn settle(part: &Path, dest: &Path, rel: &str, expected: Option<&str>) -> Re
     if let Some(want) = expected
         && want != entry.sha256
     {
-        let _ = std::fs::remove_file(part);
+        crate::http::discard(part);
         bail!(
             "{rel}: checksum mismatch: got sha256 {}, expected {want} (download discarded, previous copy kept)",
             entry.sha256

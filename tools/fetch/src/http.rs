@@ -76,6 +76,13 @@ impl Client {
         let mut req = self.agent.get(url);
         if have > 0 {
             req = req.header("Range", format!("bytes={have}-"));
+            // The server sends the whole file instead when it changed since the part was begun.
+            if let Some(etag) = std::fs::read_to_string(etag_path(part))
+                .ok()
+                .filter(|e| !e.is_empty())
+            {
+                req = req.header("If-Range", etag);
+            }
         }
         let resp = req.call().map_err(transport)?;
         let status = resp.status().as_u16();
@@ -112,6 +119,15 @@ impl Client {
             .truncate(offset == 0)
             .open(part)
             .map_err(|e| Failure::Fatal(anyhow!("{}: cannot create: {e}", part.display())))?;
+        if offset == 0 {
+            // A strong ETag of the file being written (a weak one cannot validate a range).
+            let etag = header(&resp, "etag")
+                .filter(|e| !e.starts_with("W/"))
+                .unwrap_or("");
+            std::fs::write(etag_path(part), etag).map_err(|e| {
+                Failure::Fatal(anyhow!("{}: cannot write: {e}", etag_path(part).display()))
+            })?;
+        }
         let bar = crate::progress::bar(self.progress, part, total);
         bar.set_position(offset);
         let mut body = resp.into_body().into_reader();
@@ -166,7 +182,21 @@ fn transport(e: ureq::Error) -> Failure {
     }
 }
 
+/// `.NAME.part.etag`: the ETag of the response a part was begun from, for `If-Range`.
+fn etag_path(part: &Path) -> std::path::PathBuf {
+    let mut name = part.as_os_str().to_os_string();
+    name.push(".etag");
+    name.into()
+}
+
+/// Removes a part and its ETag (a part that failed its checksum, or one to start over).
+pub fn discard(part: &Path) {
+    let _ = std::fs::remove_file(etag_path(part));
+    let _ = std::fs::remove_file(part);
+}
+
 fn remove(part: &Path) -> std::result::Result<(), Failure> {
+    let _ = std::fs::remove_file(etag_path(part));
     match std::fs::remove_file(part) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Failure::Fatal(anyhow!(
             "{}: cannot remove: {e}",
@@ -206,6 +236,7 @@ fn retry_after(resp: &ureq::http::Response<ureq::Body>) -> Option<Duration> {
 pub fn commit(part: &Path, dest: &Path) -> Result<()> {
     std::fs::rename(part, dest)
         .with_context(|| format!("{}: cannot rename into place", dest.display()))?;
+    let _ = std::fs::remove_file(etag_path(part));
     if let Some(dir) = dest.parent() {
         let _ = File::open(dir).and_then(|d| d.sync_all());
     }

@@ -25,7 +25,8 @@ Reads manifests (JSONL, as ft-catalog-to-manifest writes them) and fetches each 
 ROOT/raw/SLUG: hf sources through the hub API (revision pinned, allow/ignore patterns; HF_TOKEN, \
 HF_HOME, HF_HUB_CACHE, HF_ENDPOINT and HF_HUB_OFFLINE honoured), git sources through the git \
 binary (shallow fetch of the pinned commit or tag), http sources with ureq (a partial download is \
-kept as .NAME.part and resumed with a Range request; retries with backoff on 429, 5xx, timeouts and \
+kept as .NAME.part and resumed with a Range request, If-Range the ETag it began from, so a file that \
+changed on the server meanwhile is fetched whole; retries with backoff on 429, 5xx, timeouts and \
 dropped connections, Retry-After honoured). A manual source gives a status record with its \
 instructions; a gated hf repository that refuses access gives one too. Nothing is ever made up.
 

@@ -174,7 +174,7 @@ fn retries_and_resumes_through_dropped_connections_500_429_and_slow_bodies() {
             "/big.bin -",
             "/big.bin -",
             "/big.bin -",
-            "/big.bin bytes=20000-"
+            "/big.bin bytes=20000- if-range"
         ]
     );
     assert!(
@@ -241,7 +241,51 @@ fn kill_9_mid_download_then_rerun_resumes_with_range() {
     );
     assert_eq!(
         server.hits("/big.bin"),
-        ["/big.bin -", "/big.bin bytes=30000-"]
+        ["/big.bin -", "/big.bin bytes=30000- if-range"]
+    );
+    assert_eq!(
+        ftkit_testkit::entries(&root.path().join("raw/k")),
+        ["big.bin"]
+    );
+}
+
+#[test]
+fn a_part_whose_file_changed_on_the_server_is_fetched_whole() {
+    let server = Server::start();
+    let v1: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+    let v2: Vec<u8> = (0..100_001u32).map(|i| (i % 241) as u8).collect();
+    server.put("/f.bin", v1);
+    server.fault("/f.bin", Fault::Hang(30_000));
+    let root = tempfile::tempdir().unwrap();
+    // No sha256 in the manifest: only the ETag can tell the part is of another version.
+    let m = http_manifest("c", &[(format!("{}/f.bin", server.url), "f.bin", None)]);
+    let manifest = root.path().join("m.jsonl");
+    std::fs::write(&manifest, jsonl(std::slice::from_ref(&m))).unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--root")
+        .arg(root.path())
+        .arg(&manifest)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let part = root.path().join("raw/c/.f.bin.part");
+    while std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0) < 30_000 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "ft-fetch ended before the stall"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    ftkit_testkit::kill(child.id(), "KILL");
+    child.wait().unwrap();
+    server.put("/f.bin", v2.clone());
+    let out = fetch(root.path(), &[m], &[]).expect_code(0);
+    assert_eq!(out.records()[0]["status"], "fetched");
+    assert_eq!(std::fs::read(root.path().join("raw/c/f.bin")).unwrap(), v2);
+    assert_eq!(
+        server.hits("/f.bin"),
+        ["/f.bin -", "/f.bin bytes=30000- if-range"]
     );
 }
 

@@ -87,6 +87,7 @@ impl Server {
         let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
         let mut range = None;
         let mut auth = false;
+        let mut if_range: Option<String> = None;
         loop {
             let mut h = String::new();
             if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
@@ -97,10 +98,16 @@ impl Server {
                 range = Some(v.trim().to_string());
             }
             auth |= lower.starts_with("authorization:");
+            if lower.starts_with("if-range:") {
+                if_range = Some(h[9..].trim().to_string());
+            }
         }
-        let shown = range
+        let mut shown = range
             .clone()
             .map_or("-".to_string(), |r| format!("bytes={r}"));
+        if if_range.is_some() {
+            shown.push_str(" if-range");
+        }
         self.log
             .lock()
             .unwrap()
@@ -129,6 +136,10 @@ impl Server {
             return;
         };
         let len = body.len();
+        // If-Range with another ETag than the file's now: the whole file (RFC 9110 13.1.5).
+        if if_range.is_some_and(|v| v != format!("\"e{len}\"")) {
+            range = None;
+        }
         let (status, start, end) = match range.as_deref().and_then(|r| r.split_once('-')) {
             Some((a, b)) => {
                 let a: usize = a.parse().unwrap_or(0);
