@@ -83,6 +83,8 @@ fn http_fetches_records_lock_and_stats_then_is_cached() {
     assert_eq!(out.code, 2, "{}", out.stderr);
 
     let out = fetch(root.path(), &[m.clone(), manual.clone()], &[]).expect_code(0);
+    // stderr is a pipe here: no progress bar drawing, just the summary line.
+    assert_eq!(out.stderr, "ft-fetch: 2 datasets: 1 fetched, 1 manual\n");
     let recs = out.records();
     assert_eq!(recs.len(), 2);
     let ds = by_slug(&recs, "ds");
