@@ -884,3 +884,43 @@ fn malformed_manifest_names_path_line_and_unknown_flag_is_usage() {
         .expect_code(2);
     assert!(out.stderr.contains("--jobs"), "{}", out.stderr);
 }
+
+#[test]
+fn a_stalled_connection_times_out_and_resumes() {
+    let server = Server::start();
+    let big: Vec<u8> = (0..40_000u32).map(|i| (i % 211) as u8).collect();
+    server.put("/s.bin", big.clone());
+    server.fault("/s.bin", Fault::Hang(10_000));
+    let root = tempfile::tempdir().unwrap();
+    let m = http_manifest("s", &[(format!("{}/s.bin", server.url), "s.bin", None)]);
+    let out = fetch(root.path(), &[m], &["--timeout", "1"]).expect_code(0);
+    assert_eq!(out.records()[0]["status"], "fetched");
+    assert_eq!(std::fs::read(root.path().join("raw/s/s.bin")).unwrap(), big);
+    assert_eq!(
+        server.hits("/s.bin"),
+        ["/s.bin -", "/s.bin bytes=10000- if-range"]
+    );
+    assert!(
+        out.stderr.contains("connection lost after 10000 bytes"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_symbolic_link_on_the_raw_path_is_refused() {
+    let server = Server::start();
+    server.put("/a", DATA);
+    let outer = tempfile::tempdir().unwrap();
+    let root = outer.path().join("root");
+    let elsewhere = outer.path().join("elsewhere");
+    std::fs::create_dir_all(root.join("raw")).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, root.join("raw/l")).unwrap();
+    let m = http_manifest("l", &[(format!("{}/a", server.url), "f.jsonl", None)]);
+    let out = fetch(&root, &[m], &[]).expect_code(1);
+    let err = out.records()[0]["error"].as_str().unwrap().to_string();
+    assert!(err.contains("is a symbolic link"), "{err}");
+    assert!(ftkit_testkit::entries(&elsewhere).is_empty());
+    assert!(server.log().is_empty());
+}
