@@ -16,6 +16,8 @@ fn git(dir: &Path, args: &[&str]) -> Result<String> {
         .args(args)
         // Never wait for a password on the terminal; never use a user's hooks or templates.
         .env("GIT_TERMINAL_PROMPT", "0")
+        // Only transports that move data: `ext::` and the like run commands.
+        .env("GIT_ALLOW_PROTOCOL", "file:git:http:https:ssh")
         .env("GIT_TEMPLATE_DIR", "")
         .output()
         .context("cannot run git (is it installed?)")?;
@@ -57,6 +59,34 @@ fn matches_lock(ctx: &Ctx, slug: &str, files: &[FileEntry]) -> bool {
     locked.is_empty() || locked == files
 }
 
+/// The URL, commit and tag become git arguments: none may read as an option, the commit is hex
+/// (7 to 64 digits) and the tag a plain ref name.
+fn check_pins(url: &str, commit: Option<&str>, tag: Option<&str>) -> Result<()> {
+    let shown = redact_url(url);
+    if url.starts_with('-') || url.chars().any(char::is_control) {
+        bail!("{shown}: not a repository URL");
+    }
+    if let Some(c) = commit
+        && !(c.len() >= 7 && c.len() <= 64 && c.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        bail!("commit {c:?} is not 7 to 64 hex digits");
+    }
+    if let Some(t) = tag {
+        let plain = !t.is_empty()
+            && !t.starts_with(['-', '.', '/'])
+            && !t.contains("..")
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-/+".contains(&b));
+        if !plain {
+            bail!("tag {t:?} is not a plain tag name");
+        }
+    }
+    if commit.is_none() && tag.is_none() {
+        bail!("{shown}: no commit or tag: an unpinned clone is refused");
+    }
+    Ok(())
+}
+
 pub fn fetch(
     ctx: &Ctx,
     slug: &str,
@@ -65,12 +95,7 @@ pub fn fetch(
     commit: Option<&str>,
     tag: Option<&str>,
 ) -> Result<Got> {
-    if commit.is_none() && tag.is_none() {
-        bail!(
-            "{}: no commit or tag: an unpinned clone is refused",
-            redact_url(url)
-        );
-    }
+    check_pins(url, commit, tag)?;
     if let Some(h) = head(raw)
         && is_pinned(raw, &h, commit, tag)
     {
@@ -95,7 +120,7 @@ pub fn fetch(
     let tmp = ftkit_core::io::AtomicDir::create(raw)?;
     let dir = tmp.path();
     git(dir, &["init", "-q"])?;
-    git(dir, &["remote", "add", "origin", url])?;
+    git(dir, &["remote", "add", "--", "origin", url])?;
     let target = match (commit, tag) {
         (Some(c), _) if c.len() == 40 || c.len() == 64 => {
             git(dir, &["fetch", "-q", "--depth", "1", "origin", c])?;

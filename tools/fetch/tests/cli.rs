@@ -924,3 +924,28 @@ fn a_symbolic_link_on_the_raw_path_is_refused() {
     assert!(ftkit_testkit::entries(&elsewhere).is_empty());
     assert!(server.log().is_empty());
 }
+
+#[test]
+fn git_pins_that_read_as_options_are_refused() {
+    let outer = tempfile::tempdir().unwrap();
+    let root = outer.path().join("root");
+    let marker = outer.path().join("ran");
+    let evil = format!("--upload-pack=touch {}", marker.display());
+    let ms = [
+        json!({"slug": "c", "source": {"kind": "git", "url": "file:///nowhere", "commit": evil, "tag": null}}),
+        json!({"slug": "t", "source": {"kind": "git", "url": "file:///nowhere", "commit": null, "tag": evil}}),
+        json!({"slug": "u", "source": {"kind": "git", "url": evil, "commit": "abcdef0", "tag": null}}),
+        json!({"slug": "e", "source": {"kind": "git", "url": format!("ext::sh -c touch% {}", marker.display()), "commit": "abcdef0", "tag": null}}),
+    ];
+    let out = fetch(&root, &ms, &[]).expect_code(1);
+    let errs: Vec<String> = out
+        .records()
+        .iter()
+        .map(|r| r["error"].as_str().unwrap().to_string())
+        .collect();
+    assert!(errs[0].contains("is not 7 to 64 hex digits"), "{errs:?}");
+    assert!(errs[1].contains("is not a plain tag name"), "{errs:?}");
+    assert!(errs[2].contains("not a repository URL"), "{errs:?}");
+    assert!(errs[3].contains("transport 'ext' not allowed"), "{errs:?}");
+    assert!(!marker.exists(), "a command ran");
+}
