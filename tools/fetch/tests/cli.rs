@@ -191,6 +191,30 @@ fn retries_and_resumes_through_dropped_connections_500_429_and_slow_bodies() {
     );
 }
 
+/// Runs ft-fetch on manifest `m` and kills it with SIGKILL once `part` holds `bytes` bytes (what the
+/// server sends before it stalls).
+fn kill_9_when_part_has(root: &Path, m: &Value, part: &Path, bytes: u64) {
+    let manifest = root.join("m.jsonl");
+    std::fs::write(&manifest, jsonl(std::slice::from_ref(m))).unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--root")
+        .arg(root)
+        .arg(&manifest)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while std::fs::metadata(part).map(|m| m.len()).unwrap_or(0) < bytes {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "ft-fetch ended before the stall"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    ftkit_testkit::kill(child.id(), "KILL");
+    child.wait().unwrap();
+}
+
 #[test]
 fn kill_9_mid_download_then_rerun_resumes_with_range() {
     let server = Server::start();
@@ -206,30 +230,12 @@ fn kill_9_mid_download_then_rerun_resumes_with_range() {
             Some(sha256sum(&big)),
         )],
     );
-    let manifest = root.path().join("m.jsonl");
-    std::fs::write(&manifest, jsonl(std::slice::from_ref(&m))).unwrap();
-    let mut child = Command::new(BIN)
-        .arg("--root")
-        .arg(root.path())
-        .arg(&manifest)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let part = root.path().join("raw/k/.big.bin.part");
-    // Waits for the 30000 bytes the server sends before it stalls.
-    loop {
-        if std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0) == 30_000 {
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "ft-fetch ended before the stall"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    ftkit_testkit::kill(child.id(), "KILL");
-    child.wait().unwrap();
+    kill_9_when_part_has(
+        root.path(),
+        &m,
+        &root.path().join("raw/k/.big.bin.part"),
+        30_000,
+    );
     assert!(
         !root.path().join("raw/k/big.bin").exists(),
         "no partial file under the real name"
@@ -261,26 +267,12 @@ fn a_part_whose_file_changed_on_the_server_is_fetched_whole() {
     let root = tempfile::tempdir().unwrap();
     // No sha256 in the manifest: only the ETag can tell the part is of another version.
     let m = http_manifest("c", &[(format!("{}/f.bin", server.url), "f.bin", None)]);
-    let manifest = root.path().join("m.jsonl");
-    std::fs::write(&manifest, jsonl(std::slice::from_ref(&m))).unwrap();
-    let mut child = Command::new(BIN)
-        .arg("--root")
-        .arg(root.path())
-        .arg(&manifest)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let part = root.path().join("raw/c/.f.bin.part");
-    while std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0) < 30_000 {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "ft-fetch ended before the stall"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    ftkit_testkit::kill(child.id(), "KILL");
-    child.wait().unwrap();
+    kill_9_when_part_has(
+        root.path(),
+        &m,
+        &root.path().join("raw/c/.f.bin.part"),
+        30_000,
+    );
     server.put("/f.bin", v2.clone());
     let out = fetch(root.path(), &[m], &[]).expect_code(0);
     assert_eq!(out.records()[0]["status"], "fetched");
