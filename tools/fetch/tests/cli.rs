@@ -1,13 +1,11 @@
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use clap::CommandFactory;
 use ftkit_testkit::Run;
+use ftkit_testkit::http::{Fault, Server};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::Command;
-use support::{COMMIT, Fault, Server};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ft-fetch");
 
@@ -489,38 +487,19 @@ fn git_fetches_the_pinned_commit_with_the_git_binary() {
     assert_eq!(out.records()[0]["status"], "cached");
 }
 
-/// The hub's endpoints for `repo` (`datasets/org/ds` or `org/model`), as hf-hub asks them.
-fn put_hub_repo(server: &Server, api: &str, resolve: &str, files: &[(&str, &[u8])]) {
-    let siblings: Vec<Value> = files.iter().map(|(n, _)| json!({"rfilename": n})).collect();
-    let info = json!({"sha": COMMIT, "siblings": siblings}).to_string();
-    server.put(&format!("{api}/revision/main"), info.clone().into_bytes());
-    for (name, bytes) in files {
-        server.put(
-            &format!("{resolve}/resolve/{COMMIT}/{name}"),
-            bytes.to_vec(),
-        );
-    }
-}
-
 #[test]
 fn hf_dataset_and_model_through_hf_endpoint_and_gated_is_manual() {
     let server = Server::start();
-    put_hub_repo(
-        &server,
-        "/api/datasets/org/ds",
-        "/datasets/org/ds",
+    server.put_hub_repo(
+        "dataset",
+        "org/ds",
         &[
             ("data/train.jsonl", DATA),
             ("README.md", b"# ds\n"),
             ("t.csv", CSV),
         ],
     );
-    put_hub_repo(
-        &server,
-        "/api/models/org/m",
-        "/org/m",
-        &[("config.json", b"{\"a\":1}")],
-    );
+    server.put_hub_repo("model", "org/m", &[("config.json", b"{\"a\":1}")]);
     server.fault(
         "/api/datasets/org/gated/revision/main",
         Fault::Status(401, None),
@@ -587,10 +566,9 @@ fn hf_dataset_and_model_through_hf_endpoint_and_gated_is_manual() {
 #[test]
 fn traversal_in_hub_file_names_is_refused() {
     let server = Server::start();
-    put_hub_repo(
-        &server,
-        "/api/datasets/org/ev",
-        "/datasets/org/ev",
+    server.put_hub_repo(
+        "dataset",
+        "org/ev",
         &[("../../evil.txt", b"x"), ("ok.txt", b"y")],
     );
     let outer = tempfile::tempdir().unwrap();

@@ -1,7 +1,7 @@
-//! A loopback HTTP/1.1 server for the tests: serves byte strings by path with Range support, the
-//! headers the hub's clients read (`etag`, `x-repo-commit`, `content-range`), and injected faults.
-
-#![allow(dead_code, clippy::unwrap_used)]
+//! A loopback HTTP/1.1 server for tests: serves byte strings by path with Range and If-Range
+//! support, the headers the hub's clients read (`etag`, `x-repo-commit`, `content-range`), and
+//! injected faults (dropped connections, error statuses with `Retry-After`, stalls, slow bodies).
+//! Every request is logged as `PATH RANGE [if-range] [auth=AUTHORIZATION]`.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Write};
@@ -66,6 +66,29 @@ impl Server {
             .push_back(fault);
     }
 
+    /// Answers the hub's endpoints for `repo` (`org/name`) of `repo_type` (`dataset` or `model`), as
+    /// hf-hub asks them: the revision info (sha [`COMMIT`], siblings) for `main` and [`COMMIT`], and
+    /// each file under `resolve/main/` and `resolve/COMMIT/`.
+    pub fn put_hub_repo(&self, repo_type: &str, repo: &str, files: &[(&str, &[u8])]) {
+        let (api, base) = match repo_type {
+            "model" => (format!("/api/models/{repo}"), format!("/{repo}")),
+            _ => (format!("/api/datasets/{repo}"), format!("/datasets/{repo}")),
+        };
+        let mut names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
+        names.sort_unstable();
+        let siblings: Vec<serde_json::Value> = names
+            .iter()
+            .map(|n| serde_json::json!({"rfilename": n}))
+            .collect();
+        let info = serde_json::json!({"sha": COMMIT, "siblings": siblings}).to_string();
+        for rev in ["main", COMMIT] {
+            self.put(&format!("{api}/revision/{rev}"), info.clone());
+            for (name, bytes) in files {
+                self.put(&format!("{base}/resolve/{rev}/{name}"), bytes.to_vec());
+            }
+        }
+    }
+
     /// Every request so far as `PATH RANGE` (`-` without a Range header).
     pub fn log(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
@@ -86,7 +109,7 @@ impl Server {
         }
         let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
         let mut range = None;
-        let mut auth = false;
+        let mut auth = None;
         let mut if_range: Option<String> = None;
         loop {
             let mut h = String::new();
@@ -97,7 +120,9 @@ impl Server {
             if let Some(v) = lower.strip_prefix("range: bytes=") {
                 range = Some(v.trim().to_string());
             }
-            auth |= lower.starts_with("authorization:");
+            if lower.starts_with("authorization:") {
+                auth = Some(h[14..].trim().to_string());
+            }
             if lower.starts_with("if-range:") {
                 if_range = Some(h[9..].trim().to_string());
             }
@@ -108,10 +133,10 @@ impl Server {
         if if_range.is_some() {
             shown.push_str(" if-range");
         }
-        self.log
-            .lock()
-            .unwrap()
-            .push(format!("{path} {shown}{}", if auth { " auth" } else { "" }));
+        if let Some(a) = auth {
+            shown.push_str(&format!(" auth={a}"));
+        }
+        self.log.lock().unwrap().push(format!("{path} {shown}"));
         let fault = self
             .faults
             .lock()
@@ -137,7 +162,8 @@ impl Server {
         };
         let len = body.len();
         // If-Range with another ETag than the file's now: the whole file (RFC 9110 13.1.5).
-        if if_range.is_some_and(|v| v != format!("\"e{len}\"")) {
+        let etag = format!("\"{:016x}\"", fnv(&body));
+        if if_range.is_some_and(|v| v != etag) {
             range = None;
         }
         let (status, start, end) = match range.as_deref().and_then(|r| r.split_once('-')) {
@@ -158,7 +184,7 @@ impl Server {
         let part = &body[start..end];
         let _ = write!(
             out,
-            "HTTP/1.1 {status}\r\ncontent-length: {}\r\ncontent-range: bytes {start}-{}/{len}\r\naccept-ranges: bytes\r\netag: \"e{len}\"\r\nx-repo-commit: {COMMIT}\r\nconnection: close\r\n\r\n",
+            "HTTP/1.1 {status}\r\ncontent-length: {}\r\ncontent-range: bytes {start}-{}/{len}\r\naccept-ranges: bytes\r\netag: {etag}\r\nx-repo-commit: {COMMIT}\r\nconnection: close\r\n\r\n",
             part.len(),
             end.saturating_sub(1),
         );
@@ -186,4 +212,11 @@ impl Server {
         }
         let _ = out.flush();
     }
+}
+
+/// FNV-1a of `bytes`: the test server's ETag, different for different contents.
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
+        (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
