@@ -40,6 +40,7 @@
         tools = [
           "catalog-to-manifest"
           "chunk"
+          "fetch"
           "filter"
           "ingest"
           "qa-synth"

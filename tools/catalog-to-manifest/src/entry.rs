@@ -3,7 +3,6 @@
 use crate::catalog::{Located, kind};
 use crate::checks::{derive_slug, file_name_problem, is_secret_name, slug_problem, url_problem};
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
 use serde_json::{Map, Value};
 
 /// A dataset as the manifest describes it.
@@ -27,36 +26,7 @@ pub struct Dataset {
     pub extra: Map<String, Value>,
 }
 
-#[derive(Debug, Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum Source {
-    Hf {
-        repo_id: String,
-        repo_type: String,
-        revision: String,
-        allow_patterns: Vec<String>,
-        ignore_patterns: Vec<String>,
-    },
-    Git {
-        url: String,
-        commit: Option<String>,
-        tag: Option<String>,
-    },
-    Http {
-        files: Vec<HttpFile>,
-    },
-    Manual {
-        instructions: String,
-        url: Option<String>,
-    },
-}
-
-#[derive(Debug, Serialize)]
-pub struct HttpFile {
-    pub url: String,
-    pub sha256: Option<String>,
-    pub filename: String,
-}
+pub use ftkit_core::source::{HttpFile, Source};
 
 /// The track of an entry that names none.
 pub const NO_TRACK: &str = "untracked";

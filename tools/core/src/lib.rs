@@ -9,12 +9,15 @@
 //! - [`paths`]: the check that no output is an input or another output.
 //! - [`chunks`], [`rejects`], [`secret`]: the chunk loader, the shared `--rejects` file, secrets and URL
 //!   redaction.
+//! - [`hub`], [`source`]: Hugging Face hub settings (and, with the `hub` feature, the hf-hub client);
+//!   a dataset's source as manifests carry it.
 //!
 //! Temporaries of atomic outputs are removed on SIGINT/SIGTERM/SIGHUP and after a killed run (`temp`).
 
 pub mod chunks;
 pub mod cli;
 pub mod engine;
+pub mod hub;
 pub mod id;
 pub mod io;
 pub mod jsonl;
@@ -22,6 +25,7 @@ pub mod paths;
 pub mod progress;
 pub mod rejects;
 pub mod secret;
+pub mod source;
 mod temp;
 pub mod template;
 

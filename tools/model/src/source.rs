@@ -5,7 +5,7 @@
 //! `HF_HUB_OFFLINE=1` (or `offline: true`) resolves from the cache only, with no network.
 
 use anyhow::{Context, Result, anyhow, bail};
-use ftkit_core::secret::{Secret, redact_url, redact_urls};
+use ftkit_core::secret::redact_urls;
 use std::path::{Path, PathBuf};
 
 /// A parsed `--model` argument.
@@ -59,61 +59,7 @@ impl std::fmt::Display for ModelSource {
     }
 }
 
-/// Hub settings. Build with [`HubOptions::from_env`] in tools; tests set fields directly.
-#[derive(Clone, Default)]
-pub struct HubOptions {
-    /// Server base URL (default `https://huggingface.co`, or `HF_ENDPOINT`).
-    pub endpoint: Option<String>,
-    /// Cache directory (the `hub` folder). Default: `HF_HUB_CACHE`, else `HF_HOME/hub`,
-    /// else `~/.cache/huggingface/hub`.
-    pub cache_dir: Option<PathBuf>,
-    /// Bearer token (`HF_TOKEN`). Never printed.
-    pub token: Option<Secret>,
-    /// Resolve from the cache only.
-    pub offline: bool,
-}
-
-// By hand, not derived: the endpoint may hold user info or a token in its query.
-impl std::fmt::Debug for HubOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HubOptions")
-            .field("endpoint", &self.endpoint.as_deref().map(redact_url))
-            .field("cache_dir", &self.cache_dir)
-            .field("token", &self.token)
-            .field("offline", &self.offline)
-            .finish()
-    }
-}
-
-fn env_nonempty(k: &str) -> Option<String> {
-    std::env::var(k).ok().filter(|v| !v.is_empty())
-}
-
-impl HubOptions {
-    /// Read `HF_ENDPOINT`, `HF_HUB_CACHE`, `HF_HOME`, `HF_TOKEN`, `HF_HUB_OFFLINE`;
-    /// `offline` (a `--offline` flag) forces offline mode.
-    pub fn from_env(offline: bool) -> Self {
-        let env_offline = env_nonempty("HF_HUB_OFFLINE")
-            .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
-            .unwrap_or(false);
-        let cache_dir = env_nonempty("HF_HUB_CACHE")
-            .map(PathBuf::from)
-            .or_else(|| env_nonempty("HF_HOME").map(|h| PathBuf::from(h).join("hub")));
-        Self {
-            endpoint: env_nonempty("HF_ENDPOINT"),
-            cache_dir,
-            token: env_nonempty("HF_TOKEN").map(Secret::new),
-            offline: offline || env_offline,
-        }
-    }
-
-    fn cache(&self) -> hf_hub::Cache {
-        match &self.cache_dir {
-            Some(d) => hf_hub::Cache::new(d.clone()),
-            None => hf_hub::Cache::from_env(),
-        }
-    }
-}
+pub use ftkit_core::hub::HubOptions;
 
 /// The files of a resolved model.
 #[derive(Debug, Clone)]
@@ -251,19 +197,10 @@ fn resolve_hub(repo: &str, revision: &str, hub: &HubOptions) -> Result<ModelFile
             commit: None,
         });
     }
-    let mut builder = hf_hub::api::sync::ApiBuilder::from_env()
-        .with_progress(false)
-        .with_token(hub.token.as_ref().map(|t| t.expose().to_string()));
-    if let Some(e) = &hub.endpoint {
-        builder = builder.with_endpoint(e.trim_end_matches('/').to_string());
-    }
-    if let Some(d) = &hub.cache_dir {
-        builder = builder.with_cache_dir(d.clone());
-    }
     // Errors from hf-hub carry URLs (never the token), shown redacted: HF_ENDPOINT may hold secrets.
     let shown = |e: hf_hub::api::sync::ApiError| anyhow!(redact_urls(&e.to_string()));
-    let api = builder
-        .build()
+    let api = hub
+        .api()
         .map_err(shown)
         .with_context(|| format!("{label}: cannot start the hub client"))?;
     let api_repo = api.repo(hub_repo);

@@ -4,120 +4,26 @@ use anyhow::Result;
 use ftkit_core::secret::Secret;
 use ftkit_model::fixtures::{TinySpec, write_tiny_model};
 use ftkit_model::{HubOptions, ModelSource, resolve};
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
+use ftkit_testkit::http::{COMMIT, Server};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
-const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
-
-struct Server {
-    url: String,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-/// Serve every file of `dir` as repo `org/tiny`, revision `main` or COMMIT.
+/// Serve every file of `dir` as model repo `org/tiny`, revision `main` or COMMIT.
 fn serve(dir: &Path) -> Result<Server> {
-    let mut files: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
     for e in std::fs::read_dir(dir)? {
         let e = e?;
-        files.insert(
+        files.push((
             e.file_name().to_string_lossy().into_owned(),
             std::fs::read(e.path())?,
-        );
+        ));
     }
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let log2 = log.clone();
-    let files = Arc::new(files);
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            // One thread per connection: the client may hold an idle connection open.
-            let files = files.clone();
-            let log2 = log2.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(match stream.try_clone() {
-                    Ok(s) => s,
-                    Err(_) => return,
-                });
-                let mut line = String::new();
-                if reader.read_line(&mut line).is_err() {
-                    return;
-                }
-                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-                let mut range: Option<(usize, Option<usize>)> = None;
-                let mut auth = String::new();
-                loop {
-                    let mut h = String::new();
-                    if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
-                        break;
-                    }
-                    let lower = h.to_ascii_lowercase();
-                    if let Some(v) = lower.strip_prefix("range: bytes=") {
-                        let v = v.trim();
-                        let (a, b) = v.split_once('-').unwrap_or((v, ""));
-                        range = Some((a.parse().unwrap_or(0), b.parse().ok()));
-                    }
-                    if lower.starts_with("authorization:") {
-                        auth = h.trim().to_string();
-                    }
-                }
-                if let Ok(mut l) = log2.lock() {
-                    l.push(format!("{path} {auth}"));
-                }
-                let info_main = "/api/models/org/tiny/revision/main".to_string();
-                let info_commit = format!("/api/models/org/tiny/revision/{COMMIT}");
-                let response: Vec<u8> = if path == info_main || path == info_commit {
-                    let mut names: Vec<&String> = files.keys().collect();
-                    names.sort();
-                    let siblings: Vec<_> = names
-                        .iter()
-                        .map(|n| serde_json::json!({"rfilename": n}))
-                        .collect();
-                    let body = serde_json::json!({"sha": COMMIT, "siblings": siblings}).to_string();
-                    format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-                .into_bytes()
-                } else if let Some(name) = path
-                    .strip_prefix("/org/tiny/resolve/main/")
-                    .or_else(|| path.strip_prefix(&format!("/org/tiny/resolve/{COMMIT}/")))
-                    .and_then(|n| files.get(n))
-                {
-                    let (start, end) = match range {
-                        Some((a, b)) => (a, b.unwrap_or(name.len() - 1).min(name.len() - 1)),
-                        None => (0, name.len() - 1),
-                    };
-                    let body = &name[start..=end];
-                    let mut head = format!(
-                    "HTTP/1.1 206 Partial Content\r\ncontent-length: {}\r\ncontent-range: bytes {start}-{end}/{}\r\netag: \"e{}\"\r\nx-repo-commit: {COMMIT}\r\nconnection: close\r\n\r\n",
-                    body.len(),
-                    name.len(),
-                    ftkit_model_test_hash(name)
-                )
-                .into_bytes();
-                    head.extend_from_slice(body);
-                    head
-                } else {
-                    b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                        .to_vec()
-                };
-                let _ = stream.write_all(&response);
-                let _ = stream.flush();
-            });
-        }
-    });
-    Ok(Server { url, log })
-}
-
-fn ftkit_model_test_hash(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
-        (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3)
-    })
+    let server = Server::start();
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    server.put_hub_repo("model", "org/tiny", &refs);
+    Ok(server)
 }
 
 #[test]
@@ -149,7 +55,7 @@ fn downloads_then_resolves_offline_from_cache() -> Result<()> {
     assert!(files.tokenizer_config.is_some());
     assert!(files.weights[0].starts_with(cache.path()));
     // The token went out as a bearer header.
-    let log = server.log.lock().map(|l| l.clone()).unwrap_or_default();
+    let log = server.log();
     assert!(
         log.iter()
             .any(|l| l.contains("Bearer hf_secret_test_token")),
@@ -166,7 +72,7 @@ fn downloads_then_resolves_offline_from_cache() -> Result<()> {
     let again = resolve(&src, &offline)?;
     assert_eq!(again.weights, files.weights);
     assert_eq!(again.config, files.config);
-    let after = server.log.lock().map(|l| l.len()).unwrap_or_default();
+    let after = server.log().len();
     assert_eq!(before, after);
 
     // A revision pinned to the commit also works.

@@ -5,6 +5,7 @@
 //!   errors, closed pipes, thread-count independence, atomic `-o`).
 //! - [`golden`]: compare with a file under `testdata/`, rewritten when `FTKIT_BLESS=1`.
 //! - [`man`]: the man page generated from a tool's clap definition must match `man/<tool>.1`.
+//! - [`http`]: a loopback HTTP server with Range, fault injection and the hub's endpoints.
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 use std::io::{Read, Write};
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 pub mod contract;
+pub mod http;
 
 /// The workspace root (tests run with the crate folder `tools/<tool>` as CARGO_MANIFEST_DIR).
 pub fn workspace_root() -> PathBuf {
