@@ -21,6 +21,8 @@ pub mod hub;
 pub mod id;
 pub mod io;
 pub mod jsonl;
+#[cfg(feature = "parquet")]
+pub mod parquet;
 pub mod paths;
 pub mod progress;
 pub mod rejects;

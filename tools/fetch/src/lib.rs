@@ -37,7 +37,7 @@ Downloads are renamed into place only when complete, so a killed run followed by
 the right bytes and fetches only what is missing.
 
 For each dataset, ROOT/processed/SLUG/stats.json holds {files, bytes, records, records_by_file} \
-(records counted for .jsonl, .json and .csv files; others, parquet included, are not counted) and \
+(records counted for .jsonl, .json, .csv/.tsv and .parquet files, Parquet rows from the footer; others are not counted) and \
 stdout gets {slug, kind, status: fetched|cached|manual|failed, files: [{path, bytes, sha256}], stats}, \
 with error or instructions when there are.
 

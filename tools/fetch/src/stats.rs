@@ -1,5 +1,6 @@
 //! `processed/SLUG/stats.json`: how many files and bytes a dataset has, and records where the
-//! format says what a record is (a JSONL line, a JSON array item or one JSON value, a CSV row).
+//! format says what a record is (a JSONL line, a JSON array item or one JSON value, a CSV row, a
+//! Parquet row as its footer counts them).
 
 use crate::lock::FileEntry;
 use serde_json::{Value, json};
@@ -57,6 +58,7 @@ fn count(path: &Path) -> Option<u64> {
             }
             Some(n)
         }
+        "parquet" => ftkit_core::parquet::row_count(path).ok(),
         _ => None,
     }
 }

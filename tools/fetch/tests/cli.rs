@@ -135,6 +135,43 @@ fn http_fetches_records_lock_and_stats_then_is_cached() {
     );
 }
 
+/// Parquet rows are counted from the footer: the fixture is pyarrow's, and pyarrow's own reading of
+/// it (hf.rows.json beside it) says how many rows it has.
+#[test]
+fn parquet_rows_are_counted_in_the_stats() {
+    let fixture = ftkit_testkit::workspace_root().join("testdata/ingest/parquet");
+    let bytes = std::fs::read(fixture.join("hf.parquet")).unwrap();
+    let rows: Vec<Value> =
+        serde_json::from_slice(&std::fs::read(fixture.join("hf.rows.json")).unwrap()).unwrap();
+    let server = Server::start();
+    server.put("/d/train.parquet", bytes);
+    server.put("/d/junk.parquet", b"not parquet at all");
+    let root = tempfile::tempdir().unwrap();
+    let m = http_manifest(
+        "pq",
+        &[
+            (
+                format!("{}/d/train.parquet", server.url),
+                "train.parquet",
+                None,
+            ),
+            (
+                format!("{}/d/junk.parquet", server.url),
+                "junk.parquet",
+                None,
+            ),
+        ],
+    );
+    let out = fetch(root.path(), &[m], &[]).expect_code(0);
+    let stats = &out.records()[0]["stats"];
+    assert_eq!(stats["records"], rows.len(), "{stats}");
+    // A file that does not parse is not counted (and does not fail the download).
+    assert_eq!(
+        stats["records_by_file"],
+        json!({"train.parquet": rows.len()})
+    );
+}
+
 #[test]
 fn retries_and_resumes_through_dropped_connections_500_429_and_slow_bodies() {
     let server = Server::start();

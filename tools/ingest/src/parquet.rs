@@ -19,7 +19,7 @@ use crate::extract::{At, FileOut, Flush, Opts, Skip, maybe_flush, record};
 use anyhow::{Context, Result, anyhow};
 use ftkit_core::jsonl::{RawRecord, write_json_str};
 use parquet::basic::Compression;
-use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::metadata::ParquetMetaData;
 use parquet::file::reader::{ChunkReader, FileReader, SerializedFileReader};
 use parquet::record::{Field, Row};
 use std::fs::File;
@@ -28,16 +28,8 @@ use std::io::Read;
 /// The codecs this build decompresses, as shown in messages and `--help`.
 pub const CODECS: &str = "uncompressed, snappy, zstd";
 
-/// Rows in a Parquet file, read from its footer alone (the column data is not touched). For
-/// download statistics: a plain file only, not stdin or `.zst`.
-pub fn row_count(path: &std::path::Path) -> Result<u64> {
-    let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let meta = ParquetMetaDataReader::new()
-        .parse_and_finish(&file)
-        .with_context(|| format!("{}: not a Parquet file", path.display()))?;
-    u64::try_from(meta.file_metadata().num_rows())
-        .map_err(|_| anyhow!("{}: negative row count in the footer", path.display()))
-}
+/// Rows in a Parquet file from its footer alone (core's, shared with ft-fetch's statistics).
+pub use ftkit_core::parquet::row_count;
 
 /// Reads and converts one Parquet source; `shown` is its name in records and messages.
 pub(crate) fn process(source: &str, shown: &str, opts: &Opts, flush: Flush<'_>) -> FileOut {
