@@ -160,7 +160,15 @@
         # `nix flake check`: the whole test suite (README's test command), clippy and formatting.
         checks = {
           inherit ftkit;
-          tests = craneLib.cargoTest (commonArgs // { inherit cargoArtifacts; });
+          # The tests run real binaries beside ours: git (ft-fetch's git sources), flock (cron-example).
+          tests = craneLib.cargoTest (
+            commonArgs
+            // {
+              inherit cargoArtifacts;
+              nativeBuildInputs =
+                commonArgs.nativeBuildInputs ++ [ pkgs.git ] ++ lib.optional isLinux pkgs.util-linux;
+            }
+          );
           clippy = craneLib.cargoClippy (
             commonArgs
             // {
