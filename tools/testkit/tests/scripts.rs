@@ -111,3 +111,221 @@ fn cron_example_reruns_to_the_same_bytes_and_never_overlaps() {
     assert_eq!(code, 1);
     assert_ne!(read_json(&out.join("last-run.json"))["status"], 0);
 }
+
+/// `sha256sum FILE`, the coreutils tool: an independent check of the hashes ft-fetch records.
+fn sha256sum(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
+/// Every file under `dir` with its bytes, sorted: a snapshot to compare runs by.
+fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                files.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.org")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.org")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+}
+
+#[test]
+fn catalog_route_fetches_http_git_and_hf_then_ingests_and_reruns_cached() {
+    use ftkit_testkit::http::Server;
+    let data = workspace_root().join("testdata/catalog-route");
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start();
+
+    // http: two bundled files and a .tar.gz of the bundled documents (extracted by ft-fetch).
+    let tgz = tmp.path().join("docs.tar.gz");
+    let docs = workspace_root().join("testdata/docs");
+    let st = Command::new("tar")
+        .arg("-czf")
+        .arg(&tgz)
+        .arg("-C")
+        .arg(&docs)
+        .args(["lighthouses.txt", "honeybees.md"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    for (name, path) in [
+        ("notes.jsonl", data.join("http/notes.jsonl")),
+        ("table.csv", data.join("http/table.csv")),
+        ("docs.tar.gz", tgz.clone()),
+    ] {
+        server.put(&format!("/files/{name}"), std::fs::read(path).unwrap());
+    }
+    // hf: the hub's endpoints on the same server, through HF_ENDPOINT; README.md is not allowed.
+    let train = std::fs::read(data.join("hf/train.jsonl")).unwrap();
+    server.put_hub_repo(
+        "dataset",
+        "ftkit/route-qa",
+        &[("train.jsonl", &train), ("README.md", b"# route-qa\n")],
+    );
+    // git: a local repository tagged v1, which git reaches through url.<file>.insteadOf <catalog URL>.
+    let repo = tmp.path().join("route-guides");
+    std::fs::create_dir(&repo).unwrap();
+    for name in ["guide.md", "faq.txt"] {
+        std::fs::copy(data.join("git").join(name), repo.join(name)).unwrap();
+    }
+    git(&repo, &["init", "-q"]);
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "guides"]);
+    git(&repo, &["tag", "v1"]);
+
+    let catalog = tmp.path().join("catalog.json");
+    let text = std::fs::read_to_string(data.join("catalog.json")).unwrap();
+    std::fs::write(&catalog, text.replace("@BASE@", &server.url)).unwrap();
+    let root = tmp.path().join("root");
+    let home = tmp.path().join("hf-home");
+    let run = || {
+        let out = Command::new("bash")
+            .arg(workspace_root().join("scripts/catalog-route"))
+            .arg("--allow-http")
+            .arg(&catalog)
+            .arg(&root)
+            .env("FTKIT_BIN", bin_dir())
+            .env_remove("BASE_URL")
+            .env_remove("OPENAI_BASE_URL")
+            .env_remove("MODEL")
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("INGEST_ARGS")
+            .env("HF_ENDPOINT", &server.url)
+            .env("HF_HOME", &home)
+            .env("HF_TOKEN", "")
+            .env_remove("HF_HUB_OFFLINE")
+            .env_remove("HF_HUB_CACHE")
+            .env("GIT_CONFIG_COUNT", "1")
+            .env(
+                "GIT_CONFIG_KEY_0",
+                format!("url.file://{}.insteadOf", repo.display()),
+            )
+            .env(
+                "GIT_CONFIG_VALUE_0",
+                format!("{}/git/route-guides.git", server.url),
+            )
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        stderr
+    };
+
+    let stderr = run();
+    let route = read_json(&root.join("route.json"));
+    assert!(route.to_string().contains("route-notes"), "{route}");
+    let status = |slug: &str| -> String {
+        std::fs::read_to_string(root.join("fetch.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|r| r["slug"] == slug)
+            .unwrap()["status"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    for slug in ["route-notes", "route-qa", "route-guides"] {
+        assert_eq!(status(slug), "fetched", "{slug}: {stderr}");
+    }
+    assert_eq!(status("m6doc"), "manual");
+    assert_eq!(
+        tree(&root.join("raw/m6doc")),
+        vec![],
+        "a manual dataset has no data"
+    );
+    assert!(!root.join("processed/m6doc/docs.jsonl").exists());
+
+    // fetch.lock: every fetched file with the sha256 that sha256sum computes from the bytes served.
+    let lock: Vec<serde_json::Value> = std::fs::read_to_string(root.join("fetch.lock"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let locked = |slug: &str, path: &str| -> String {
+        lock.iter()
+            .find(|e| e["slug"] == slug && e["path"] == path)
+            .unwrap_or_else(|| panic!("{slug}/{path} not in fetch.lock: {lock:?}"))["sha256"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    for (slug, path, source) in [
+        ("route-notes", "notes.jsonl", data.join("http/notes.jsonl")),
+        ("route-notes", "table.csv", data.join("http/table.csv")),
+        ("route-notes", "docs.tar.gz", tgz.clone()),
+        (
+            "route-notes",
+            "docs/honeybees.md",
+            docs.join("honeybees.md"),
+        ),
+        ("route-qa", "train.jsonl", data.join("hf/train.jsonl")),
+        ("route-guides", "guide.md", data.join("git/guide.md")),
+    ] {
+        assert_eq!(locked(slug, path), sha256sum(&source), "{slug}/{path}");
+    }
+    assert!(!lock.iter().any(|e| e["path"] == "README.md"), "{lock:?}");
+
+    // stats.json and records: 3 JSONL + 2 CSV records counted; every dataset ingested to documents.
+    let stats = read_json(&root.join("processed/route-notes/stats.json"));
+    assert_eq!(stats["records"], 5, "{stats}");
+    let docs_of = |slug: &str| {
+        std::fs::read_to_string(root.join("processed").join(slug).join("docs.jsonl"))
+            .unwrap()
+            .lines()
+            .count()
+    };
+    // 3 + 2 records and the 2 documents of the archive; 2 records; 2 files of the repository.
+    assert_eq!(docs_of("route-notes"), 7);
+    assert_eq!(docs_of("route-qa"), 2);
+    assert_eq!(docs_of("route-guides"), 2);
+    assert!(stderr.contains("route-notes"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}/fetch.lock", root.display())),
+        "{stderr}"
+    );
+
+    // The rerun: everything cached, nothing asked of the http files again, and no byte changed.
+    let watched = ["raw", "processed", "manifests"];
+    let before: Vec<_> = watched.iter().map(|d| tree(&root.join(d))).collect();
+    let lock_before = std::fs::read(root.join("fetch.lock")).unwrap();
+    let route_before = std::fs::read(root.join("route.json")).unwrap();
+    let hits = server.hits("/files/notes.jsonl").len();
+    run();
+    for slug in ["route-notes", "route-qa", "route-guides"] {
+        assert_eq!(status(slug), "cached", "{slug}");
+    }
+    assert_eq!(server.hits("/files/notes.jsonl").len(), hits);
+    let after: Vec<_> = watched.iter().map(|d| tree(&root.join(d))).collect();
+    assert!(
+        before == after,
+        "a rerun changed raw/, processed/ or manifests/"
+    );
+    assert_eq!(std::fs::read(root.join("fetch.lock")).unwrap(), lock_before);
+    assert_eq!(
+        std::fs::read(root.join("route.json")).unwrap(),
+        route_before
+    );
+}
