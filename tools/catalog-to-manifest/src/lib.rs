@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use entry::Dataset;
 use ftkit_core::io::{Output, read_all};
+use ftkit_core::paths::Paths;
 use manifest::{Manifest, Route};
 use std::collections::HashMap;
 use std::io::Write;
@@ -78,6 +79,12 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         args.files.clone()
     };
+    // No output may be an input: checked before anything is read, and again with --root's files.
+    let mut paths = inputs.iter().fold(Paths::new(), |p, f| p.input("input", f));
+    if let Some(o) = &args.output {
+        paths = paths.output("-o", o);
+    }
+    paths.check()?;
     let mut datasets: Vec<Dataset> = Vec::new();
     for input in &inputs {
         let bytes = read_all(input)?;
@@ -114,6 +121,11 @@ pub fn run(args: Args) -> Result<()> {
         let mut route = serde_json::to_vec_pretty(&Route::new(&datasets))?;
         route.push(b'\n');
         layout.files.push((root.join("route.json"), route));
+        layout
+            .files
+            .iter()
+            .fold(paths, |p, (file, _)| p.output("--root", file))
+            .check()?;
         layout.check(root)?;
         layout.write()?;
     }

@@ -527,3 +527,31 @@ fn a_symbolic_link_in_the_root_is_refused() {
         snapshot(&root).keys()
     );
 }
+
+/// `-o` naming the catalog, or a catalog that `--root` would overwrite (its route.json), is a usage
+/// error naming both; the catalog is untouched and nothing is written.
+#[test]
+fn outputs_naming_the_catalog_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(catalog_path()).unwrap();
+    let cat = dir.path().join("catalog.json");
+    std::fs::write(&cat, &bytes).unwrap();
+    let out = Run::new(BIN).arg(&cat).arg("-o").arg(&cat).run();
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("-o") && out.stderr.contains("input"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(std::fs::read(&cat).unwrap(), bytes);
+
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let route = root.join("route.json");
+    std::fs::write(&route, &bytes).unwrap();
+    let out = Run::new(BIN).arg(&route).arg("--root").arg(&root).run();
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("--root"), "{}", out.stderr);
+    assert_eq!(std::fs::read(&route).unwrap(), bytes);
+    assert!(!root.join("raw").exists(), "nothing written");
+}
