@@ -516,3 +516,92 @@ fn bf16_forward_runs_and_stays_close() -> Result<()> {
     let _ = Var::zeros(1, DType::F32, &Device::Cpu)?;
     Ok(())
 }
+
+// GPU-only tests (`gpu_` names, ignored): run on a CUDA machine with
+// `cargo test --workspace --features ftkit-model/cuda -- --ignored gpu_` (scripts/check-gpu).
+
+/// The tiny `spec` model on `device` in `dtype`, LoRA on every linear with B drawn from a fixed seed
+/// (so A's gradients are non-zero too), and a batch with a packed row (segment and position ids).
+fn gpu_case(
+    dir: &Path,
+    device: &Device,
+    dtype: DType,
+) -> Result<(CausalLm, Tensor, ForwardOpts, VarMap)> {
+    let files = resolve(&ModelSource::Dir(dir.to_path_buf()), &Default::default())?;
+    let cfg = ModelConfig::from_file(&files.config)?;
+    let mut m = CausalLm::load(&cfg, mmap_var_builder(&files.weights, dtype, device)?)?;
+    let varmap = VarMap::new();
+    m.attach_lora(&lora_cfg("all-linear", 3)?, &varmap)?;
+    for (name, v) in m.lora_params() {
+        if name.ends_with("lora_B.weight") {
+            let n = v.elem_count();
+            let vals = ftkit_model::rng::Rng::derive(9, &name).normal_vec(n, 0.0, 0.1);
+            v.set(&Tensor::from_vec(vals, v.shape(), device)?)?;
+        }
+    }
+    let tok = ftkit_model::load_tokenizer(&files.tokenizer)?;
+    let ids = batch(&tok, 2, 14)?.to_device(device)?;
+    let (seg, pos) = packed_row(&[9, 5], 14);
+    let row = |v: Vec<u32>| Tensor::from_vec([v.clone(), v].concat(), (2, 14), device);
+    let opts = ForwardOpts {
+        segment_ids: Some(row(seg)?),
+        position_ids: Some(row(pos)?),
+        ..Default::default()
+    };
+    Ok((m, ids, opts, varmap))
+}
+
+fn cuda() -> Result<Device> {
+    Device::new_cuda(0)
+        .map_err(|e| anyhow::anyhow!("no CUDA device (build with --features cuda): {e}"))
+}
+
+#[test]
+#[ignore = "needs a CUDA device and --features cuda"]
+fn gpu_forward_and_lora_gradients_match_the_cpu() -> Result<()> {
+    let gpu = cuda()?;
+    for spec in [TinySpec::qwen2(21), TinySpec::llama(22)] {
+        let d = tempfile::tempdir()?;
+        write_tiny_model(d.path(), &spec)?;
+        let (cpu_m, cpu_ids, cpu_opts, _v1) = gpu_case(d.path(), &Device::Cpu, DType::F32)?;
+        let (gpu_m, gpu_ids, gpu_opts, _v2) = gpu_case(d.path(), &gpu, DType::F32)?;
+        let want = cpu_m.forward(&cpu_ids, &cpu_opts)?;
+        let got = gpu_m
+            .forward(&gpu_ids, &gpu_opts)?
+            .to_device(&Device::Cpu)?;
+        let diff = max_rel_diff(&want, &got)?;
+        eprintln!(
+            "{:?} f32 logits cpu vs cuda: max relative difference {diff:e}",
+            spec.arch
+        );
+        assert!(diff < 1e-4, "{:?}: {diff}", spec.arch);
+        let g_cpu = lm_loss(&cpu_m, &cpu_ids, &cpu_opts)?.backward()?;
+        let g_gpu = lm_loss(&gpu_m, &gpu_ids, &gpu_opts)?.backward()?;
+        for ((name, a), (_, b)) in cpu_m.lora_params().iter().zip(gpu_m.lora_params()) {
+            let (Some(ga), Some(gb)) = (g_cpu.get(a.as_tensor()), g_gpu.get(b.as_tensor())) else {
+                anyhow::bail!("{name}: missing gradient");
+            };
+            let diff = max_rel_diff(ga, &gb.to_device(&Device::Cpu)?)?;
+            assert!(
+                diff < 1e-3,
+                "{:?} {name}: relative difference {diff}",
+                spec.arch
+            );
+        }
+        // bf16 on the GPU (the training default there): close to f32, LoRA (f32) still gets gradients.
+        let (bf_m, bf_ids, bf_opts, _v3) = gpu_case(d.path(), &gpu, DType::BF16)?;
+        let bf = bf_m
+            .forward(&bf_ids, &bf_opts)?
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?;
+        let diff = max_diff(&want, &bf)?;
+        eprintln!(
+            "{:?} bf16 cuda vs f32 cpu: max abs logit difference {diff:e}",
+            spec.arch
+        );
+        assert!(diff < 0.15, "{:?}: {diff}", spec.arch);
+        let loss = lm_loss(&bf_m, &bf_ids, &bf_opts)?.to_dtype(DType::F32)?;
+        check_gradients(&loss.backward()?, &bf_m.lora_params())?;
+    }
+    Ok(())
+}

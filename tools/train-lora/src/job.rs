@@ -168,6 +168,7 @@ pub fn train(
         log_every: args.log_every,
         early_stop_patience: args.early_stop_patience,
         pad_id: lm.pad_id(),
+        loss_chunk: args.loss_chunk,
     };
     let digest_of = |cfg: &LoopConfig| -> (serde_json::Value, String) {
         let json = config_json(args, &lm, cfg, &data);
@@ -215,7 +216,15 @@ pub fn train(
     }
 
     let loss_on = |rows: &[Row]| -> Result<f64> {
-        Ok(evaluate(&lm, rows, args.batch_size, lm.pad_id(), &trainer.parallel)?.loss)
+        Ok(evaluate(
+            &lm,
+            rows,
+            args.batch_size,
+            lm.pad_id(),
+            args.loss_chunk,
+            &trainer.parallel,
+        )?
+        .loss)
     };
     let val_result = if val_rows.is_empty() {
         None

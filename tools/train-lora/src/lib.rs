@@ -93,6 +93,11 @@ pub struct Args {
     #[arg(long, default_value = "auto", value_name = "DTYPE")]
     pub dtype: String,
 
+    /// Loss targets whose logits exist at once (0 = all). On large vocabularies the logits
+    /// (targets × vocab, f32) dominate a step's memory; chunks of them cost no extra compute.
+    #[arg(long, default_value_t = 2048, value_name = "N")]
+    pub loss_chunk: usize,
+
     /// Modules that get LoRA, comma-separated, or all-linear.
     #[arg(
         long,

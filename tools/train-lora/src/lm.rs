@@ -144,7 +144,7 @@ fn usage_of(e: anyhow::Error) -> anyhow::Error {
 }
 
 impl TrainModel for Lm {
-    fn logits(&self, batch: &Batch, dropout_seed: Option<u64>) -> Result<Tensor> {
+    fn features(&self, batch: &Batch, dropout_seed: Option<u64>) -> Result<Tensor> {
         let d = &self.device;
         let shape = (batch.rows, batch.len);
         let ids = Tensor::from_slice(&batch.ids, shape, d)?;
@@ -164,10 +164,13 @@ impl TrainModel for Lm {
         let hidden = self.model.hidden(&ids, &opts)?;
         let h = hidden.dim(2)?;
         let select = Tensor::from_slice(&batch.select, batch.select.len(), d)?;
-        let picked = hidden
+        Ok(hidden
             .reshape((batch.rows * batch.len, h))?
-            .index_select(&select, 0)?;
-        self.model.logits(&picked)
+            .index_select(&select, 0)?)
+    }
+
+    fn head(&self, features: &Tensor) -> Result<Tensor> {
+        self.model.logits(features)
     }
 
     fn trainable(&self) -> Vec<(String, Var)> {

@@ -22,6 +22,10 @@ fn train(model: &Path, out: &Path, extra: &[&str]) -> Outcome {
 }
 
 fn train_cmd(model: &Path, out: &Path, extra: &[&str]) -> Run {
+    train_cmd_on("cpu", model, out, extra)
+}
+
+fn train_cmd_on(device: &str, model: &Path, out: &Path, extra: &[&str]) -> Run {
     Run::new(BIN)
         .arg("--model")
         .arg(model)
@@ -31,7 +35,7 @@ fn train_cmd(model: &Path, out: &Path, extra: &[&str]) -> Run {
         .arg(out)
         .args([
             "--device",
-            "cpu",
+            device,
             "--rank",
             "4",
             "--alpha",
@@ -184,36 +188,50 @@ fn same_seed_same_adapter_bytes() {
     }
 }
 
-#[test]
-fn resumed_run_follows_the_uninterrupted_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = tiny(dir.path(), TinySpec::qwen2(5));
-    let full_dir = dir.path().join("full");
-    let common = [
-        "--max-steps",
-        "6",
-        "--save-every",
-        "3",
-        "--lr",
-        "1e-2",
-        "--grad-accum",
-        "2",
-        "--batch-size",
-        "2",
-    ];
-    let full = train(&model, &full_dir, &common);
-    let resumed_dir = dir.path().join("resumed");
+const RESUME_ARGS: [&str; 10] = [
+    "--max-steps",
+    "6",
+    "--save-every",
+    "3",
+    "--lr",
+    "1e-2",
+    "--grad-accum",
+    "2",
+    "--batch-size",
+    "2",
+];
+
+/// Trains 6 steps on `device`, and again from the step-3 checkpoint: the resumed run's losses and
+/// adapter bytes equal the uninterrupted run's. Returns the checkpoint.
+fn resume_follows_the_uninterrupted_run(device: &str, model: &Path, dir: &Path) -> PathBuf {
+    let full_dir = dir.join("full");
+    let full = train_cmd_on(device, model, &full_dir, &RESUME_ARGS)
+        .run()
+        .expect_code(0);
+    let resumed_dir = dir.join("resumed");
     let ck = full_dir.join("checkpoint-3");
-    let mut args = common.to_vec();
-    let ck_str = ck.to_str().unwrap();
-    args.extend(["--resume", ck_str]);
-    let resumed = train(&model, &resumed_dir, &args);
+    let mut args = RESUME_ARGS.to_vec();
+    args.extend(["--resume", ck.to_str().unwrap()]);
+    let resumed = train_cmd_on(device, model, &resumed_dir, &args)
+        .run()
+        .expect_code(0);
     assert_eq!(losses(&full)[3..].to_vec(), losses(&resumed));
     assert_eq!(losses(&resumed).first().map(|l| l.0), Some(4));
     assert_eq!(
         std::fs::read(full_dir.join("adapter_model.safetensors")).unwrap(),
         std::fs::read(resumed_dir.join("adapter_model.safetensors")).unwrap()
     );
+    ck
+}
+
+#[test]
+fn resumed_run_follows_the_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path(), TinySpec::qwen2(5));
+    let ck = resume_follows_the_uninterrupted_run("cpu", &model, dir.path());
+    let ck_str = ck.to_str().unwrap();
+    let mut args = RESUME_ARGS.to_vec();
+    args.extend(["--resume", ck_str]);
     // Another configuration cannot resume from it.
     let out = Run::new(BIN)
         .arg("--model")
@@ -535,6 +553,8 @@ fn every_lora_tensor_gets_a_gradient() {
         log_every: 1,
         early_stop_patience: None,
         pad_id: lm.pad_id(),
+        // Logits a few targets at a time: gradients reach every tensor through the chunked path too.
+        loss_chunk: 5,
     };
     let mut t = Trainer::new(&lm, cfg, &rows, &[], "d".into()).unwrap();
     for _ in 0..3 {
@@ -587,13 +607,13 @@ fn packing_does_not_leak_across_examples() {
         // Padded 4-row batches on the calling thread (as on a GPU), one-row shards on workers.
         let batched = Parallel::Inline;
         let sharded = Parallel::for_device(&Device::Cpu, 4).unwrap();
-        let a = evaluate(&lm, &single, 4, lm.pad_id(), &batched).unwrap();
+        let a = evaluate(&lm, &single, 4, lm.pad_id(), 0, &batched).unwrap();
         for (rows, parallel) in [
             (&single, &sharded),
             (&packed, &batched),
             (&packed, &sharded),
         ] {
-            let b = evaluate(&lm, rows, 2, lm.pad_id(), parallel).unwrap();
+            let b = evaluate(&lm, rows, 2, lm.pad_id(), 7, parallel).unwrap();
             assert_eq!(a.targets, b.targets);
             assert!(
                 (a.loss - b.loss).abs() < 1e-5,
@@ -752,4 +772,64 @@ fn peft_parity_script_fails_without_its_python() {
         .run();
     assert_eq!(skipped.code, 0, "{}", skipped.stderr);
     assert!(skipped.stderr.contains("skipped"), "{}", skipped.stderr);
+}
+
+// GPU-only tests (`gpu_` names, ignored): run on a CUDA machine with
+// `cargo test --workspace --features ft-train-lora/cuda -- --ignored gpu_` (scripts/check-gpu).
+
+#[test]
+#[ignore = "needs a CUDA device and --features cuda"]
+fn gpu_same_seed_same_adapter_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path(), TinySpec::llama(4));
+    let bytes = |name: &str, seed: &str, dtype: &str| {
+        let out = dir.path().join(name);
+        let args = ["--max-steps", "3", "--dropout", "0.1", "--lr", "1e-2"];
+        let mut a = args.to_vec();
+        a.extend(["--seed", seed, "--dtype", dtype]);
+        let run = train_cmd_on("cuda", &model, &out, &a).run().expect_code(0);
+        let report = report(&out);
+        assert!(
+            report.to_string().contains("cuda"),
+            "not on the GPU: {report} {}",
+            run.stderr
+        );
+        std::fs::read(out.join("adapter_model.safetensors")).unwrap()
+    };
+    for dtype in ["f32", "bf16"] {
+        let a = bytes(&format!("a-{dtype}"), "1", dtype);
+        assert_eq!(a, bytes(&format!("b-{dtype}"), "1", dtype), "{dtype}");
+        assert_ne!(a, bytes(&format!("c-{dtype}"), "2", dtype), "{dtype}");
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA device and --features cuda"]
+fn gpu_resumed_run_follows_the_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path(), TinySpec::qwen2(5));
+    resume_follows_the_uninterrupted_run("cuda", &model, dir.path());
+}
+
+#[test]
+#[ignore = "needs a CUDA device and --features cuda"]
+fn gpu_training_follows_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path(), TinySpec::qwen2(7));
+    let args = ["--max-steps", "5", "--lr", "1e-2", "--dtype", "f32"];
+    let cpu = train_cmd_on("cpu", &model, &dir.path().join("cpu"), &args)
+        .run()
+        .expect_code(0);
+    let gpu = train_cmd_on("cuda", &model, &dir.path().join("gpu"), &args)
+        .run()
+        .expect_code(0);
+    let (cpu, gpu) = (losses(&cpu), losses(&gpu));
+    assert_eq!(cpu.len(), 5);
+    assert!(cpu.last().unwrap().1 < cpu[0].1, "{cpu:?}");
+    for ((step, a), (_, b)) in cpu.iter().zip(&gpu) {
+        assert!(
+            (a - b).abs() <= 1e-3 * a.abs(),
+            "step {step}: cpu {a} vs cuda {b}"
+        );
+    }
 }
