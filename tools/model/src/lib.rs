@@ -2,7 +2,7 @@
 //!
 //! - [`config`]: `config.json` → [`ModelConfig`] for `qwen2` and `llama` (Llama 2/3, SmolLM,
 //!   Mistral-style), convertible to candle-transformers' own configs.
-//! - [`source`]: `--model DIR | ORG/NAME[@REV]` → local files ([`resolve`]), via hf-hub with
+//! - [`source`]: `--model DIR | FILE.gguf | ORG/NAME[@REV]` → local files ([`resolve`]), via hf-hub with
 //!   `HF_HOME`/`HF_HUB_CACHE`, `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE` ([`HubOptions::from_env`]).
 //! - [`gguf`]: a `.gguf` file (llama, qwen2) as [`GgufFile`]: `config()`, `tokenizer()`,
 //!   `tokenizer_config()`, `qtensors(device)` (quantized, HF names, llama q/k rows un-permuted),
