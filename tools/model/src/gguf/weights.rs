@@ -180,3 +180,52 @@ impl GgufFile {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_both_ways() {
+        for (g, h) in [
+            ("token_embd.weight", "model.embed_tokens.weight"),
+            ("output_norm.weight", "model.norm.weight"),
+            ("output.weight", "lm_head.weight"),
+            (
+                "blk.0.attn_norm.weight",
+                "model.layers.0.input_layernorm.weight",
+            ),
+            (
+                "blk.29.ffn_norm.weight",
+                "model.layers.29.post_attention_layernorm.weight",
+            ),
+            ("blk.3.attn_q.bias", "model.layers.3.self_attn.q_proj.bias"),
+            (
+                "blk.3.attn_output.weight",
+                "model.layers.3.self_attn.o_proj.weight",
+            ),
+            (
+                "blk.12.ffn_down.weight",
+                "model.layers.12.mlp.down_proj.weight",
+            ),
+        ] {
+            assert_eq!(hf_name(g).as_deref(), Some(h));
+            assert_eq!(gguf_name(h).as_deref(), Some(g));
+        }
+        for unused in [
+            "rope_freqs.weight",
+            "blk.x.attn_q.weight",
+            "blk.0.attn_q.scale",
+        ] {
+            assert_eq!(hf_name(unused), None, "{unused}");
+        }
+    }
+
+    #[test]
+    fn unpermute_order_is_a_permutation_within_heads() -> Result<()> {
+        // Head size 4: HF rows (0,1 | 2,3) were stored as (0,2,1,3), per head.
+        assert_eq!(llama_qk_unpermute_rows(8, 2)?, [0, 2, 1, 3, 4, 6, 5, 7]);
+        assert!(llama_qk_unpermute_rows(6, 2).is_err());
+        Ok(())
+    }
+}
