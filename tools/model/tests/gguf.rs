@@ -446,3 +446,55 @@ fn smollm2_greedy_continuation_is_transformers() -> Result<()> {
     assert_eq!(text, " Paris.\n\nThe answer");
     Ok(())
 }
+
+/// SmolLM2's vocabulary under each other pre-tokenizer we rebuild (its metadata copied with
+/// `tokenizer.ggml.pre` swapped, no tensors): the ids transformers' GGUF converter gives.
+#[test]
+fn other_pre_tokenizers_match_transformers_on_smollm2_vocab() -> Result<()> {
+    let path = smollm2();
+    let mut reader = std::io::BufReader::new(std::fs::File::open(&path)?);
+    let content = gguf_file::Content::read(&mut reader)?;
+    let fixture: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/model/smollm2-tokens.json"),
+    )?)?;
+    let texts: Vec<&str> = fixture["cases"]
+        .as_array()
+        .context("cases")?
+        .iter()
+        .filter_map(|c| c["text"].as_str())
+        .collect();
+    let d = tempfile::tempdir()?;
+    let mut differs = 0;
+    for pre in ["gpt2", "qwen2", "llama-bpe"] {
+        let pre_value = Value::String(pre.to_string());
+        let meta: Vec<(&str, &Value)> = content
+            .metadata
+            .iter()
+            .map(|(k, v)| {
+                if k == "tokenizer.ggml.pre" {
+                    (k.as_str(), &pre_value)
+                } else {
+                    (k.as_str(), v)
+                }
+            })
+            .collect();
+        let copy = d.path().join(format!("{pre}.gguf"));
+        gguf_file::write(&mut std::fs::File::create(&copy)?, &meta, &[])?;
+        let tok = load_tokenizer(&copy)?;
+        let want: Vec<Vec<u32>> = serde_json::from_value(fixture["by_pre"][pre].clone())?;
+        assert_eq!(want.len(), texts.len());
+        for (text, want) in texts.iter().zip(&want) {
+            assert_eq!(&ids(&tok, text)?, want, "{pre}: {text:?}");
+        }
+        let smollm: Vec<Vec<u32>> = fixture["cases"]
+            .as_array()
+            .context("cases")?
+            .iter()
+            .map(|c| serde_json::from_value(c["ids"].clone()))
+            .collect::<Result<_, _>>()?;
+        differs += usize::from(want != smollm);
+    }
+    // The splits really differ: qwen2's and llama-bpe's ids are not smollm's.
+    assert_eq!(differs, 2);
+    Ok(())
+}
