@@ -20,8 +20,8 @@ pub enum ModelSource {
 }
 
 impl ModelSource {
-    /// `DIR` when the path exists or looks like a path (`./x`, `/x`, `~`, more than one `/`),
-    /// otherwise `ORG/NAME[@REV]`.
+    /// `DIR` when the path exists or looks like a path (`./x`, `/x`, `~`, more than one `/`, a
+    /// `.gguf` file name), otherwise `ORG/NAME[@REV]`.
     pub fn parse(s: &str) -> Result<Self> {
         if s.is_empty() {
             bail!("empty model name");
@@ -32,6 +32,7 @@ impl ModelSource {
             || s.starts_with('/')
             || s.starts_with('~')
             || s.matches('/').count() != 1
+            || crate::gguf::is_gguf(p)
         {
             return Ok(Self::Dir(p.to_path_buf()));
         }
@@ -334,6 +335,11 @@ mod tests {
         assert_eq!(
             ModelSource::parse("mydir")?,
             ModelSource::Dir("mydir".into())
+        );
+        // A missing models/x.gguf is a missing file, not a hub repository.
+        assert_eq!(
+            ModelSource::parse("models/x.gguf")?,
+            ModelSource::Dir("models/x.gguf".into())
         );
         assert!(ModelSource::parse("a/b@").is_err());
         assert!(ModelSource::parse("").is_err());
