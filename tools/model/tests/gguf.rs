@@ -293,6 +293,18 @@ fn tokenizer_from_gguf_gives_the_tokenizer_json_ids() -> Result<()> {
         let want_cfg = TokenizerConfig::load(Some(&st.join("tokenizer_config.json")), None)?;
         let got_cfg = TokenizerConfig::load(Some(&gguf), None)?;
         assert_eq!(got_cfg, want_cfg, "{:?}", spec.arch);
+        // A training example encodes the same: ids and assistant mask.
+        let chat = [
+            ftkit_model::ChatMessage::new("user", "What is 2 + 2?\n  Think."),
+            ftkit_model::ChatMessage::new("assistant", "It is 4 (four)."),
+        ];
+        let enc = |cfg: &TokenizerConfig, tok: &tokenizers::Tokenizer| {
+            ftkit_model::encode_chat(&chat, &ChatTemplate::from_config(cfg)?, tok)
+        };
+        let (a, b) = (enc(&want_cfg, &want)?, enc(&got_cfg, &got)?);
+        assert_eq!(a.ids, b.ids);
+        assert_eq!(a.assistant_mask, b.assistant_mask);
+        assert!(b.assistant_mask.iter().any(|m| *m) && !b.assistant_mask[0]);
     }
     Ok(())
 }
