@@ -66,10 +66,13 @@ impl TokenizerConfig {
         })
     }
 
-    /// Read `tokenizer_config.json`, taking the template from `chat_template.jinja` when given
-    /// and the JSON has none.
+    /// Read `tokenizer_config.json` (or the template and special tokens of a `.gguf` file),
+    /// taking the template from `chat_template.jinja` when given and the JSON has none.
     pub fn load(path: Option<&Path>, chat_template_file: Option<&Path>) -> Result<Self> {
         let mut cfg = match path {
+            Some(p) if crate::gguf::is_gguf(p) => {
+                crate::gguf::GgufFile::open(p)?.tokenizer_config()?
+            }
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("cannot read {}", p.display()))?;

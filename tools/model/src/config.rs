@@ -190,8 +190,11 @@ impl ModelConfig {
         })
     }
 
-    /// Read and parse a `config.json` file.
+    /// Read and parse a `config.json` file, or the `<arch>.*` keys of a `.gguf` file.
     pub fn from_file(path: &Path) -> Result<Self> {
+        if crate::gguf::is_gguf(path) {
+            return crate::gguf::GgufFile::open(path)?.config();
+        }
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         Self::from_json(&text, &path.display().to_string())

@@ -138,11 +138,7 @@ impl TinySpec {
     }
 }
 
-/// Qwen2's pre-tokenizer regex: the one in Qwen2.5's `tokenizer.json`, and the one transformers'
-/// `Qwen2Tokenizer` installs (it rebuilds the pipeline from vocab + merges, ignoring the file's
-/// `pre_tokenizer`). Unlike GPT-2's, it splits every digit on its own and never joins a space
-/// to a number.
-pub const QWEN2_PRETOKENIZE_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub use crate::gguf::tokenizer::QWEN2_PRETOKENIZE_REGEX;
 
 /// Train a byte-level BPE tokenizer on [`CORPUS`] with `specials` as special tokens (ids 0..),
 /// GPT-2 style pre-tokenization (what the llama fixture uses).

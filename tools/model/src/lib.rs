@@ -2,8 +2,13 @@
 //!
 //! - [`config`]: `config.json` → [`ModelConfig`] for `qwen2` and `llama` (Llama 2/3, SmolLM,
 //!   Mistral-style), convertible to candle-transformers' own configs.
-//! - [`source`]: `--model DIR | ORG/NAME[@REV]` → local files ([`resolve`]), via hf-hub with
+//! - [`source`]: `--model DIR | FILE.gguf | ORG/NAME[@REV]` → local files ([`resolve`]), via hf-hub with
 //!   `HF_HOME`/`HF_HUB_CACHE`, `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE` ([`HubOptions::from_env`]).
+//! - [`gguf`]: a `.gguf` file (llama, qwen2) as [`GgufFile`]: `config()`, `tokenizer()`,
+//!   `tokenizer_config()`, `qtensors(device)` (quantized, HF names, llama q/k rows un-permuted),
+//!   `var_builder(dtype, device)` (dequantized by candle). `resolve` accepts `FILE.gguf` or a
+//!   directory holding one; `CausalLm::from_files`, `ModelConfig::from_file`, `load_tokenizer`
+//!   and `TokenizerConfig::load` then read it like the safetensors layout.
 //! - [`chat`]: `tokenizer_config.json`, the model's Jinja chat template rendered with minijinja,
 //!   and [`encode_chat`] → token ids + assistant mask.
 //! - [`model`]: [`CausalLm`], our differentiable forward (qwen2, llama): `load(cfg, vb)`,
@@ -73,6 +78,7 @@ pub mod device;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod fused;
+pub mod gguf;
 pub mod lora;
 pub mod matmul;
 pub mod mlp;
@@ -85,12 +91,16 @@ pub mod source;
 
 pub use chat::{ChatMessage, ChatTemplate, EncodedChat, TokenizerConfig, encode_chat};
 pub use config::{Arch, ModelConfig};
+pub use gguf::GgufFile;
 pub use lora::{LoraConfig, check_gradient_list, check_gradients, parse_targets};
 pub use model::{CausalLm, ForwardOpts, packed_row};
 pub use source::{HubOptions, ModelFiles, ModelSource, resolve};
 
-/// Load `tokenizer.json`.
+/// Load `tokenizer.json`, or rebuild the tokenizer of a `.gguf` file ([`GgufFile::tokenizer`]).
 pub fn load_tokenizer(path: &std::path::Path) -> anyhow::Result<tokenizers::Tokenizer> {
+    if gguf::is_gguf(path) {
+        return GgufFile::open(path)?.tokenizer();
+    }
     tokenizers::Tokenizer::from_file(path)
         .map_err(|e| anyhow::anyhow!("{}: cannot load tokenizer: {e}", path.display()))
 }

@@ -187,11 +187,22 @@ impl CausalLm {
         })
     }
 
-    /// Load from resolved files (mmap).
+    /// Load from resolved files: safetensors (mmap) or a GGUF file (dequantized into `dtype`).
     pub fn from_files(files: &crate::ModelFiles, dtype: DType, device: &Device) -> Result<Self> {
+        if let Some(path) = &files.gguf {
+            return Self::from_gguf(path, dtype, device);
+        }
         let cfg = ModelConfig::from_file(&files.config)?;
         let vb = mmap_var_builder(&files.weights, dtype, device)?;
         Self::load(&cfg, vb)
+    }
+
+    /// Load a `.gguf` file (llama, qwen2), its weights dequantized by candle into `dtype`.
+    pub fn from_gguf(path: &std::path::Path, dtype: DType, device: &Device) -> Result<Self> {
+        let file = crate::gguf::GgufFile::open(path)?;
+        let cfg = file.config()?;
+        let vb = file.var_builder(dtype, device)?;
+        Self::load(&cfg, vb).with_context(|| format!("{}", path.display()))
     }
 
     pub fn dtype(&self) -> DType {

@@ -1,6 +1,7 @@
 //! Where a model comes from: a local directory or a Hugging Face hub repository.
 //!
-//! `--model DIR | ORG/NAME[@REV]`. Hub downloads go through hf-hub (ureq backend) into the usual
+//! `--model DIR | FILE.gguf | ORG/NAME[@REV]`; a DIR holds safetensors + `config.json`, or
+//! exactly one `.gguf` file and no `config.json`. Hub downloads go through hf-hub (ureq backend) into the usual
 //! cache (`HF_HOME`/hub or `HF_HUB_CACHE`); `HF_ENDPOINT` changes the server, `HF_TOKEN` authorises,
 //! `HF_HUB_OFFLINE=1` (or `offline: true`) resolves from the cache only, with no network.
 
@@ -11,15 +12,16 @@ use std::path::{Path, PathBuf};
 /// A parsed `--model` argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSource {
-    /// A local directory holding `config.json`, `tokenizer.json` and safetensors.
+    /// A local directory holding `config.json`, `tokenizer.json` and safetensors, or one `.gguf`;
+    /// or a `.gguf` file.
     Dir(PathBuf),
     /// A hub repository id and revision (`main` when not given).
     Hub { repo: String, revision: String },
 }
 
 impl ModelSource {
-    /// `DIR` when the path exists or looks like a path (`./x`, `/x`, `~`, more than one `/`),
-    /// otherwise `ORG/NAME[@REV]`.
+    /// `DIR` when the path exists or looks like a path (`./x`, `/x`, `~`, more than one `/`, a
+    /// `.gguf` file name), otherwise `ORG/NAME[@REV]`.
     pub fn parse(s: &str) -> Result<Self> {
         if s.is_empty() {
             bail!("empty model name");
@@ -30,6 +32,7 @@ impl ModelSource {
             || s.starts_with('/')
             || s.starts_with('~')
             || s.matches('/').count() != 1
+            || crate::gguf::is_gguf(p)
         {
             return Ok(Self::Dir(p.to_path_buf()));
         }
@@ -61,7 +64,8 @@ impl std::fmt::Display for ModelSource {
 
 pub use ftkit_core::hub::HubOptions;
 
-/// The files of a resolved model.
+/// The files of a resolved model. For a GGUF model every path (`config`, `tokenizer`,
+/// `tokenizer_config`, `weights`) is the `.gguf` file, which the loaders recognise by its extension.
 #[derive(Debug, Clone)]
 pub struct ModelFiles {
     pub config: PathBuf,
@@ -74,6 +78,8 @@ pub struct ModelFiles {
     pub weights: Vec<PathBuf>,
     /// Hub commit sha, when resolved from the hub online.
     pub commit: Option<String>,
+    /// The `.gguf` file, when the model is one.
+    pub gguf: Option<PathBuf>,
 }
 
 impl ModelFiles {
@@ -88,6 +94,10 @@ impl ModelFiles {
             .chain(&self.chat_template)
             .chain(&self.weights)
             .collect();
+        // A GGUF model names its one file several times: hash it once.
+        let mut files = files;
+        files.sort();
+        files.dedup();
         let lines = files
             .par_iter()
             .map(|path| {
@@ -134,9 +144,57 @@ pub fn resolve(source: &ModelSource, hub: &HubOptions) -> Result<ModelFiles> {
     }
 }
 
+/// The files of a GGUF model: every role is played by the one file.
+pub fn gguf_files(path: &Path) -> ModelFiles {
+    ModelFiles {
+        config: path.to_path_buf(),
+        tokenizer: path.to_path_buf(),
+        tokenizer_config: Some(path.to_path_buf()),
+        chat_template: None,
+        weights: vec![path.to_path_buf()],
+        commit: None,
+        gguf: Some(path.to_path_buf()),
+    }
+}
+
+/// The one `.gguf` file of a directory without `config.json`; `None` when it has a config or
+/// no GGUF, an error when it holds several (the user must pick one).
+fn gguf_in_dir(dir: &Path) -> Result<Option<PathBuf>> {
+    if dir.join("config.json").is_file() {
+        return Ok(None);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| crate::gguf::is_gguf(p) && p.is_file())
+        .collect();
+    found.sort();
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop()),
+        _ => bail!(
+            "{}: holds {} .gguf files ({}); name one with --model {}/FILE.gguf",
+            dir.display(),
+            found.len(),
+            found
+                .iter()
+                .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            dir.display()
+        ),
+    }
+}
+
 fn resolve_dir(dir: &Path) -> Result<ModelFiles> {
+    if dir.is_file() && crate::gguf::is_gguf(dir) {
+        return Ok(gguf_files(dir));
+    }
     if !dir.is_dir() {
-        bail!("{}: no such model directory", dir.display());
+        bail!("{}: no such model directory or .gguf file", dir.display());
+    }
+    if let Some(file) = gguf_in_dir(dir)? {
+        return Ok(gguf_files(&file));
     }
     let need = |name: &str| -> Result<PathBuf> {
         let p = dir.join(name);
@@ -162,6 +220,7 @@ fn resolve_dir(dir: &Path) -> Result<ModelFiles> {
         chat_template: opt("chat_template.jinja"),
         weights,
         commit: None,
+        gguf: None,
     })
 }
 
@@ -195,6 +254,7 @@ fn resolve_hub(repo: &str, revision: &str, hub: &HubOptions) -> Result<ModelFile
             chat_template: cached.get("chat_template.jinja"),
             weights,
             commit: None,
+            gguf: None,
         });
     }
     // Errors from hf-hub carry URLs (never the token), shown redacted: HF_ENDPOINT may hold secrets.
@@ -240,6 +300,7 @@ fn resolve_hub(repo: &str, revision: &str, hub: &HubOptions) -> Result<ModelFile
         chat_template: opt("chat_template.jinja")?,
         weights,
         commit: Some(info.sha),
+        gguf: None,
     })
 }
 
@@ -274,6 +335,11 @@ mod tests {
         assert_eq!(
             ModelSource::parse("mydir")?,
             ModelSource::Dir("mydir".into())
+        );
+        // A missing models/x.gguf is a missing file, not a hub repository.
+        assert_eq!(
+            ModelSource::parse("models/x.gguf")?,
+            ModelSource::Dir("models/x.gguf".into())
         );
         assert!(ModelSource::parse("a/b@").is_err());
         assert!(ModelSource::parse("").is_err());

@@ -60,8 +60,8 @@ pub struct Args {
     // Help as an attribute: rustdoc would read `[@REVISION]` as a link.
     #[arg(
         long,
-        value_name = "DIR|ORG/NAME[@REV]",
-        help = "Base model: a local folder or a Hugging Face id ORG/NAME[@REVISION] (HF_HOME, HF_ENDPOINT, HF_TOKEN honoured)"
+        value_name = "DIR|FILE.gguf|ORG/NAME[@REV]",
+        help = "Base model: a local folder (safetensors, or one .gguf), a .gguf file (llama, qwen2; dequantized at load) or a Hugging Face id ORG/NAME[@REVISION] (HF_HOME, HF_ENDPOINT, HF_TOKEN honoured)"
     )]
     pub model: String,
 

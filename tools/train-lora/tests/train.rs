@@ -774,6 +774,35 @@ fn peft_parity_script_fails_without_its_python() {
     assert!(skipped.stderr.contains("skipped"), "{}", skipped.stderr);
 }
 
+/// A GGUF base (dequantized at load) trains like the safetensors model it was converted from: same
+/// losses step for step, an adapter whose base_model_name_or_path is the path given.
+#[test]
+fn trains_on_a_gguf_base() {
+    use candle_core::quantized::GgmlDType;
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path(), TinySpec::llama(12));
+    let gguf = dir.path().join("tiny.gguf");
+    ftkit_model::gguf::fixtures::write_tiny_gguf(&model, &gguf, GgmlDType::F32, None).unwrap();
+    let steps = ["--max-steps", "2", "--target", "all-linear"];
+    let from_st = train(&model, &dir.path().join("st"), &steps);
+    let out = dir.path().join("gguf");
+    let from_gguf = train(&gguf, &out, &steps);
+    let (a, b) = (losses(&from_st), losses(&from_gguf));
+    assert_eq!(a.len(), 2);
+    assert_eq!(a.len(), b.len());
+    for ((sa, la), (sb, lb)) in a.iter().zip(&b) {
+        assert_eq!(sa, sb);
+        assert!((la - lb).abs() < 1e-4, "step {sa}: {la} vs {lb}");
+    }
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(
+        cfg["base_model_name_or_path"],
+        gguf.display().to_string().as_str()
+    );
+    assert!(out.join("adapter_model.safetensors").is_file());
+}
+
 // GPU-only tests (`gpu_` names, ignored): run on a CUDA machine with
 // `cargo test --workspace --features ft-train-lora/cuda -- --ignored gpu_` (scripts/check-gpu).
 
