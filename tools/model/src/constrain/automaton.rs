@@ -449,6 +449,27 @@ impl Stack {
         }
     }
 
+    /// For a string in its body (no escape or character pending): its length, whether it is
+    /// non-blank, its cap and whether it must be non-blank.
+    pub fn string_body(&self, c: &Compiled) -> Option<(u16, bool, u16, bool)> {
+        let top = self.depth.checked_sub(1)?;
+        match self.frames[top as usize] {
+            Frame::Str {
+                node,
+                len,
+                stage: StrStage::Body,
+                non_blank,
+            } => match c.nodes[node as usize] {
+                Node::Str {
+                    max,
+                    non_blank: need,
+                } => Some((len, non_blank, max, need)),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     fn str_body_need(stage: StrStage, non_blank: bool, need_non_blank: bool) -> u32 {
         match stage {
             StrStage::Open => 0,
@@ -555,9 +576,9 @@ impl Stack {
     }
 
     /// The stack as a cache key: a string's length is forgotten while no token of at most
-    /// `longest` bytes can reach its cap, a character's value once it cannot matter. `None` for a
-    /// string near its cap: its exact length would make many keys, each used once.
-    pub fn cache_key(&self, c: &Compiled, longest: usize) -> Option<Stack> {
+    /// `longest` bytes can reach its cap (near it, the exact length stays: at most `longest` + 8
+    /// keys per string), a character's value once it cannot matter.
+    pub fn cache_key(&self, c: &Compiled, longest: usize) -> Stack {
         let mut key = *self;
         if let Some(top) = key.depth.checked_sub(1)
             && let Frame::Str {
@@ -567,13 +588,11 @@ impl Stack {
                 non_blank,
             } = &mut key.frames[top as usize]
         {
-            let Node::Str { max, .. } = c.nodes[*node as usize] else {
-                return None;
-            };
-            if (*len as usize) + longest + 8 > max as usize {
-                return None;
+            if let Node::Str { max, .. } = c.nodes[*node as usize]
+                && (*len as usize) + longest + 8 <= max as usize
+            {
+                *len = u16::MAX;
             }
-            *len = u16::MAX;
             if *non_blank {
                 match stage {
                     StrStage::Hex { cp, .. } | StrStage::Utf8 { cp, .. } => *cp = 0,
@@ -581,6 +600,6 @@ impl Stack {
                 }
             }
         }
-        Some(key)
+        key
     }
 }

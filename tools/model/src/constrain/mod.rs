@@ -1,23 +1,32 @@
 //! Constrained decoding of JSON: at every step, only the tokens that keep the output a prefix of
 //! a value of a [`Shape`] (and that still leave room to close it within the token budget).
 //!
-//! ```no_run
-//! # fn main() -> anyhow::Result<()> {
+//! ```
 //! use ftkit_model::constrain::{JsonConstraint, Shape, TokenBytes};
-//! # let tok: tokenizers::Tokenizer = todo!(); let eos_id = 0; let vocab_len = 0;
-//! let vocab = TokenBytes::from_tokenizer(&tok, &[eos_id])?;
-//! let constraint = JsonConstraint::new(&Shape::qa_pairs(3, 400), &vocab)?; // once per run
-//! let mut state = constraint.start(); // once per sequence
-//! let mut mask = vec![false; vocab_len]; // the model's vocabulary, padding included
-//! let max_new_tokens = 256;
-//! for step in 0..max_new_tokens {
-//!     state.allowed(max_new_tokens - step, &mut mask); // logits[i] = -inf where !mask[i]
-//!     # let token = 0;
-//!     if state.is_eos(token) { break; }
-//!     state.advance(token)?;
+//!
+//! /// `sample` picks a token from the logits masked where `mask` is false.
+//! fn generate(
+//!     tok: &tokenizers::Tokenizer,
+//!     eos_id: u32,
+//!     model_vocab: usize, // the model's vocabulary, padding included
+//!     max_new_tokens: usize,
+//!     mut sample: impl FnMut(&[bool]) -> u32,
+//! ) -> anyhow::Result<serde_json::Value> {
+//!     let vocab = TokenBytes::from_tokenizer(tok, &[eos_id])?;
+//!     let constraint = JsonConstraint::new(&Shape::qa_pairs(3, 400), &vocab)?; // once per run
+//!     let mut state = constraint.start(); // once per sequence
+//!     let mut mask = vec![false; model_vocab];
+//!     for step in 0..max_new_tokens {
+//!         state.allowed(max_new_tokens - step, &mut mask);
+//!         let token = sample(&mask);
+//!         if state.is_eos(token) {
+//!             break;
+//!         }
+//!         state.advance(token)?;
+//!     }
+//!     // Complete whatever the sampler picked among the allowed tokens.
+//!     Ok(serde_json::from_slice(state.text())?)
 //! }
-//! assert!(state.is_complete()); // guaranteed, whatever the sampler picked among the allowed
-//! # Ok(()) }
 //! ```
 //!
 //! The output is written without whitespace and with keys in the shape's order. Decode it from
@@ -38,14 +47,83 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use vocab::Trie;
 
-/// Cached walks at most: each holds a token list, up to the vocabulary's size.
-const CACHE_ENTRIES: usize = 2048;
+/// Cached walks at most (each a bit set over the vocabulary, 6 KiB at 49k tokens, and a few
+/// exceptions).
+const CACHE_ENTRIES: usize = 4096;
 
-/// The allowed tokens from one automaton state, each with the bytes it leaves to close.
+/// The allowed tokens from one automaton state, each with the bytes it leaves to close: most
+/// share one cost (inside a string, all that stay in it), the others are listed by id.
 struct Walk {
-    ids: Vec<u32>,
-    costs: Vec<u32>,
+    bits: Vec<u64>,
+    common: u32,
+    others: Vec<(u32, u32)>,
     max_cost: u32,
+}
+
+impl Walk {
+    fn new(vocab_len: usize, mut found: Vec<(u32, u32)>) -> Walk {
+        found.sort_unstable();
+        let mut counts: HashMap<u32, usize> = HashMap::new();
+        for &(_, c) in &found {
+            *counts.entry(c).or_default() += 1;
+        }
+        let common = counts
+            .into_iter()
+            .max_by_key(|&(c, n)| (n, std::cmp::Reverse(c)))
+            .map_or(0, |(c, _)| c);
+        let mut bits = vec![0u64; vocab_len.div_ceil(64)];
+        for &(id, _) in &found {
+            bits[id as usize / 64] |= 1 << (id % 64);
+        }
+        let max_cost = found.iter().map(|&(_, c)| c).max().unwrap_or(0);
+        found.retain(|&(_, c)| c != common);
+        Walk {
+            bits,
+            common,
+            others: found,
+            max_cost,
+        }
+    }
+
+    fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.bits.iter().enumerate().flat_map(|(w, &word)| {
+            let mut word = word;
+            std::iter::from_fn(move || {
+                (word != 0).then(|| {
+                    let bit = word.trailing_zeros();
+                    word &= word - 1;
+                    w as u32 * 64 + bit
+                })
+            })
+        })
+    }
+
+    /// The tokens whose close needs at most `left` bytes, in id order.
+    fn for_each_within(&self, left: u32, mut f: impl FnMut(u32)) {
+        if self.max_cost <= left {
+            self.ids().for_each(f);
+        } else if self.common <= left {
+            // All but the listed ones that cost too much: merge the two id-ordered lists.
+            let mut too_dear = self
+                .others
+                .iter()
+                .filter(|&&(_, c)| c > left)
+                .map(|&(id, _)| id)
+                .peekable();
+            for id in self.ids() {
+                if too_dear.peek() == Some(&id) {
+                    too_dear.next();
+                } else {
+                    f(id);
+                }
+            }
+        } else {
+            self.others
+                .iter()
+                .filter(|&&(_, c)| c <= left)
+                .for_each(|&(id, _)| f(id));
+        }
+    }
 }
 
 /// A shape compiled against a vocabulary; shared by every sequence generated with it.
@@ -53,6 +131,10 @@ pub struct JsonConstraint {
     shape: Compiled,
     root: u16,
     trie: Trie,
+    /// The tokens that are not [`vocab::is_plain`], for strings' bodies.
+    string_trie: Trie,
+    /// `(id, byte length, all whitespace)` of the plain tokens.
+    plain: Vec<(u32, u16, bool)>,
     vocab: TokenBytes,
     cache: Mutex<HashMap<Stack, Arc<Walk>>>,
 }
@@ -61,7 +143,19 @@ impl JsonConstraint {
     pub fn new(shape: &Shape, vocab: &TokenBytes) -> Result<Arc<JsonConstraint>> {
         let compiled = shape::compile(shape)?;
         let root = (compiled.nodes.len() - 1) as u16;
-        let trie = Trie::new(vocab);
+        let trie = Trie::new(vocab, |_| true);
+        let string_trie = Trie::new(vocab, |b| !vocab::is_plain(b));
+        let mut plain = Vec::new();
+        for id in 0..vocab.len() as u32 {
+            if let Some(b) = vocab
+                .get(id)
+                .filter(|b| vocab::is_plain(b) && !vocab.eos().contains(&id))
+            {
+                let blank =
+                    std::str::from_utf8(b).is_ok_and(|s| s.chars().all(char::is_whitespace));
+                plain.push((id, b.len().min(u16::MAX as usize) as u16, blank));
+            }
+        }
         // The budget rule counts one token per byte of the cheapest close: each byte it may
         // write needs a token of its own.
         let mut single = [false; 256];
@@ -89,6 +183,8 @@ impl JsonConstraint {
             shape: compiled,
             root,
             trie,
+            string_trie,
+            plain,
             vocab: vocab.clone(),
             cache: Mutex::default(),
         }))
@@ -111,37 +207,45 @@ impl JsonConstraint {
 
     /// Every token that continues `stack`, with its close cost (no budget applied).
     fn walk(&self, stack: &Stack) -> Walk {
-        let mut w = Walk {
-            ids: Vec::new(),
-            costs: Vec::new(),
-            max_cost: 0,
+        let mut found = Vec::new();
+        // In a string's body most tokens just extend it: decided from their length and
+        // blankness, so the automaton walks only the others.
+        let trie = match stack.string_body(&self.shape) {
+            Some((len, non_blank, max, need_non_blank)) => {
+                // What the enclosing values need once the string is closed.
+                let outer =
+                    stack.close_cost(&self.shape) - 1 - (need_non_blank && !non_blank) as u32;
+                for &(id, n, blank) in &self.plain {
+                    let non_blank = non_blank || !blank;
+                    let owed = (need_non_blank && !non_blank) as u32;
+                    if len as u32 + n as u32 + owed <= max as u32 {
+                        found.push((id, outer + 1 + owed));
+                    }
+                }
+                &self.string_trie
+            }
+            None => &self.trie,
         };
         let mut todo = vec![(0u32, *stack)];
         while let Some((node, s)) = todo.pop() {
-            for &(b, child) in self.trie.edges(node) {
+            for &(b, child) in trie.edges(node) {
                 let mut next = s;
                 if !next.feed(&self.shape, b) {
                     continue;
                 }
-                let ids = self.trie.tokens(child);
+                let ids = trie.tokens(child);
                 if !ids.is_empty() {
                     let cost = next.close_cost(&self.shape);
-                    w.max_cost = w.max_cost.max(cost);
-                    for &id in ids {
-                        w.ids.push(id);
-                        w.costs.push(cost);
-                    }
+                    found.extend(ids.iter().map(|&id| (id, cost)));
                 }
                 todo.push((child, next));
             }
         }
-        w
+        Walk::new(self.vocab.len(), found)
     }
 
     fn cached_walk(&self, stack: &Stack) -> Arc<Walk> {
-        let Some(key) = stack.cache_key(&self.shape, self.trie.longest) else {
-            return Arc::new(self.walk(stack));
-        };
+        let key = stack.cache_key(&self.shape, self.trie.longest);
         if let Some(w) = self.cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
             return w;
         }
@@ -172,32 +276,30 @@ impl ConstraintState {
     /// whatever is allowed keeps the close within budget.
     pub fn allowed(&self, remaining: usize, out: &mut [bool]) {
         out.fill(false);
-        for id in self.allowed_ids(remaining) {
+        self.for_each_allowed(remaining, |id| {
             if let Some(slot) = out.get_mut(id as usize) {
                 *slot = true;
             }
-        }
+        });
     }
 
     /// [`Self::allowed`] as a list of token ids.
     pub fn allowed_ids(&self, remaining: usize) -> Vec<u32> {
+        let mut ids = Vec::new();
+        self.for_each_allowed(remaining, |id| ids.push(id));
+        ids
+    }
+
+    fn for_each_allowed(&self, remaining: usize, mut f: impl FnMut(u32)) {
         if remaining == 0 {
-            return Vec::new();
+            return;
         }
         if self.is_complete() {
-            return self.c.vocab.eos().to_vec();
+            self.c.vocab.eos().iter().for_each(|&id| f(id));
+            return;
         }
-        let w = self.c.cached_walk(&self.stack);
         let left = (remaining - 1).min(u32::MAX as usize) as u32;
-        if w.max_cost <= left {
-            return w.ids.clone();
-        }
-        w.ids
-            .iter()
-            .zip(&w.costs)
-            .filter(|&(_, &c)| c <= left)
-            .map(|(&id, _)| id)
-            .collect()
+        self.c.cached_walk(&self.stack).for_each_within(left, f);
     }
 
     /// Takes `token` as the next output; an error when it is not one [`Self::allowed`] admits

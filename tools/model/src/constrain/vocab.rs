@@ -5,6 +5,12 @@ use anyhow::{Result, anyhow};
 use tokenizers::Tokenizer;
 use tokenizers::decoders::DecoderWrapper;
 
+/// A token that, inside a string's body, stays there whatever came before: whole UTF-8
+/// characters, no quote, backslash or control character.
+pub(crate) fn is_plain(bytes: &[u8]) -> bool {
+    std::str::from_utf8(bytes).is_ok_and(|s| !s.chars().any(|c| c == '"' || c == '\\' || c < ' '))
+}
+
 /// The output bytes of every token id (`None`: a token that writes no text we can constrain,
 /// like `<|im_end|>`), and the ids that end generation.
 #[derive(Clone, Debug)]
@@ -117,14 +123,15 @@ pub(crate) struct Trie {
 }
 
 impl Trie {
-    pub fn new(vocab: &TokenBytes) -> Trie {
+    /// Over the tokens `keep` admits (EOS never).
+    pub fn new(vocab: &TokenBytes, keep: impl Fn(&[u8]) -> bool) -> Trie {
         // Build with maps, then flatten: the vocabulary is read once per constraint.
         let mut children: Vec<std::collections::BTreeMap<u8, u32>> = vec![Default::default()];
         let mut ends: Vec<Vec<u32>> = vec![Vec::new()];
         let mut longest = 0;
         for id in 0..vocab.len() as u32 {
             let Some(bytes) = vocab.get(id) else { continue };
-            if vocab.eos.contains(&id) {
+            if vocab.eos.contains(&id) || !keep(bytes) {
                 continue;
             }
             longest = longest.max(bytes.len());
