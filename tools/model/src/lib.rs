@@ -35,6 +35,8 @@
 //! - [`fixtures`]: tiny deterministic random models + BPE tokenizers for tests (each family's
 //!   real pre-tokenizer, so transformers tokenises them as we do).
 //! - [`rng`]: the seedable RNG used for weights, LoRA init and dropout.
+//! - [`constrain`]: constrained JSON decoding: a [`constrain::Shape`] (QA pairs, judge scores)
+//!   compiled against a vocabulary's token bytes; per sequence, the allowed tokens of each step.
 //!
 //! No clap here: tools parse flags and call these functions.
 //!
@@ -72,6 +74,7 @@
 pub mod attention;
 pub mod chat;
 pub mod config;
+pub mod constrain;
 pub mod device;
 // Tiny models, tokenizers and test tensors: for tests, examples and benchmarks only, kept out of release
 // builds (the `fixtures` feature, which the dev-dependencies of the test and example targets turn on).
