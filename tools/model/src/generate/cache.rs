@@ -133,7 +133,14 @@ impl KvCache {
 fn infer_linear(lin: &Linear, x: &Tensor) -> Result<Tensor> {
     let (rows, k) = (x.elem_count() / x.dim(D::Minus1)?, x.dim(D::Minus1)?);
     let x2 = x.reshape((rows, k))?;
-    let mut y = x2.matmul(&lin.weight.t()?)?;
+    // A few rows (batched decoding): `(W x^T)^T` keeps W as gemm's row-major left operand,
+    // measured 2-4x faster on the CPU than `x W^T` for 8 rows of SmolLM2's MLP shapes; one
+    // row (and prefill) stays `x W^T`.
+    let mut y = if (2..=32).contains(&rows) {
+        lin.weight.matmul(&x2.t()?)?.t()?
+    } else {
+        x2.matmul(&lin.weight.t()?)?
+    };
     if let Some(b) = &lin.bias {
         y = y.broadcast_add(b)?;
     }
@@ -148,7 +155,7 @@ fn infer_linear(lin: &Linear, x: &Tensor) -> Result<Tensor> {
     if let Some(last) = dims.last_mut() {
         *last = y.dim(1)?;
     }
-    Ok(y.reshape(dims)?)
+    Ok(y.contiguous()?.reshape(dims)?)
 }
 
 impl CausalLm {
