@@ -31,6 +31,13 @@
 //!   op with a closed-form backward; [`mlp`]: a frozen SwiGLU MLP as one op in row blocks;
 //!   [`fused`]: one-pass SwiGLU and RMSNorm kernels; [`matmul`]: bounds-checked strided views
 //!   over gemm for them. Other devices and dtypes keep the candle-op formulation.
+//! - [`generate`]: local generation. [`generate::Generator`]`::new(&model, &tok, eos)`,
+//!   `encode_chat`/`encode_text`, `generate(&prompts, &GenOptions, Option<&mut dyn
+//!   LogitsProcessor>)` → [`generate::Generation`] (text, tokens, finish reason, token counts):
+//!   batched (left padding, finished rows dropped), greedy or temperature/top-k/top-p with a
+//!   per-prompt seeded stream, stop strings, EOS ids; [`generate::cache`]: the inference
+//!   forward `CausalLm::forward_cached` with a [`generate::KvCache`] (no autograd, candle's
+//!   fused kernels, LoRA applied).
 //! - [`runtime`]: glibc allocator settings for CPU training (`tune_for_cpu_training`).
 //! - [`fixtures`]: tiny deterministic random models + BPE tokenizers for tests (each family's
 //!   real pre-tokenizer, so transformers tokenises them as we do).
@@ -81,6 +88,7 @@ pub mod device;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod fused;
+pub mod generate;
 pub mod gguf;
 pub mod lora;
 pub mod matmul;

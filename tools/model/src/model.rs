@@ -46,27 +46,27 @@ pub fn packed_row(lengths: &[usize], total: usize) -> (Vec<u32>, Vec<u32>) {
 }
 
 #[derive(Debug, Clone)]
-struct Layer {
-    input_norm: Tensor,
-    post_norm: Tensor,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
+pub(crate) struct Layer {
+    pub(crate) input_norm: Tensor,
+    pub(crate) post_norm: Tensor,
+    pub(crate) q: Linear,
+    pub(crate) k: Linear,
+    pub(crate) v: Linear,
+    pub(crate) o: Linear,
+    pub(crate) gate: Linear,
+    pub(crate) up: Linear,
+    pub(crate) down: Linear,
 }
 
 /// A causal LM with frozen base weights and optional LoRA adapters.
 #[derive(Debug, Clone)]
 pub struct CausalLm {
     pub config: ModelConfig,
-    embed: Tensor,
-    layers: Vec<Layer>,
-    norm: Tensor,
-    lm_head: Tensor,
-    inv_freq: Tensor,
+    pub(crate) embed: Tensor,
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) norm: Tensor,
+    pub(crate) lm_head: Tensor,
+    pub(crate) inv_freq: Tensor,
     dtype: DType,
     device: Device,
     fused: bool,

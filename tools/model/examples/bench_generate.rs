@@ -1,0 +1,102 @@
+//! Generation throughput on a random model of SmolLM2-135M's shape (llama, hidden 576, 30
+//! layers, 9 heads / 3 KV heads, MLP 1536, tied embeddings, vocab 49152), greedy, EOS off.
+//!
+//! `cargo run --release -p ftkit-model --example bench_generate [PROMPT_TOKENS NEW_TOKENS [BATCH]...]`
+//! (defaults: 64 64, batches 1 8). `FT_DEVICE=cuda` (with the `cuda` feature) runs on the GPU,
+//! in F32 like the CPU. Prints one line per batch size: prompt tokens/s (the prefill alone)
+//! and decode tokens/s (all generated tokens of the batch over the time after the prefill).
+
+use anyhow::Result;
+use candle_core::{DType, Tensor};
+use ftkit_model::fixtures::{TinySpec, write_tiny_model};
+use ftkit_model::generate::{GenOptions, Generator, KvCache};
+use ftkit_model::{CausalLm, ModelSource, device, resolve};
+use std::io::Write;
+use std::time::Instant;
+
+fn main() -> Result<()> {
+    let a: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let prompt_len = a.first().copied().unwrap_or(64);
+    let new_tokens = a.get(1).copied().unwrap_or(64);
+    let batches: Vec<usize> = if a.len() > 2 {
+        a[2..].to_vec()
+    } else {
+        vec![1, 8]
+    };
+    let dir = tempfile::tempdir()?;
+    let spec = TinySpec {
+        hidden_size: 576,
+        intermediate_size: 1536,
+        num_hidden_layers: 30,
+        num_attention_heads: 9,
+        num_key_value_heads: 3,
+        tie_word_embeddings: true,
+        model_vocab_size: Some(49152),
+        init_std: 0.02,
+        ..TinySpec::llama(1)
+    };
+    write_tiny_model(dir.path(), &spec)?;
+    let files = resolve(
+        &ModelSource::Dir(dir.path().to_path_buf()),
+        &Default::default(),
+    )?;
+    let spec_dev: device::DeviceSpec = std::env::var("FT_DEVICE")
+        .unwrap_or_else(|_| "cpu".into())
+        .parse()?;
+    let dev = device::open_device(spec_dev, &mut |m| eprintln!("bench_generate: {m}"))?;
+    let model = CausalLm::from_files(&files, DType::F32, &dev)?;
+    let tok = ftkit_model::load_tokenizer(&files.tokenizer)?;
+    let g = Generator::new(&model, &tok, Vec::new());
+    let opts = GenOptions {
+        max_new_tokens: new_tokens,
+        ..GenOptions::default()
+    };
+    let mut out = std::io::stderr().lock();
+    writeln!(
+        out,
+        "smollm2-135m shape, f32, {dev:?}, {} threads, prompt {prompt_len}, new {new_tokens}",
+        rayon::current_num_threads()
+    )?;
+    for &b in &batches {
+        // Distinct prompts so rows do not share values.
+        let prompts: Vec<Vec<u32>> = (0..b)
+            .map(|r| {
+                (0..prompt_len)
+                    .map(|i| ((i * 31 + r * 7 + 5) % 300) as u32)
+                    .collect()
+            })
+            .collect();
+        // Warm-up (allocator, kernels), then the prefill alone, then the whole generation.
+        g.generate(
+            &prompts[..1],
+            &GenOptions {
+                max_new_tokens: 2,
+                ..opts.clone()
+            },
+            None,
+        )?;
+        let ids: Vec<u32> = prompts.concat();
+        let input = Tensor::from_vec(ids, (b, prompt_len), &dev)?;
+        let t0 = Instant::now();
+        let mut cache = KvCache::new(&model, vec![0; b], prompt_len)?;
+        model.forward_cached(&input, &mut cache)?.to_vec2::<f32>()?;
+        let prefill = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let outs = g.generate(&prompts, &opts, None)?;
+        let total = t1.elapsed().as_secs_f64();
+        let generated: usize = outs.iter().map(|o| o.completion_tokens).sum();
+        let decode = (total - prefill).max(1e-9);
+        writeln!(
+            out,
+            "batch {b}: prompt {:.0} tok/s, decode {:.1} tok/s ({generated} tokens in {:.2}s after a {:.2}s prefill)",
+            (b * prompt_len) as f64 / prefill,
+            generated.saturating_sub(b) as f64 / decode,
+            decode,
+            prefill
+        )?;
+    }
+    Ok(())
+}
