@@ -42,6 +42,7 @@
           "chunk"
           "fetch"
           "filter"
+          "generate"
           "ingest"
           "qa-synth"
           "score"

@@ -7,6 +7,7 @@
 //! - [`id`]: stable content ids.
 //! - [`template`]: the `{field}` template syntax every tool shares.
 //! - [`paths`]: the check that no output is an input or another output.
+//! - [`chat`]: alpaca / messages / sharegpt / prompt records as chat messages (training and generation).
 //! - [`chunks`], [`rejects`], [`secret`]: the chunk loader, the shared `--rejects` file, secrets and URL
 //!   redaction.
 //! - [`hub`], [`source`]: Hugging Face hub settings (and, with the `hub` feature, the hf-hub client);
@@ -14,6 +15,7 @@
 //!
 //! Temporaries of atomic outputs are removed on SIGINT/SIGTERM/SIGHUP and after a killed run (`temp`).
 
+pub mod chat;
 pub mod chunks;
 pub mod cli;
 pub mod engine;

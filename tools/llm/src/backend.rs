@@ -9,27 +9,8 @@
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// One chat message.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Message {
-    pub role: String,
-    pub content: String,
-}
-
-impl Message {
-    pub fn system(content: impl Into<String>) -> Self {
-        Self {
-            role: "system".into(),
-            content: content.into(),
-        }
-    }
-    pub fn user(content: impl Into<String>) -> Self {
-        Self {
-            role: "user".into(),
-            content: content.into(),
-        }
-    }
-}
+/// One chat message (the type ft-train-lora and ft-generate read records into).
+pub use ftkit_core::chat::Message;
 
 /// What a request asks for, in structured form (the extractive backend works from this alone).
 #[derive(Clone, Debug, PartialEq)]
@@ -51,6 +32,9 @@ pub enum Task {
         question: String,
         answer: String,
     },
+    /// Free text: the reply to `messages` as is (ft-generate), not parsed as JSON; no
+    /// `response_format` is sent for it.
+    Generate { messages: Vec<Message> },
 }
 
 /// Requested output structure, sent as `response_format` by backends that support it.
@@ -72,6 +56,13 @@ pub struct Params {
     pub max_tokens: u32,
     pub seed: u64,
     pub response_format: ResponseFormat,
+    /// Nucleus sampling; `None`: the server's default (and nothing sent, so cache keys of runs
+    /// without it do not change).
+    pub top_p: Option<f32>,
+    /// Top-k sampling (vLLM, llama.cpp and Ollama read it; OpenAI ignores it); `None`: not sent.
+    pub top_k: Option<u32>,
+    /// Stop strings; empty: not sent.
+    pub stop: Vec<String>,
 }
 
 impl Default for Params {
@@ -81,6 +72,9 @@ impl Default for Params {
             max_tokens: 1024,
             seed: 0,
             response_format: ResponseFormat::JsonObject,
+            top_p: None,
+            top_k: None,
+            stop: Vec::new(),
         }
     }
 }
@@ -106,11 +100,15 @@ pub struct Usage {
     pub completion_tokens: u64,
 }
 
-/// A backend's answer: the model's text and its token usage.
+/// A backend's answer: the model's text, its token usage and why it ended.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Reply {
     pub text: String,
     pub usage: Usage,
+    /// `stop` (EOS or a stop string), `length` (the token limit), ... as the backend says; absent in
+    /// cache entries written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<String>,
 }
 
 /// Why a call failed.

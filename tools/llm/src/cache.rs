@@ -80,6 +80,7 @@ mod tests {
                 prompt_tokens: 1,
                 completion_tokens: 2,
             },
+            finish_reason: Some("stop".into()),
         };
         cache.put(&k, &r)?;
         assert_eq!(cache.get(&k), Some(r));

@@ -1,5 +1,5 @@
-//! Options shared by the tools that call a model (flatten [`LlmArgs`] into a tool's Args), and the
-//! code that turns them into a [`Client`].
+//! Options shared by the tools that call a model (flatten [`LlmArgs`] into a tool's Args), the one
+//! backend selection of every tool ([`LlmArgs::backend`]), and the code that turns them into a [`Client`].
 
 use crate::backend::{Params, ResponseFormat};
 use crate::cache::Cache;
@@ -7,7 +7,7 @@ use crate::client::{Budget, Client, RetryPolicy};
 use crate::limits::{Limits, TokenBucket};
 use crate::openai::{OpenAi, OpenAiConfig, Secret};
 use anyhow::Result;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use ftkit_core::secret::redact_url;
 use ftkit_core::usage;
 use std::path::PathBuf;
@@ -24,9 +24,13 @@ pub struct LlmArgs {
     )]
     pub base_url: Option<String>,
 
-    /// Model name sent to the endpoint (default: $MODEL).
+    /// Model name sent to the endpoint (default: $MODEL); for the local backend a model FILE.gguf or DIR.
     #[arg(long, value_name = "NAME", help_heading = "Model")]
     pub model: Option<String>,
+
+    /// A PEFT LoRA adapter folder (as ft-train-lora writes) applied to the local model.
+    #[arg(long, value_name = "DIR", help_heading = "Model")]
+    pub adapter: Option<PathBuf>,
 
     /// Environment variable holding the API key (never printed, never cached).
     #[arg(
@@ -42,8 +46,28 @@ pub struct LlmArgs {
     pub temperature: f32,
 
     /// Most tokens per reply.
-    #[arg(long, value_name = "N", default_value_t = 1024, help_heading = "Model")]
+    #[arg(
+        long,
+        visible_alias = "max-new-tokens",
+        value_name = "N",
+        default_value_t = 1024,
+        help_heading = "Model"
+    )]
     pub max_tokens: u32,
+
+    /// Nucleus sampling: sample from the most likely tokens whose probabilities add up to P (0 < P <= 1;
+    /// default: the backend's).
+    #[arg(long, value_name = "P", help_heading = "Model")]
+    pub top_p: Option<f32>,
+
+    /// Sample from the K most likely tokens (sent as `top_k`: vLLM, llama.cpp and Ollama read it,
+    /// OpenAI ignores it).
+    #[arg(long, value_name = "K", help_heading = "Model")]
+    pub top_k: Option<u32>,
+
+    /// Stop the reply before this string (repeatable; OpenAI takes at most 4).
+    #[arg(long, value_name = "TEXT", help_heading = "Model")]
+    pub stop: Vec<String>,
 
     /// Sampling seed sent with every request (a re-ask after unparseable output sends seed+1, ...).
     #[arg(long, value_name = "N", default_value_t = 0, help_heading = "Model")]
@@ -121,6 +145,22 @@ pub struct LlmArgs {
     pub budget_usd: Option<f64>,
 }
 
+/// Which backend answers. Every tool chooses through [`LlmArgs::backend`], the single place where a
+/// kind becomes a [`crate::Backend`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// `local` when --adapter is given or --model names a file or folder that exists; `openai` when an
+    /// endpoint or model is named (--base-url, --model, $OPENAI_BASE_URL, $BASE_URL, $MODEL);
+    /// otherwise `extractive` where the tool has it.
+    Auto,
+    /// Offline and deterministic: questions from the chunk's own sentences, no model.
+    Extractive,
+    /// Any OpenAI-compatible chat-completions endpoint.
+    Openai,
+    /// A local candle model (not available yet).
+    Local,
+}
+
 /// The longest `--timeout`, in seconds (a week).
 const MAX_TIMEOUT_SECS: f64 = 604_800.0;
 
@@ -152,6 +192,41 @@ impl LlmArgs {
                 .any(|v| env_nonempty(v).is_some())
     }
 
+    /// What `kind` means with these options (`Auto` resolved; never `Auto`).
+    pub fn resolve(&self, kind: BackendKind) -> BackendKind {
+        match kind {
+            BackendKind::Auto
+                if self.adapter.is_some()
+                    || self
+                        .model
+                        .as_deref()
+                        .is_some_and(|m| std::path::Path::new(m).exists()) =>
+            {
+                BackendKind::Local
+            }
+            BackendKind::Auto if self.names_an_endpoint() => BackendKind::Openai,
+            BackendKind::Auto => BackendKind::Extractive,
+            k => k,
+        }
+    }
+
+    /// The backend `kind` names (resolved with [`LlmArgs::resolve`]): the one place where the `local`
+    /// backend plugs in.
+    pub fn backend(&self, kind: BackendKind) -> Result<Box<dyn crate::Backend>> {
+        Ok(match self.resolve(kind) {
+            BackendKind::Openai => {
+                if self.adapter.is_some() {
+                    usage!(
+                        "--adapter needs the local backend (an endpoint serves its own adapters)"
+                    );
+                }
+                Box::new(self.openai()?)
+            }
+            BackendKind::Local => usage!("{}", crate::LOCAL_NOT_AVAILABLE),
+            BackendKind::Extractive | BackendKind::Auto => Box::new(crate::extractive::Extractive),
+        })
+    }
+
     /// Checks values that clap cannot.
     pub fn validate(&self) -> Result<()> {
         if self.concurrency == 0 {
@@ -177,6 +252,18 @@ impl LlmArgs {
         }
         if self.budget_usd.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
             usage!("--budget-usd must be above 0");
+        }
+        if self.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
+            usage!("--top-p must be above 0 and at most 1");
+        }
+        if self.top_k == Some(0) {
+            usage!("--top-k must be at least 1");
+        }
+        if self.stop.iter().any(String::is_empty) {
+            usage!("--stop wants a non-empty string");
+        }
+        if self.max_tokens == 0 {
+            usage!("--max-tokens must be at least 1");
         }
         if self.max_tokens_total == Some(0) {
             usage!("--max-tokens-total must be at least 1");
@@ -219,6 +306,9 @@ impl LlmArgs {
                 max_tokens: self.max_tokens,
                 seed: self.seed,
                 response_format: self.response_format,
+                top_p: self.top_p,
+                top_k: self.top_k,
+                stop: self.stop.clone(),
             },
             timeout: Duration::from_secs_f64(self.timeout),
             connections: self.concurrency,

@@ -503,10 +503,16 @@ impl Backend for Extractive {
                     "the extractive backend cannot judge".into(),
                 ));
             }
+            Task::Generate { .. } => {
+                return Err(CallError::Fatal(
+                    "the extractive backend cannot write free text".into(),
+                ));
+            }
         };
         Ok(Reply {
             text: value.to_string(),
             usage: Usage::default(),
+            finish_reason: None,
         })
     }
 }

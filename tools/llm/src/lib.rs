@@ -4,7 +4,8 @@
 //! - [`openai`]: any OpenAI-compatible chat-completions endpoint, over ureq.
 //! - [`extractive`]: offline, deterministic QA and summaries from the text's own sentences (its module
 //!   docs say exactly how).
-//! - `local`: a candle model, to come with ftkit-model; it implements [`Backend`] from the messages.
+//! - `local`: a candle model, to come with ftkit-model; it implements [`Backend`] from the messages and
+//!   plugs in at [`LlmArgs::backend`] (the `Local` arm), which every tool's backend choice goes through.
 //! - [`client`]: cache, rate limits, retries with backoff and jitter, budgets, lenient parsing, counters.
 //! - [`driver`]: the ordered worker pool the tools stream their records through.
 //! - [`cache`], [`limits`], [`parse`], [`prompts`], [`lang`], [`cli`] (shared clap options).
@@ -27,7 +28,7 @@ pub mod testing;
 pub use backend::{
     Backend, CallError, Message, Params, Reply, Request, ResponseFormat, Task, Usage,
 };
-pub use cli::LlmArgs;
+pub use cli::{BackendKind, LlmArgs};
 pub use client::{Client, Failure};
 pub use driver::{Driver, End, Outcome, RunSummary};
 

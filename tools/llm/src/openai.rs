@@ -5,7 +5,7 @@
 //! no credential query values), and every message that could echo server or client text is scrubbed of
 //! the key and of the URL's secrets.
 
-use crate::backend::{Backend, CallError, Params, Reply, Request, ResponseFormat, Usage};
+use crate::backend::{Backend, CallError, Params, Reply, Request, ResponseFormat, Task, Usage};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -102,7 +102,19 @@ impl OpenAi {
             "max_tokens": p.max_tokens,
             "seed": p.seed.wrapping_add(u64::from(req.attempt)),
         });
-        let format = match (p.response_format, &req.schema) {
+        if let Some(obj) = body.as_object_mut() {
+            // Only when set, so the body (the cache key) of a run without them does not change.
+            if let Some(top_p) = p.top_p {
+                obj.insert("top_p".into(), json!(top_p));
+            }
+            if let Some(top_k) = p.top_k {
+                obj.insert("top_k".into(), json!(top_k));
+            }
+            if !p.stop.is_empty() {
+                obj.insert("stop".into(), json!(p.stop));
+            }
+        }
+        let format = match (effective_format(p, req), &req.schema) {
             (ResponseFormat::None, _) => None,
             (ResponseFormat::JsonObject, _) | (ResponseFormat::JsonSchema, None) => {
                 Some(json!({"type": "json_object"}))
@@ -116,6 +128,14 @@ impl OpenAi {
             obj.insert("response_format".into(), f);
         }
         body
+    }
+}
+
+/// The response format sent: none for free text (a JSON mode would force the reply into JSON).
+fn effective_format(p: &Params, req: &Request) -> ResponseFormat {
+    match req.task {
+        Task::Generate { .. } => ResponseFormat::None,
+        _ => p.response_format,
     }
 }
 
@@ -159,9 +179,14 @@ pub fn parse_envelope(text: &str) -> Result<Reply, String> {
             .and_then(Value::as_u64)
             .unwrap_or(0),
     };
+    let finish_reason = v
+        .pointer("/choices/0/finish_reason")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     Ok(Reply {
         text: content.to_string(),
         usage,
+        finish_reason,
     })
 }
 
@@ -180,17 +205,29 @@ impl Backend for OpenAi {
 
     fn params(&self, req: &Request) -> Value {
         let p = &self.cfg.params;
-        let format = match p.response_format {
+        let format = match effective_format(p, req) {
             ResponseFormat::None => "none",
             ResponseFormat::JsonObject => "json_object",
             ResponseFormat::JsonSchema => "json_schema",
         };
-        json!({
+        let mut params = json!({
             "temperature": p.temperature,
             "max_tokens": p.max_tokens,
             "seed": p.seed.wrapping_add(u64::from(req.attempt)),
             "response_format": format,
-        })
+        });
+        if let Some(obj) = params.as_object_mut() {
+            if let Some(top_p) = p.top_p {
+                obj.insert("top_p".into(), json!(top_p));
+            }
+            if let Some(top_k) = p.top_k {
+                obj.insert("top_k".into(), json!(top_k));
+            }
+            if !p.stop.is_empty() {
+                obj.insert("stop".into(), json!(p.stop));
+            }
+        }
+        params
     }
 
     fn send(&self, req: &Request, body: Option<&[u8]>) -> Result<Reply, CallError> {
@@ -264,7 +301,8 @@ mod tests {
                 usage: Usage {
                     prompt_tokens: 3,
                     completion_tokens: 1
-                }
+                },
+                finish_reason: None,
             })
         );
         assert!(parse_envelope("{\"choices\":[]}").is_err());

@@ -145,6 +145,7 @@ pub fn request(task: Task, qa_template: Option<&str>, attempt: u32) -> Request {
                 "judgement",
             )
         }
+        Task::Generate { messages } => (messages.clone(), None, "completion"),
     };
     Request {
         task,

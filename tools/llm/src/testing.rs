@@ -9,7 +9,9 @@
 //! Answers are derived from the prompt alone: the passage (after `Passage:` or `Context:` in the last
 //! user message) gives three QA pairs quoting its words (and a fourth repeating the first question), a summary (its first 20 words) and a judgement
 //! (scores from a hash of the prompt), all in one JSON object, so any task parses. Usage is reported as
-//! characters / 4.
+//! characters / 4. A request without `response_format` (free text, as ft-generate sends) is answered
+//! with prose instead ([`free_text`]), cut like a real server: before the first `stop` string
+//! (finish reason `stop`) or at `max_tokens` * 4 characters (finish reason `length`).
 //!
 //! Faults are injected deterministically: a rule applies to prompts whose hash (of the last user
 //! message, seed excluded) falls in `hash % modulo == remainder`, on their first `first_hits` requests.
@@ -274,6 +276,11 @@ fn answer(req: &HttpRequest, st: &State, cfg: &ServerConfig) -> Answer {
             std::thread::sleep(d);
             (200, envelope(&model, &prompt, &content(&prompt, h)), None)
         }
+        None if parsed.get("response_format").is_none() => {
+            st.ok.fetch_add(1, Relaxed);
+            let (text, finish) = free_text(&prompt, h, &parsed);
+            (200, envelope_with(&model, &prompt, &text, finish), None)
+        }
         None => {
             st.ok.fetch_add(1, Relaxed);
             (200, envelope(&model, &prompt, &content(&prompt, h)), None)
@@ -281,12 +288,42 @@ fn answer(req: &HttpRequest, st: &State, cfg: &ServerConfig) -> Answer {
     }
 }
 
+/// The free-text reply: `Reply <hash> to: <prompt>. The end.`, cut at the first `stop` string or at
+/// `max_tokens` * 4 characters, with the finish reason a server would give.
+pub fn free_text(prompt: &str, h: u64, req: &Value) -> (String, &'static str) {
+    let mut text = format!("Reply {:04x} to: {prompt}. The end.", h % 0x10000);
+    let stops = req.get("stop").and_then(Value::as_array);
+    let cut = stops
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter_map(|s| text.find(s))
+        .min();
+    let mut finish = "stop";
+    if let Some(i) = cut {
+        text.truncate(i);
+    }
+    let limit = req
+        .get("max_tokens")
+        .and_then(Value::as_u64)
+        .map_or(usize::MAX, |n| n as usize * 4);
+    if text.chars().count() > limit {
+        text = text.chars().take(limit).collect();
+        finish = "length";
+    }
+    (text, finish)
+}
+
 fn envelope(model: &str, prompt: &str, content: &str) -> String {
+    envelope_with(model, prompt, content, "stop")
+}
+
+fn envelope_with(model: &str, prompt: &str, content: &str, finish: &str) -> String {
     json!({
         "id": "chatcmpl-test",
         "object": "chat.completion",
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
         "usage": {
             "prompt_tokens": prompt.chars().count() / 4,
             "completion_tokens": content.chars().count() / 4,

@@ -5,32 +5,18 @@
 //! come out in input order. Record format: see [`Args`]'s long help and the README.
 
 use anyhow::{Context, Result, anyhow, bail};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use ftkit_core::cli::{CommonArgs, OnError, warn};
 use ftkit_core::io::Output;
 use ftkit_core::{ObjectWriter, RawRecord, stable_id, usage};
 use ftkit_llm::client::Answer;
 use ftkit_llm::driver::{Driver, End, Outcome};
-use ftkit_llm::{
-    Backend, CallError, Client, Failure, LlmArgs, Task, extractive::Extractive, lang, parse,
-    prompts,
-};
+use ftkit_llm::{Backend, CallError, Client, Failure, LlmArgs, Task, lang, parse, prompts};
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum BackendKind {
-    /// `openai` when an endpoint or model is named (--base-url, --model, $OPENAI_BASE_URL, $BASE_URL,
-    /// $MODEL), otherwise `extractive`.
-    Auto,
-    /// Offline and deterministic: questions from the chunk's own sentences, no model.
-    Extractive,
-    /// Any OpenAI-compatible chat-completions endpoint.
-    Openai,
-    /// A local candle model (not available yet).
-    Local,
-}
+pub use ftkit_llm::BackendKind;
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -154,19 +140,6 @@ fn normalize_question(q: &str) -> String {
         .to_string()
 }
 
-pub fn backend_for(kind: BackendKind, llm: &LlmArgs) -> Result<Box<dyn Backend>> {
-    let kind = match kind {
-        BackendKind::Auto if llm.names_an_endpoint() => BackendKind::Openai,
-        BackendKind::Auto => BackendKind::Extractive,
-        k => k,
-    };
-    Ok(match kind {
-        BackendKind::Openai => Box::new(llm.openai()?),
-        BackendKind::Local => bail!(ftkit_llm::LOCAL_NOT_AVAILABLE),
-        _ => Box::new(Extractive),
-    })
-}
-
 /// A language code as the tools write them: 2 or 3 letters, then optional `-`/`_` subtags (`zh-Hant`).
 fn is_lang_code(code: &str) -> bool {
     let mut parts = code.split(['-', '_']);
@@ -205,7 +178,7 @@ pub fn run(args: Args) -> Result<()> {
             Some(t)
         }
     };
-    let backend = backend_for(args.backend, &args.llm)?;
+    let backend = args.llm.backend(args.backend)?;
     if backend.name() == "extractive" {
         if template.is_some() {
             warn("the extractive backend uses no prompt: --prompt-file is ignored");

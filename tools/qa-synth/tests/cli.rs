@@ -212,7 +212,8 @@ fn usage_errors_and_local_backend() {
         .args(["--backend", "local"])
         .stdin(chunks())
         .run();
-    assert_eq!(out.code, 1);
+    // A usage error: the backend cannot be chosen yet, nothing was read.
+    assert_eq!(out.code, 2);
     assert!(out.stderr.contains("not available yet"), "{}", out.stderr);
 }
 

@@ -1,4 +1,5 @@
-//! Training records: alpaca, messages or sharegpt JSONL, detected per record, turned into chat messages.
+//! Training records: alpaca, messages or sharegpt JSONL, detected per record, turned into chat messages
+//! (the conversion lives in `ftkit_core::chat`, shared with ft-generate).
 //!
 //! - alpaca: `{"instruction", "input"?, "output", "system"?}` → system?, user (`instruction` and, when not
 //!   empty, a blank line and `input`), assistant (`output`).
@@ -7,128 +8,12 @@
 //!   `chatgpt`/`model` → assistant, `system` → system.
 
 use anyhow::{Context, Result, bail};
-use ftkit_core::jsonl::{LineReader, RawRecord};
+use ftkit_core::jsonl::LineReader;
 use ftkit_core::{OnError, io};
-use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::Path;
 
-/// One chat turn.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Message {
-    pub role: String,
-    pub content: String,
-}
-
-impl Message {
-    pub fn new(role: &str, content: &str) -> Self {
-        Self {
-            role: role.to_string(),
-            content: content.to_string(),
-        }
-    }
-}
-
-/// The layout a record was recognised as.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    Alpaca,
-    Messages,
-    ShareGpt,
-}
-
-/// Parses one JSONL record into messages; the error says what is wrong (the caller adds `path:line`).
-pub fn parse_record(line: &[u8]) -> Result<(Format, Vec<Message>)> {
-    let text = std::str::from_utf8(line).context("not UTF-8")?;
-    let rec = RawRecord::parse(text)?;
-    let (format, messages) = if let Some(raw) = rec.get("messages") {
-        #[derive(Deserialize)]
-        struct Turn {
-            role: String,
-            content: String,
-        }
-        let turns: Vec<Turn> = serde_json::from_str(raw.get())
-            .context("field \"messages\" must be a list of {\"role\", \"content\"} strings")?;
-        let messages = turns
-            .into_iter()
-            .map(|t| Message {
-                role: t.role,
-                content: t.content,
-            })
-            .collect();
-        (Format::Messages, messages)
-    } else if let Some(raw) = rec.get("conversations") {
-        #[derive(Deserialize)]
-        struct Turn {
-            from: String,
-            value: String,
-        }
-        let turns: Vec<Turn> = serde_json::from_str(raw.get())
-            .context("field \"conversations\" must be a list of {\"from\", \"value\"} strings")?;
-        let mut messages = Vec::with_capacity(turns.len());
-        for t in turns {
-            let role = match t.from.as_str() {
-                "human" | "user" => "user",
-                "gpt" | "assistant" | "chatgpt" | "model" | "bot" => "assistant",
-                "system" => "system",
-                other => bail!("conversation turn from {other:?}: expected human, gpt or system"),
-            };
-            messages.push(Message {
-                role: role.to_string(),
-                content: t.value,
-            });
-        }
-        (Format::ShareGpt, messages)
-    } else if rec.get("instruction").is_some() || rec.get("output").is_some() {
-        let instruction = opt_str(&rec, "instruction")?.unwrap_or_default();
-        let input = opt_str(&rec, "input")?.unwrap_or_default();
-        let Some(output) = opt_str(&rec, "output")? else {
-            bail!("missing field \"output\"")
-        };
-        let mut messages = Vec::with_capacity(3);
-        if let Some(system) = opt_str(&rec, "system")?.filter(|s| !s.is_empty()) {
-            messages.push(Message {
-                role: "system".into(),
-                content: system,
-            });
-        }
-        let user = if input.is_empty() {
-            instruction
-        } else {
-            format!("{instruction}\n\n{input}")
-        };
-        if user.is_empty() {
-            bail!("empty \"instruction\" and \"input\"");
-        }
-        messages.push(Message {
-            role: "user".into(),
-            content: user,
-        });
-        messages.push(Message {
-            role: "assistant".into(),
-            content: output,
-        });
-        (Format::Alpaca, messages)
-    } else {
-        bail!(
-            "unrecognised record: expected alpaca (\"instruction\", \"output\"), \"messages\" or \"conversations\""
-        );
-    };
-    if !messages.iter().any(|m| m.role == "assistant") {
-        bail!("no assistant turn to learn from");
-    }
-    Ok((format, messages))
-}
-
-fn opt_str(rec: &RawRecord<'_>, key: &str) -> Result<Option<String>> {
-    match rec.get(key) {
-        None => Ok(None),
-        Some(raw) if raw.get() == "null" => Ok(None),
-        Some(raw) => serde_json::from_str::<String>(raw.get())
-            .map(Some)
-            .with_context(|| format!("field \"{key}\" must be a string")),
-    }
-}
+pub use ftkit_core::chat::{Format, Message, parse_record};
 
 /// A loaded JSONL file.
 #[derive(Debug)]
