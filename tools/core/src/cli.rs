@@ -51,6 +51,13 @@ impl std::fmt::Display for Usage {
 }
 impl std::error::Error for Usage {}
 
+impl Usage {
+    /// An error about an option's value (a parse failure) as a usage error: `.map_err(Usage::of)`.
+    pub fn of(e: anyhow::Error) -> anyhow::Error {
+        anyhow::Error::new(Usage(format!("{e:#}")))
+    }
+}
+
 /// Returns a [`Usage`] error from the enclosing function.
 #[macro_export]
 macro_rules! usage {

@@ -23,7 +23,7 @@ pub enum GenBackend {
     Auto,
     /// Any OpenAI-compatible chat-completions endpoint.
     Openai,
-    /// A local candle model, --model FILE.gguf or DIR (not available yet).
+    /// A model on this machine: --model FILE.gguf, a folder or ORG/NAME, ± --adapter DIR.
     Local,
 }
 

@@ -2,6 +2,9 @@
 
 use clap::CommandFactory;
 use ftkit_llm::testing::{ServerConfig, TestServer};
+use ftkit_model::fixtures::{TinySpec, random_normal, write_tiny_model};
+use ftkit_model::lora::LoraConfig;
+use ftkit_model::peft::{AdapterConfig, save_adapter};
 use ftkit_testkit::{Run, contract::Contract, independent_id, testdata};
 use serde_json::{Value, json};
 use std::io::Write;
@@ -254,20 +257,28 @@ fn same_input_same_bytes_and_a_rerun_replays_from_the_cache() {
 
 #[test]
 fn local_backend_and_no_model_are_usage_errors() {
-    let out = Run::new(BIN)
-        .args(["--backend", "local", "--model", "m.gguf"])
-        .stdin(prompts())
-        .run();
-    assert_eq!(out.code, 2, "{}", out.stderr);
-    assert!(out.stderr.contains("not available yet"), "{}", out.stderr);
-    // An adapter means the local backend.
     let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("m.gguf");
     let out = Run::new(BIN)
-        .args(["--adapter", dir.path().to_str().unwrap(), "--model", "x"])
+        .args(["--backend", "local", "--model"])
+        .arg(&missing)
         .stdin(prompts())
         .run();
-    assert_eq!(out.code, 2, "{}", out.stderr);
-    assert!(out.stderr.contains("not available yet"), "{}", out.stderr);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("m.gguf"), "{}", out.stderr);
+    // An adapter means the local backend: an empty folder is no adapter.
+    let model = tiny_model(dir.path());
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = Run::new(BIN)
+        .arg("--adapter")
+        .arg(&empty)
+        .arg("--model")
+        .arg(&model)
+        .stdin(prompts())
+        .run();
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("adapter_config.json"), "{}", out.stderr);
     let out = Run::new(BIN)
         .env("MODEL", "")
         .env("BASE_URL", "")
@@ -285,7 +296,8 @@ fn local_backend_and_no_model_are_usage_errors() {
             "--model",
             "m",
         ])
-        .args(["--adapter", dir.path().to_str().unwrap()])
+        .arg("--adapter")
+        .arg(&empty)
         .stdin(prompts())
         .run();
     assert_eq!(out.code, 2, "{}", out.stderr);
@@ -312,4 +324,142 @@ fn contract() {
 #[test]
 fn man_page() {
     ftkit_testkit::man::check(ft_generate::Args::command());
+}
+
+/// A tiny random chat model (ChatML) in `dir/tiny`.
+fn tiny_model(dir: &std::path::Path) -> std::path::PathBuf {
+    let model = dir.join("tiny");
+    write_tiny_model(&model, &TinySpec::qwen2(9)).unwrap();
+    model
+}
+
+/// A PEFT adapter on the tiny model's q_proj layers, with random (non-zero) B so it changes the
+/// model's output.
+fn tiny_adapter(dir: &std::path::Path) -> std::path::PathBuf {
+    let out = dir.join("adapter");
+    let lora = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        rslora: false,
+        targets: vec!["q_proj".into()],
+        seed: 0,
+    };
+    let mut tensors = Vec::new();
+    for layer in 0..2 {
+        let p = format!("base_model.model.model.layers.{layer}.self_attn.q_proj");
+        let a = random_normal(&format!("{p}/a"), &[4, 64], 1, 0.5).unwrap();
+        let b = random_normal(&format!("{p}/b"), &[64, 4], 1, 0.5).unwrap();
+        tensors.push((format!("{p}.lora_A.weight"), a));
+        tensors.push((format!("{p}.lora_B.weight"), b));
+    }
+    save_adapter(&out, &AdapterConfig::from_lora(&lora, None), &tensors).unwrap();
+    out
+}
+
+/// The local backend on every input shape: one completion per record within the token budget,
+/// lineage kept; the same bytes batched or one at a time; an adapter changes the completions and
+/// the model recorded.
+#[test]
+fn local_backend_completes_every_shape_and_applies_an_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let run = |concurrency: &str, adapter: Option<&std::path::Path>| {
+        let mut r = Run::new(BIN)
+            .args(["--backend", "local", "--max-new-tokens", "8", "--no-cache"])
+            .args([
+                "--temperature",
+                "0.8",
+                "--seed",
+                "3",
+                "--concurrency",
+                concurrency,
+            ])
+            .arg("--model")
+            .arg(&model);
+        if let Some(a) = adapter {
+            r = r.arg("--adapter").arg(a);
+        }
+        r.stdin(prompts()).run().expect_code(0)
+    };
+    let base = run("4", None);
+    let input: Vec<Value> = String::from_utf8(prompts())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let recs = base.records();
+    assert_eq!(recs.len(), input.len());
+    for (r, i) in recs.iter().zip(&input) {
+        for k in ["qa_id", "doc_id", "chunk_id", "extra"] {
+            assert_eq!(r.get(k), i.get(k), "{k}: {r}");
+        }
+        assert!(r["completion"].is_string(), "{r}");
+        let g = &r["gen"];
+        assert_eq!(
+            (&g["backend"], &g["model"]),
+            (&json!("local"), &json!("tiny"))
+        );
+        let n = g["usage"]["completion_tokens"].as_u64().unwrap();
+        assert!((1..=8).contains(&n), "{r}");
+        assert!(
+            ["stop", "length"].contains(&g["finish_reason"].as_str().unwrap()),
+            "{r}"
+        );
+    }
+    assert_eq!(
+        run("1", None).stdout,
+        base.stdout,
+        "batched and one at a time differ"
+    );
+    let adapter = tiny_adapter(dir.path());
+    let tuned = run("4", Some(&adapter));
+    let tuned_recs = tuned.records();
+    assert!(
+        tuned_recs
+            .iter()
+            .all(|r| r["gen"]["model"] == "tiny+adapter")
+    );
+    let changed = recs
+        .iter()
+        .zip(&tuned_recs)
+        .filter(|(a, b)| a["completion"] != b["completion"])
+        .count();
+    assert!(changed > 0, "the adapter changed nothing");
+}
+
+/// The real SmolLM2 (scripts/fetch-smollm2): greedy, it knows the capital of France; a stop string
+/// cuts the completion before it.
+#[test]
+fn smollm2_answers_and_stops_at_a_stop_string() {
+    let model = ftkit_testkit::smollm2();
+    let prompt = br#"{"prompt":"What is the capital of France?","qa_id":"q"}"#.to_vec();
+    let run = |extra: &[&str]| {
+        Run::new(BIN)
+            .args([
+                "--temperature",
+                "0",
+                "--max-new-tokens",
+                "16",
+                "--no-cache",
+                "--model",
+            ])
+            .arg(&model)
+            .args(extra)
+            .stdin(prompt.clone())
+            .run()
+            .expect_code(0)
+            .records()
+            .remove(0)
+    };
+    let plain = run(&[]);
+    assert_eq!(plain["gen"]["backend"], "local");
+    let text = plain["completion"].as_str().unwrap();
+    assert!(text.contains("Paris"), "{plain}");
+    let cut = run(&["--stop", "Paris"]);
+    assert_eq!(
+        cut["completion"].as_str().unwrap(),
+        &text[..text.find("Paris").unwrap()]
+    );
+    assert_eq!(cut["gen"]["finish_reason"], "stop");
 }

@@ -10,6 +10,8 @@ use anyhow::Result;
 use clap::{Args, ValueEnum};
 use ftkit_core::secret::redact_url;
 use ftkit_core::usage;
+use ftkit_model::device::{DTypeSpec, DeviceSpec, open_device, resolve_dtype};
+use ftkit_model::source::HubOptions;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -24,9 +26,29 @@ pub struct LlmArgs {
     )]
     pub base_url: Option<String>,
 
-    /// Model name sent to the endpoint (default: $MODEL); for the local backend a model FILE.gguf or DIR.
+    /// Model name sent to the endpoint (default: $MODEL); for the local backend a model FILE.gguf, a
+    /// folder (safetensors) or a Hugging Face id ORG/NAME.
     #[arg(long, value_name = "NAME", help_heading = "Model")]
     pub model: Option<String>,
+
+    /// Where the local model runs: auto (CUDA when built with it and present, else CPU), cpu, cuda or
+    /// cuda:N.
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "DEVICE",
+        help_heading = "Model"
+    )]
+    pub device: String,
+
+    /// Precision of the local model's weights: auto (bf16 on CUDA, f32 on CPU), f32, bf16, f16.
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "DTYPE",
+        help_heading = "Model"
+    )]
+    pub dtype: String,
 
     /// A PEFT LoRA adapter folder (as ft-train-lora writes) applied to the local model.
     #[arg(long, value_name = "DIR", help_heading = "Model")]
@@ -77,7 +99,7 @@ pub struct LlmArgs {
     #[arg(long, value_enum, default_value_t = ResponseFormat::JsonObject, value_name = "KIND", help_heading = "Model")]
     pub response_format: ResponseFormat,
 
-    /// Requests in flight at once.
+    /// Requests in flight at once (the local backend decodes up to this many together).
     #[arg(long, value_name = "N", default_value_t = 16, help_heading = "Limits")]
     pub concurrency: usize,
 
@@ -157,7 +179,8 @@ pub enum BackendKind {
     Extractive,
     /// Any OpenAI-compatible chat-completions endpoint.
     Openai,
-    /// A local candle model (not available yet).
+    /// A model on this machine (--model FILE.gguf|DIR|ORG/NAME, ± --adapter), JSON replies
+    /// constrained to their shape.
     Local,
 }
 
@@ -222,7 +245,7 @@ impl LlmArgs {
                 }
                 Box::new(self.openai()?)
             }
-            BackendKind::Local => usage!("{}", crate::LOCAL_NOT_AVAILABLE),
+            BackendKind::Local => Box::new(self.local()?),
             BackendKind::Extractive | BackendKind::Auto => Box::new(crate::extractive::Extractive),
         })
     }
@@ -301,18 +324,46 @@ impl LlmArgs {
             model,
             key,
             key_env: self.api_key_env.clone(),
-            params: Params {
-                temperature: self.temperature,
-                max_tokens: self.max_tokens,
-                seed: self.seed,
-                response_format: self.response_format,
-                top_p: self.top_p,
-                top_k: self.top_k,
-                stop: self.stop.clone(),
-            },
+            params: self.params(),
             timeout: Duration::from_secs_f64(self.timeout),
             connections: self.concurrency,
         }))
+    }
+
+    /// The `local` backend from these options: loads the model (and adapter) now.
+    pub fn local(&self) -> Result<crate::local::Local> {
+        let Some(model) = self.model.clone() else {
+            usage!(
+                "the local backend needs --model FILE.gguf|DIR|ORG/NAME (scripts/fetch-smollm2 fetches \
+                 SmolLM2-135M-Instruct and prints its path)"
+            );
+        };
+        let device_spec: DeviceSpec = self.device.parse().map_err(ftkit_core::Usage::of)?;
+        let dtype_spec: DTypeSpec = self.dtype.parse().map_err(ftkit_core::Usage::of)?;
+        let device = open_device(device_spec, &mut |m: &str| ftkit_core::cli::warn(m))?;
+        let dtype = resolve_dtype(dtype_spec, &device);
+        crate::local::Local::new(crate::local::LocalConfig {
+            model,
+            adapter: self.adapter.clone(),
+            params: self.params(),
+            device,
+            dtype,
+            max_batch: self.concurrency,
+            hub: HubOptions::from_env(false),
+        })
+    }
+
+    /// The sampling parameters of these options.
+    fn params(&self) -> Params {
+        Params {
+            temperature: self.temperature,
+            max_tokens: self.max_tokens,
+            seed: self.seed,
+            response_format: self.response_format,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            stop: self.stop.clone(),
+        }
     }
 
     /// Wraps a backend with the cache, limits, retries and budget these options ask for.

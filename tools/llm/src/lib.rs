@@ -4,8 +4,9 @@
 //! - [`openai`]: any OpenAI-compatible chat-completions endpoint, over ureq.
 //! - [`extractive`]: offline, deterministic QA and summaries from the text's own sentences (its module
 //!   docs say exactly how).
-//! - `local`: a candle model, to come with ftkit-model; it implements [`Backend`] from the messages and
-//!   plugs in at [`LlmArgs::backend`] (the `Local` arm), which every tool's backend choice goes through.
+//! - [`local`]: a model on this machine through ftkit-model (GGUF, safetensors, ± a PEFT adapter),
+//!   batched, JSON replies constrained to their shape; chosen at [`LlmArgs::backend`], which every
+//!   tool's backend choice goes through.
 //! - [`client`]: cache, rate limits, retries with backoff and jitter, budgets, lenient parsing, counters.
 //! - [`driver`]: the ordered worker pool the tools stream their records through.
 //! - [`cache`], [`limits`], [`parse`], [`prompts`], [`lang`], [`cli`] (shared clap options).
@@ -19,6 +20,7 @@ pub mod driver;
 pub mod extractive;
 pub mod lang;
 pub mod limits;
+pub mod local;
 pub mod openai;
 pub mod parse;
 pub mod prompts;
@@ -31,7 +33,3 @@ pub use backend::{
 pub use cli::{BackendKind, LlmArgs};
 pub use client::{Client, Failure};
 pub use driver::{Driver, End, Outcome, RunSummary};
-
-/// Why the `local` backend cannot be chosen yet.
-pub const LOCAL_NOT_AVAILABLE: &str = "the local backend is not available yet (it comes with ftkit-model); \
-meanwhile serve the model with llama.cpp, vLLM or Ollama and use --backend openai --base-url http://127.0.0.1:PORT/v1";

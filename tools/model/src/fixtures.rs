@@ -93,6 +93,8 @@ pub struct TinySpec {
     /// Standard deviation of the random weights.
     pub init_std: f64,
     pub seed: u64,
+    /// The context written to `config.json` (and the tokenizer's `model_max_length`).
+    pub max_position_embeddings: usize,
 }
 
 impl TinySpec {
@@ -111,6 +113,7 @@ impl TinySpec {
             shards: 1,
             init_std: 0.1,
             seed,
+            max_position_embeddings: 512,
         }
     }
 
@@ -302,7 +305,7 @@ pub fn write_tiny_model(dir: &Path, spec: &TinySpec) -> Result<()> {
         "num_attention_heads": spec.num_attention_heads,
         "num_key_value_heads": spec.num_key_value_heads,
         "hidden_act": "silu",
-        "max_position_embeddings": 512,
+        "max_position_embeddings": spec.max_position_embeddings,
         "rms_norm_eps": 1e-6,
         "rope_theta": 10000.0,
         "tie_word_embeddings": spec.tie_word_embeddings,
@@ -321,7 +324,7 @@ pub fn write_tiny_model(dir: &Path, spec: &TinySpec) -> Result<()> {
         "bos_token": bos,
         "eos_token": eos,
         "pad_token": specials[0],
-        "model_max_length": 512,
+        "model_max_length": spec.max_position_embeddings,
         "tokenizer_class": tokenizer_class,
         "chat_template": template,
     });

@@ -22,6 +22,8 @@
 //!   `lora_linear` (the whole LoRA layer as one CPU F32 op, default; `CausalLm::set_fused_lora`).
 //! - [`peft`]: `save_adapter`, `load_adapter`, `AdapterConfig::from_lora`,
 //!   `CausalLm::attach_adapter` (resume / continue from PEFT files), `merge_weight`/`merge_into`.
+//! - [`pretrained`]: [`Pretrained::load`]`(spec, hub, dtype, device)`: a model as tools name it,
+//!   with tokenizer, tokenizer config, chat template and digest (ft-train-lora, the local backend).
 //! - [`device`]: `DeviceSpec`/`DTypeSpec` (`FromStr`), `open_device` (auto → CPU fallback with
 //!   a note), `resolve_dtype` (auto: bf16 on CUDA, f32 on CPU). Feature `cuda` builds candle
 //!   with CUDA.
@@ -96,6 +98,7 @@ pub mod mlp;
 pub mod model;
 pub mod ops;
 pub mod peft;
+pub mod pretrained;
 pub mod rng;
 pub mod runtime;
 pub mod source;
@@ -105,6 +108,7 @@ pub use config::{Arch, ModelConfig};
 pub use gguf::GgufFile;
 pub use lora::{LoraConfig, check_gradient_list, check_gradients, parse_targets};
 pub use model::{CausalLm, ForwardOpts, packed_row};
+pub use pretrained::Pretrained;
 pub use source::{HubOptions, ModelFiles, ModelSource, resolve};
 
 /// Load `tokenizer.json`, or rebuild the tokenizer of a `.gguf` file ([`GgufFile::tokenizer`]).

@@ -340,31 +340,7 @@ fn a_directory_with_two_gguf_files_asks_for_one() -> Result<()> {
     Ok(())
 }
 
-/// The real SmolLM2 file: `FTKIT_SMOLLM2`, or where scripts/fetch-smollm2 caches it.
-fn smollm2() -> PathBuf {
-    let path = std::env::var_os("FTKIT_SMOLLM2")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let models = std::env::var_os("FTKIT_MODELS")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    std::env::var_os("XDG_CACHE_HOME")
-                        .map(PathBuf::from)
-                        .unwrap_or_else(|| {
-                            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                                .join(".cache")
-                        })
-                        .join("ftkit/models")
-                });
-            models.join("SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    assert!(
-        path.is_file(),
-        "{}: missing; run scripts/fetch-smollm2 (or set FTKIT_SMOLLM2)",
-        path.display()
-    );
-    path
-}
+use ftkit_testkit::smollm2;
 
 #[test]
 fn smollm2_config_and_types() -> Result<()> {

@@ -2,6 +2,7 @@
 
 use clap::CommandFactory;
 use ftkit_llm::testing::{Fault, FaultRule, ServerConfig, TestServer};
+use ftkit_model::fixtures::{TinySpec, write_tiny_model};
 use ftkit_testkit::{Run, contract::Contract, golden, testdata};
 use serde_json::Value;
 use std::collections::{BTreeSet, HashSet};
@@ -212,9 +213,74 @@ fn usage_errors_and_local_backend() {
         .args(["--backend", "local"])
         .stdin(chunks())
         .run();
-    // A usage error: the backend cannot be chosen yet, nothing was read.
+    // A usage error: the local backend needs a model, nothing was read.
     assert_eq!(out.code, 2);
-    assert!(out.stderr.contains("not available yet"), "{}", out.stderr);
+    assert!(out.stderr.contains("needs --model"), "{}", out.stderr);
+}
+
+/// The local backend on a tiny random model: its replies are constrained to the pairs object, so
+/// every chunk gets pairs however poor the model; usage is counted with the model's tokenizer; a
+/// rerun replays the cache whatever the concurrency, and a fresh run one request at a time writes
+/// the same bytes as the batched one.
+#[test]
+fn local_backend_always_answers_with_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("qa-model");
+    // A long context: the tiny tokenizer spends a token on every few bytes of the prompt.
+    let spec = TinySpec {
+        max_position_embeddings: 4096,
+        ..TinySpec::qwen2(5)
+    };
+    write_tiny_model(&model, &spec).unwrap();
+    let run = |concurrency: &str, cache: bool| {
+        let mut r = Run::new(BIN)
+            .args(["--backend", "local", "--pairs", "2", "--max-tokens", "120"])
+            .args(["--concurrency", concurrency, "--model"])
+            .arg(&model);
+        r = if cache {
+            r.arg("--cache").arg(dir.path().join("cache"))
+        } else {
+            r.arg("--no-cache")
+        };
+        r.stdin(chunks()).run().expect_code(0)
+    };
+    let first = run("4", true);
+    let recs = first.records();
+    let chunk_ids: BTreeSet<&str> = recs
+        .iter()
+        .map(|r| r["chunk_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        chunk_ids.len(),
+        5,
+        "every chunk answered: {}",
+        first.stdout_str()
+    );
+    for r in &recs {
+        for k in ["question", "answer"] {
+            assert!(!r[k].as_str().unwrap().trim().is_empty(), "{k}: {r}");
+        }
+        let g = &r["gen"];
+        assert_eq!(g["backend"], "local");
+        assert_eq!(g["model"], "qa-model");
+        assert_eq!(g["params"]["response_format"], "constrained_json");
+        let out = g["usage"]["completion_tokens"].as_u64().unwrap();
+        assert!((1..=120).contains(&out), "{r}");
+        assert!(g["usage"]["prompt_tokens"].as_u64().unwrap() > 50, "{r}");
+    }
+    assert!(
+        first.stderr.contains("local 5 requests"),
+        "{}",
+        first.stderr
+    );
+    let replay = run("1", true);
+    assert_eq!(replay.stdout, first.stdout);
+    assert!(replay.stderr.contains("5 cache hits"), "{}", replay.stderr);
+    let alone = run("1", false);
+    assert_eq!(
+        alone.stdout, first.stdout,
+        "batched and one at a time differ"
+    );
 }
 
 /// 429 (with Retry-After), 500, timeouts, garbage bodies, prose instead of JSON, and prompts that

@@ -11,7 +11,7 @@ use ftkit_core::io::Output;
 use ftkit_core::{ObjectWriter, RawRecord, usage};
 use ftkit_llm::driver::{Driver, End, Outcome};
 use ftkit_llm::parse::Judgement;
-use ftkit_llm::{CallError, Client, LlmArgs, Task, parse, prompts};
+use ftkit_llm::{BackendKind, CallError, Client, LlmArgs, Task, parse, prompts};
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -21,7 +21,7 @@ pub enum JudgeKind {
     None,
     /// An OpenAI-compatible endpoint grades each pair with a 1-10 rubric.
     Openai,
-    /// A local candle model (not available yet).
+    /// A model on this machine (--model FILE.gguf|DIR|ORG/NAME), its scores constrained to JSON.
     Local,
 }
 
@@ -225,10 +225,14 @@ pub fn run(args: Args) -> Result<()> {
     }
     let client: Option<Client> = match args.judge {
         JudgeKind::None => None,
-        JudgeKind::Local => bail!(ftkit_llm::LOCAL_NOT_AVAILABLE),
-        JudgeKind::Openai => {
+        JudgeKind::Openai | JudgeKind::Local => {
             args.llm.validate()?;
-            Some(args.llm.client(Box::new(args.llm.openai()?))?)
+            let kind = if args.judge == JudgeKind::Local {
+                BackendKind::Local
+            } else {
+                BackendKind::Openai
+            };
+            Some(args.llm.client(args.llm.backend(kind)?)?)
         }
     };
     let mut paths = args.common.paths();

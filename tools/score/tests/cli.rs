@@ -2,6 +2,7 @@
 
 use clap::CommandFactory;
 use ftkit_llm::testing::{Fault, FaultRule, ServerConfig, TestServer};
+use ftkit_model::fixtures::{TinySpec, write_tiny_model};
 use ftkit_testkit::{Run, contract::Contract, golden, testdata};
 use serde_json::Value;
 use std::time::Duration;
@@ -203,11 +204,58 @@ fn llm_judge_scores_and_decides() {
     assert_eq!(again.stdout, out.stdout);
 }
 
+/// A judge on this machine (a tiny random model): its replies are constrained to the scores
+/// object, so every pair gets five scores from 1 to 10 however poor the model; a rerun replays
+/// the cache and changes no byte.
 #[test]
-fn local_judge_is_not_available_yet() {
-    let out = Run::new(BIN).args(["--judge", "local"]).stdin(qa()).run();
-    assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("not available yet"), "{}", out.stderr);
+fn local_judge_always_answers_with_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("judge-model");
+    // A long context: the tiny tokenizer spends a token on every few bytes of the judge's prompt.
+    let spec = TinySpec {
+        max_position_embeddings: 4096,
+        ..TinySpec::qwen2(21)
+    };
+    write_tiny_model(&model, &spec).unwrap();
+    let run = |c: &str| {
+        Run::new(BIN)
+            .args(["--judge", "local", "--max-tokens", "96", "--concurrency", c])
+            .arg("--model")
+            .arg(&model)
+            .arg("--cache")
+            .arg(dir.path().join("cache"))
+            .stdin(qa())
+            .run()
+            .expect_code(0)
+    };
+    let out = run("4");
+    let recs = out.records();
+    assert_eq!(recs.len(), 7);
+    let mut judged = 0;
+    for r in recs.iter().filter(|r| r["kind"] != "summary") {
+        let j = &r["score"]["judge"];
+        assert_eq!(j["backend"], "local", "{r}");
+        assert_eq!(j["model"], "judge-model", "{r}");
+        for k in ["relevance", "accuracy", "clarity", "grounding", "overall"] {
+            let v = j[k].as_f64().unwrap_or(-1.0);
+            assert!((1.0..=10.0).contains(&v), "{k}: {r}");
+        }
+        assert_eq!(r["score"]["overall"], j["overall"]);
+        judged += 1;
+    }
+    assert!(judged >= 5, "{}", out.stdout_str());
+    assert!(out.stderr.contains("judge: local"), "{}", out.stderr);
+    let again = run("1");
+    assert_eq!(again.stdout, out.stdout);
+    assert!(
+        again.stderr.contains(&format!("{judged} cache hits")),
+        "{}",
+        again.stderr
+    );
+    // No model named: a usage error before anything is read.
+    let none = Run::new(BIN).args(["--judge", "local"]).stdin(qa()).run();
+    assert_eq!(none.code, 2, "{}", none.stderr);
+    assert!(none.stderr.contains("--model"), "{}", none.stderr);
 }
 
 #[test]

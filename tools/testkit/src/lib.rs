@@ -28,6 +28,32 @@ pub fn testdata(tool: &str, name: &str) -> PathBuf {
     workspace_root().join("testdata").join(tool).join(name)
 }
 
+/// The real SmolLM2-135M-Instruct GGUF of the tests that need a real model: `$FTKIT_SMOLLM2`, or
+/// where scripts/fetch-smollm2 caches it (`${FTKIT_MODELS:-${XDG_CACHE_HOME:-~/.cache}/ftkit/models}`).
+/// Panics with the fix when it is missing: such a test fails, it never passes silently.
+pub fn smollm2() -> PathBuf {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let path = env("FTKIT_SMOLLM2").unwrap_or_else(|| {
+        env("FTKIT_MODELS")
+            .unwrap_or_else(|| {
+                env("XDG_CACHE_HOME")
+                    .unwrap_or_else(|| env("HOME").unwrap_or_default().join(".cache"))
+                    .join("ftkit/models")
+            })
+            .join("SmolLM2-135M-Instruct.Q4_1.gguf")
+    });
+    assert!(
+        path.is_file(),
+        "{}: missing; run scripts/fetch-smollm2 (or set FTKIT_SMOLLM2)",
+        path.display()
+    );
+    path
+}
+
 /// The outcome of one run.
 #[derive(Debug)]
 pub struct Outcome {

@@ -1,0 +1,63 @@
+//! A model as the tools name it (`--model DIR|FILE.gguf|ORG/NAME[@REV]`), loaded with everything a
+//! tool needs around the weights: tokenizer, tokenizer config, chat template, and the files' digest.
+//! ft-train-lora and the local generation backend load through here, so a model means the same
+//! thing to both.
+
+use crate::chat::{ChatTemplate, TokenizerConfig};
+use crate::model::CausalLm;
+use crate::source::{HubOptions, ModelFiles, ModelSource, resolve};
+use anyhow::{Context, Result};
+use candle_core::{DType, Device};
+use tokenizers::Tokenizer;
+
+pub struct Pretrained {
+    pub model: CausalLm,
+    pub tokenizer: Tokenizer,
+    pub tokenizer_config: TokenizerConfig,
+    pub template: ChatTemplate,
+    pub files: ModelFiles,
+    /// SHA-256 over the model's files ([`ModelFiles::digest`]): its identity wherever it lies.
+    pub sha256: String,
+}
+
+impl Pretrained {
+    /// Resolves `spec` (a folder, a `.gguf` file or a hub id) and loads weights (mmap; a GGUF's
+    /// dequantized into `dtype`), tokenizer and chat template.
+    pub fn load(spec: &str, hub: &HubOptions, dtype: DType, device: &Device) -> Result<Self> {
+        let source = ModelSource::parse(spec)?;
+        let files = resolve(&source, hub)?;
+        let sha256 = files.digest()?;
+        let model = CausalLm::from_files(&files, dtype, device)?;
+        let tokenizer = crate::load_tokenizer(&files.tokenizer)?;
+        let tokenizer_config = TokenizerConfig::load(
+            files.tokenizer_config.as_deref(),
+            files.chat_template.as_deref(),
+        )?;
+        let template = ChatTemplate::from_config(&tokenizer_config)
+            .with_context(|| format!("{spec}: chat template"))?;
+        Ok(Self {
+            model,
+            tokenizer,
+            tokenizer_config,
+            template,
+            files,
+            sha256,
+        })
+    }
+
+    /// The padding id: the tokenizer config's pad token, else its eos token, else 0 (padded
+    /// positions are masked, so any id works; these keep the tensors readable).
+    pub fn pad_id(&self) -> u32 {
+        let cfg = &self.tokenizer_config;
+        [&cfg.pad_token, &cfg.eos_token]
+            .into_iter()
+            .flatten()
+            .find_map(|t| self.tokenizer.token_to_id(t))
+            .unwrap_or(0)
+    }
+
+    /// Token ids that end a reply ([`crate::generate::default_eos_ids`]).
+    pub fn eos_ids(&self) -> Vec<u32> {
+        crate::generate::default_eos_ids(&self.model, &self.tokenizer, Some(&self.tokenizer_config))
+    }
+}
