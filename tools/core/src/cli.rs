@@ -22,6 +22,20 @@ pub fn warn(message: impl std::fmt::Display) {
     eprintln!("{}: {}", tool_name(), escape_controls(&message.to_string()));
 }
 
+/// [`warn`] for a message of several lines (a report): the first after the tool's name, the
+/// others as they are, each with its control characters escaped.
+pub fn warn_lines(message: impl std::fmt::Display) {
+    let text = message.to_string();
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or_default();
+    let mut out = format!("{}: {}\n", tool_name(), escape_controls(first));
+    for line in lines {
+        out.push_str(&escape_controls(line));
+        out.push('\n');
+    }
+    eprint!("{out}");
+}
+
 /// `text` with its control characters escaped (`\n`, `\r`, `\t`, `\u{1b}`), so that a file name or
 /// a field value cannot break a message into forged lines or send terminal escape sequences.
 /// Backslashes stay as they are: escaping twice changes nothing.

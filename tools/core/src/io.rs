@@ -194,29 +194,46 @@ pub fn stdout_closed() -> bool {
 /// SIGINT/SIGTERM it is removed too, and a later run of the same destination removes one left by a
 /// killed writer ([`crate::temp`]). The file gets the mode a shell's `> file` gives (0666 less the
 /// umask), and its data reach the disk before the rename: a failed fsync is an error.
+///
+/// A destination that exists and is neither a regular file nor a folder (`/dev/null`, a FIFO,
+/// `/dev/stderr`, a shell's `>(...)`) is written in place: renaming over it would replace the
+/// device with a file (as root, `/dev/null` itself), and a stream has no half-written state.
 pub struct AtomicFile {
     path: PathBuf,
-    temp: tempfile::NamedTempFile,
+    /// `None`: a device or pipe written in place.
+    temp: Option<(tempfile::NamedTempFile, Live)>,
     pub writer: io::BufWriter<File>,
-    _live: Live,
 }
 
 impl AtomicFile {
     pub fn create(path: &Path) -> Result<Self> {
+        if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .with_context(|| format!("{}: cannot open for writing", path.display()))?;
+            return Ok(Self {
+                path: path.to_path_buf(),
+                temp: None,
+                writer: io::BufWriter::with_capacity(READ_BUF, file),
+            });
+        }
         // The kernel applies the umask to this mode, as for `> file`.
         let (temp, live) = temporary(path, 0o666, |b, dir| b.tempfile_in(dir), |t| t.path())?;
         let writer = io::BufWriter::with_capacity(READ_BUF, temp.reopen()?);
         Ok(Self {
             path: path.to_path_buf(),
-            temp,
+            temp: Some((temp, live)),
             writer,
-            _live: live,
         })
     }
 
-    /// A second handle on the temporary file (for writers that wrap it, like zstd).
+    /// A second handle on the file being written (for writers that wrap it, like zstd).
     fn file(&self) -> io::Result<File> {
-        self.temp.reopen()
+        match &self.temp {
+            Some((temp, _)) => temp.reopen(),
+            None => self.writer.get_ref().try_clone(),
+        }
     }
 
     pub fn commit(mut self) -> Result<()> {
@@ -224,12 +241,13 @@ impl AtomicFile {
         self.writer
             .flush()
             .with_context(|| format!("{shown}: cannot write"))?;
-        self.temp
-            .as_file()
+        let Some((temp, _live)) = self.temp.take() else {
+            return Ok(());
+        };
+        temp.as_file()
             .sync_all()
             .with_context(|| format!("{shown}: cannot write (fsync)"))?;
-        self.temp
-            .persist(&self.path)
+        temp.persist(&self.path)
             .map_err(|e| e.error)
             .with_context(|| format!("{shown}: cannot rename into place"))?;
         sync_folder(dir_and_name(&self.path)?.0)
@@ -362,6 +380,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fifo_is_written_in_place_and_stays_a_fifo() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let fifo = dir.path().join("pipe");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status()?;
+        assert!(made.success(), "mkfifo failed");
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::read(fifo))
+        };
+        write_atomic(&fifo, b"{\"a\":1}\n")?;
+        assert_eq!(reader.join().expect("reader")?, b"{\"a\":1}\n");
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::metadata(&fifo)?.file_type().is_fifo());
+        // Nothing else was created beside it.
+        assert_eq!(std::fs::read_dir(dir.path())?.count(), 1);
+        Ok(())
+    }
 
     #[test]
     fn zstd_is_sniffed_and_plain_passes() -> Result<()> {

@@ -63,6 +63,29 @@ pub struct Params {
     pub top_k: Option<u32>,
     /// Stop strings; empty: not sent.
     pub stop: Vec<String>,
+    /// Penalty on tokens already generated (sent as `repetition_penalty`: vLLM and DashScope read
+    /// it); `None`: not sent.
+    pub repetition_penalty: Option<f32>,
+}
+
+impl Params {
+    /// Adds the optional parameters that are set to a request body. Only those: the body of a run
+    /// without them (its cache key) stays what it was before they existed.
+    pub fn insert_optional(&self, obj: &mut serde_json::Map<String, serde_json::Value>) {
+        use serde_json::json;
+        if let Some(top_p) = self.top_p {
+            obj.insert("top_p".into(), json!(top_p));
+        }
+        if let Some(top_k) = self.top_k {
+            obj.insert("top_k".into(), json!(top_k));
+        }
+        if !self.stop.is_empty() {
+            obj.insert("stop".into(), json!(self.stop));
+        }
+        if let Some(penalty) = self.repetition_penalty {
+            obj.insert("repetition_penalty".into(), json!(penalty));
+        }
+    }
 }
 
 impl Default for Params {
@@ -75,6 +98,7 @@ impl Default for Params {
             top_p: None,
             top_k: None,
             stop: Vec::new(),
+            repetition_penalty: None,
         }
     }
 }

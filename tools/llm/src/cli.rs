@@ -87,6 +87,17 @@ pub struct LlmArgs {
     #[arg(long, value_name = "K", help_heading = "Model")]
     pub top_k: Option<u32>,
 
+    /// Penalise tokens the reply already holds: their logits are divided by X (> 1 discourages
+    /// loops, which small local models fall into; 1 = off). Sent as `repetition_penalty` (vLLM,
+    /// DashScope); the local backend counts the reply's tokens only, not the prompt's.
+    #[arg(
+        long,
+        visible_alias = "repeat-penalty",
+        value_name = "X",
+        help_heading = "Model"
+    )]
+    pub repetition_penalty: Option<f32>,
+
     /// Stop the reply before this string (repeatable; OpenAI takes at most 4).
     #[arg(long, value_name = "TEXT", help_heading = "Model")]
     pub stop: Vec<String>,
@@ -282,6 +293,12 @@ impl LlmArgs {
         if self.top_k == Some(0) {
             usage!("--top-k must be at least 1");
         }
+        if self
+            .repetition_penalty
+            .is_some_and(|x| !(x.is_finite() && x > 0.0))
+        {
+            usage!("--repetition-penalty must be above 0");
+        }
         if self.stop.iter().any(String::is_empty) {
             usage!("--stop wants a non-empty string");
         }
@@ -363,6 +380,7 @@ impl LlmArgs {
             top_p: self.top_p,
             top_k: self.top_k,
             stop: self.stop.clone(),
+            repetition_penalty: self.repetition_penalty,
         }
     }
 

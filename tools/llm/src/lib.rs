@@ -18,6 +18,7 @@ pub mod cli;
 pub mod client;
 pub mod driver;
 pub mod extractive;
+mod judge_scores;
 pub mod lang;
 pub mod limits;
 pub mod local;

@@ -4,6 +4,8 @@
 //! Replies that must be JSON (QA pairs, summaries, judgements) are decoded under a
 //! [`JsonConstraint`]: every token keeps the text a prefix of the expected object and leaves room to
 //! close it within `--max-tokens`, so even a 135M model always answers with JSON the parser takes.
+//! A judgement's scores are then replaced by the probability-weighted mean of the scores the model
+//! could have written ([`crate::judge_scores`]).
 //! Free text (ft-generate) is decoded as is, with stop strings and EOS.
 //!
 //! The tools' worker threads (`--concurrency`) each block in [`Backend::send`]; one engine thread
@@ -15,6 +17,7 @@
 //! batching may change and that can flip a near tie (`--concurrency 1` decodes one at a time).
 
 use crate::backend::{Backend, CallError, Params, Reply, Request, Task, Usage};
+use crate::judge_scores::{ScoreTokens, pending_key, reweigh};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use ftkit_model::Pretrained;
@@ -59,6 +62,8 @@ struct Pending {
     prompt: Vec<u32>,
     /// The reply's JSON shape, `None` for free text.
     constraint: Option<Arc<JsonConstraint>>,
+    /// A judgement: its scores become probability-weighted ([`crate::judge_scores`]).
+    weigh: bool,
     seed: u64,
     answer: mpsc::Sender<Result<Decoded, String>>,
 }
@@ -125,6 +130,7 @@ impl Local {
         }
         let eos = lm.eos_ids();
         let vocab = TokenBytes::from_tokenizer(&lm.tokenizer, &eos)?;
+        let scores = ScoreTokens::new(&vocab);
         let context = lm.model.config.max_position_embeddings;
         let lm = Arc::new(lm);
         let (tx, rx) = mpsc::channel::<Pending>();
@@ -133,7 +139,7 @@ impl Local {
             let (params, max_batch) = (cfg.params.clone(), cfg.max_batch.max(1));
             std::thread::Builder::new()
                 .name("ftkit-local".into())
-                .spawn(move || engine(&lm, eos, &params, max_batch, &rx))
+                .spawn(move || engine(&lm, eos, &scores, &params, max_batch, &rx))
                 .context("cannot start the local model's thread")?
         };
         Ok(Self {
@@ -155,9 +161,12 @@ impl Local {
             Task::Qa { n, .. } => Some((format!("qa_pairs/{n}"), Shape::qa_pairs(*n, MAX_STRING))),
             Task::Summary { .. } => Some((
                 "summary".into(),
-                Shape::object(&[("summary", Shape::non_blank_string(MAX_STRING))]),
+                Shape::object(&[("summary", Shape::wordy_string(MAX_STRING))]),
             )),
-            Task::Judge { .. } => Some(("judgement".into(), Shape::judge_scores(MAX_RATIONALE))),
+            Task::Judge { .. } => Some((
+                "judgement/weighted".into(),
+                Shape::judge_scores(MAX_RATIONALE),
+            )),
             Task::Generate { .. } => None,
         }
     }
@@ -256,15 +265,7 @@ impl Backend for Local {
             "response_format": if Self::shape(&req.task).is_some() { "constrained_json" } else { "none" },
         });
         if let Some(obj) = params.as_object_mut() {
-            if let Some(top_p) = p.top_p {
-                obj.insert("top_p".into(), json!(top_p));
-            }
-            if let Some(top_k) = p.top_k {
-                obj.insert("top_k".into(), json!(top_k));
-            }
-            if !p.stop.is_empty() {
-                obj.insert("stop".into(), json!(p.stop));
-            }
+            p.insert_optional(obj);
         }
         params
     }
@@ -279,6 +280,7 @@ impl Backend for Local {
         let pending = Pending {
             prompt,
             constraint,
+            weigh: matches!(req.task, Task::Judge { .. }),
             seed: sequence_seed(self.params.seed.wrapping_add(u64::from(req.attempt)), 0),
             answer,
         };
@@ -320,6 +322,7 @@ impl Backend for Local {
 fn engine(
     lm: &Pretrained,
     eos: Vec<u32>,
+    scores: &ScoreTokens,
     params: &Params,
     max_batch: usize,
     queue: &mpsc::Receiver<Pending>,
@@ -331,6 +334,7 @@ fn engine(
             temperature: f64::from(params.temperature),
             top_p: params.top_p.map_or(1.0, f64::from),
             top_k: params.top_k.map_or(0, |k| k as usize),
+            repetition_penalty: params.repetition_penalty.unwrap_or(1.0),
         },
         seed: 0,
         stop,
@@ -353,14 +357,14 @@ fn engine(
             batch.into_iter().partition(|p| p.constraint.is_some());
         for (group, opts) in [(json, &constrained), (text, &free)] {
             if !group.is_empty() {
-                decode(&generator, group, opts);
+                decode(&generator, scores, group, opts);
             }
         }
     }
 }
 
 /// Decodes one batch and answers every request in it.
-fn decode(generator: &Generator, batch: Vec<Pending>, opts: &GenOptions) {
+fn decode(generator: &Generator, scores: &ScoreTokens, batch: Vec<Pending>, opts: &GenOptions) {
     let prompts: Vec<Vec<u32>> = batch.iter().map(|p| p.prompt.clone()).collect();
     let seeds: Vec<u64> = batch.iter().map(|p| p.seed).collect();
     let mut guide = Guide {
@@ -369,20 +373,27 @@ fn decode(generator: &Generator, batch: Vec<Pending>, opts: &GenOptions) {
             .map(|p| p.constraint.as_ref().map(JsonConstraint::start))
             .collect(),
         max_new_tokens: opts.max_new_tokens,
+        scores,
+        weighted: batch.iter().map(|p| p.weigh.then(Vec::new)).collect(),
     };
     match generator.generate_seeded(&prompts, &seeds, opts, Some(&mut guide)) {
         Ok(outs) => {
-            for ((p, out), state) in batch.into_iter().zip(outs).zip(guide.states) {
-                let reply = match state {
-                    Some(s) if !s.is_complete() => Err(format!(
+            let done = guide.states.into_iter().zip(guide.weighted);
+            for ((p, out), (state, weighted)) in batch.into_iter().zip(outs).zip(done) {
+                let json = match (state, weighted) {
+                    (Some(s), _) if !s.is_complete() => Err(format!(
                         "the json reply is incomplete after {} tokens",
                         out.completion_tokens
                     )),
-                    state => Ok(Decoded {
-                        json: state.map(|s| s.text().to_vec()),
-                        generation: out,
-                    }),
+                    (Some(s), Some(w)) => reweigh(s.text(), &w)
+                        .map(Some)
+                        .ok_or_else(|| "cannot weigh the judgement's scores".to_string()),
+                    (state, _) => Ok(state.map(|s| s.text().to_vec())),
                 };
+                let reply = json.map(|json| Decoded {
+                    json,
+                    generation: out,
+                });
                 let _ = p.answer.send(reply);
             }
         }
@@ -394,16 +405,29 @@ fn decode(generator: &Generator, batch: Vec<Pending>, opts: &GenOptions) {
     }
 }
 
-/// The JSON constraints of a batch's sequences (`None`: free text).
-struct Guide {
+/// The JSON constraints of a batch's sequences (`None`: free text), and the weighted scores of
+/// its judgements (`None`: not a judgement).
+struct Guide<'a> {
     states: Vec<Option<ConstraintState>>,
     max_new_tokens: usize,
+    scores: &'a ScoreTokens,
+    weighted: Vec<Option<Vec<(&'static str, f64)>>>,
 }
 
-impl LogitsProcessor for Guide {
+impl LogitsProcessor for Guide<'_> {
     fn mask(&mut self, seq: usize, generated: &[u32], allowed: &mut [bool]) -> Result<()> {
         if let Some(s) = &self.states[seq] {
             s.allowed(self.max_new_tokens - generated.len(), allowed);
+        }
+        Ok(())
+    }
+
+    fn observe(&mut self, seq: usize, logits: &[f32]) -> Result<()> {
+        if let (Some(state), Some(weighted)) = (&self.states[seq], &mut self.weighted[seq])
+            && let Some(key) = pending_key(state.text())
+            && let Some(score) = self.scores.expectation(logits)
+        {
+            weighted.push((key, score));
         }
         Ok(())
     }

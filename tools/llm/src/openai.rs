@@ -103,16 +103,7 @@ impl OpenAi {
             "seed": p.seed.wrapping_add(u64::from(req.attempt)),
         });
         if let Some(obj) = body.as_object_mut() {
-            // Only when set, so the body (the cache key) of a run without them does not change.
-            if let Some(top_p) = p.top_p {
-                obj.insert("top_p".into(), json!(top_p));
-            }
-            if let Some(top_k) = p.top_k {
-                obj.insert("top_k".into(), json!(top_k));
-            }
-            if !p.stop.is_empty() {
-                obj.insert("stop".into(), json!(p.stop));
-            }
+            p.insert_optional(obj);
         }
         let format = match (effective_format(p, req), &req.schema) {
             (ResponseFormat::None, _) => None,
@@ -217,15 +208,7 @@ impl Backend for OpenAi {
             "response_format": format,
         });
         if let Some(obj) = params.as_object_mut() {
-            if let Some(top_p) = p.top_p {
-                obj.insert("top_p".into(), json!(top_p));
-            }
-            if let Some(top_k) = p.top_k {
-                obj.insert("top_k".into(), json!(top_k));
-            }
-            if !p.stop.is_empty() {
-                obj.insert("stop".into(), json!(p.stop));
-            }
+            p.insert_optional(obj);
         }
         params
     }

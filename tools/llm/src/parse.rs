@@ -99,13 +99,18 @@ pub fn qa_pairs(text: &str) -> Result<Vec<(String, String)>, String> {
             .and_then(Value::as_str);
         if let (Some(q), Some(a)) = (q, a) {
             let (q, a) = (q.trim(), a.trim());
-            if !q.is_empty() && !a.is_empty() {
+            // Small models copy the prompt's `"..."` placeholders: text without a letter or a
+            // digit says nothing.
+            let says_something = |s: &str| s.chars().any(char::is_alphanumeric);
+            if says_something(q) && says_something(a) {
                 pairs.push((q.to_string(), a.to_string()));
             }
         }
     }
     if pairs.is_empty() {
-        return Err("no pair with a non-empty question and answer in the output".into());
+        return Err(
+            "no pair with a question and an answer (letters or digits) in the output".into(),
+        );
     }
     Ok(pairs)
 }
@@ -191,6 +196,13 @@ mod tests {
         assert!(qa_pairs("{\"pairs\": []}").is_err());
         // A comma inside a string before a brace stays.
         assert_eq!(remove_trailing_commas("{\"a\":\",}\",}"), "{\"a\":\",}\"}");
+    }
+
+    #[test]
+    fn placeholder_pairs_are_dropped() {
+        let t = r#"{"pairs":[{"question":"...","answer":"..."},{"question":"Why 42?","answer":" - "},{"question":"Who?","answer":"Ada, 1843."}]}"#;
+        assert_eq!(qa_pairs(t), Ok(vec![("Who?".into(), "Ada, 1843.".into())]));
+        assert!(qa_pairs(r#"{"pairs":[{"question":"...","answer":"..."}]}"#).is_err());
     }
 
     #[test]

@@ -111,15 +111,15 @@ fn id_of(vocab: &TokenBytes, piece: &[u8]) -> u32 {
         .expect("piece in vocabulary")
 }
 
-fn check_string(v: &Value, max_len: usize, non_blank: bool) -> Result<(), String> {
+fn check_string(v: &Value, max_len: usize, wordy: bool) -> Result<(), String> {
     let s = v.as_str().ok_or("not a string")?;
     // The cap counts the JSON body's bytes, escapes included.
     let body = serde_json::to_string(s).map_err(|e| e.to_string())?.len() - 2;
     if body > max_len {
         return Err(format!("string body of {body} bytes > {max_len}"));
     }
-    if non_blank && s.trim().is_empty() {
-        return Err("blank string".into());
+    if wordy && !s.chars().any(char::is_alphanumeric) {
+        return Err("no letter or digit in a string that needs one".into());
     }
     Ok(())
 }
@@ -381,6 +381,9 @@ fn known_texts_are_accepted_token_by_token_and_close_only_when_complete() {
         b"question",
         b"\":\"",
         b"\\\"",
+        b"?",
+        b"\\u",
+        b"00e9",
         b"\"",
         b",\"",
         b"answer",
@@ -406,7 +409,7 @@ fn known_texts_are_accepted_token_by_token_and_close_only_when_complete() {
     s.advance(eos).expect("eos once complete");
     let v = parse(s.text());
     assert_eq!(v["pairs"][0]["answer"], "中文中\né");
-    assert_eq!(v["pairs"][1]["question"], "\"");
+    assert_eq!(v["pairs"][1]["question"], "\"?é");
 
     let j = JsonConstraint::new(&Shape::judge_scores(30), &vocab).expect("compiles");
     let text = br#"{"relevance":10,"accuracy":8.5,"clarity":1,"grounding":9.0,"overall":7,"rationale":""}"#;
@@ -449,6 +452,9 @@ fn invalid_continuations_are_masked() {
     assert_refused(&qa, &vocab, q, b"\""); // a blank question
     assert_refused(&qa, &vocab, br#"{"pairs":[{"question":"  "#, b"\"");
     assert_refused(&qa, &vocab, br#"{"pairs":[{"question":"\n"#, b"\"");
+    // A prompt's placeholder copied says nothing: a letter or digit is required.
+    assert_refused(&qa, &vocab, br#"{"pairs":[{"question":"..."#, b"\"");
+    assert_refused(&qa, &vocab, br#"{"pairs":[{"question":"- \u00a0"#, b"\"");
     assert_refused(&qa, &vocab, q, b"\n"); // raw control character
     // A \u escape, but not \ud83d (a lone surrogate).
     assert_refused(&qa, &vocab, br#"{"pairs":[{"question":"\u"#, b"d83d");

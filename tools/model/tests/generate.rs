@@ -172,6 +172,7 @@ fn sampled(seed: u64) -> GenOptions {
             temperature: 1.0,
             top_p: 0.95,
             top_k: 50,
+            ..Sampling::default()
         },
         seed,
         ..GenOptions::default()

@@ -39,7 +39,7 @@ const AFTER_HELP: &str = "\
 Examples:
   ft-qa-synth --keep-context chunks.jsonl | ft-score --report score.json | ft-filter --min-score 7
 
-  # with an LLM judge (its overall score decides the verdict)
+  # with an LLM judge (its overall score decides the verdict; --judge-weight blends it with the heuristic)
   ft-score --judge openai --model gpt-4o-mini --chunks chunks.jsonl qa.jsonl -o scored.jsonl
 
 Heuristic score = 1 + 9 x the weighted mean of these checks (each 0 to 1), rounded to 0.1:
@@ -88,6 +88,12 @@ pub struct Args {
     /// LLM judge.
     #[arg(long, value_enum, default_value_t = JudgeKind::None, value_name = "NAME")]
     pub judge: JudgeKind,
+
+    /// Share of the judge's overall score in the record's overall score, the heuristic score
+    /// taking the rest (1: the judge decides; a small local judge that barely tells pairs apart
+    /// deserves less).
+    #[arg(long, value_name = "W", default_value_t = 1.0)]
+    pub judge_weight: f64,
 
     /// Overall score at or above which the verdict is `pass`.
     #[arg(long = "pass", value_name = "SCORE", default_value_t = 8.0)]
@@ -216,6 +222,9 @@ pub fn run(args: Args) -> Result<()> {
     if !(1.0..=10.0).contains(&args.pass_at) || !(1.0..=10.0).contains(&args.review_at) {
         usage!("--pass and --review are scores from 1 to 10");
     }
+    if !(0.0..=1.0).contains(&args.judge_weight) {
+        usage!("--judge-weight is a share from 0 to 1");
+    }
     if args.review_at > args.pass_at {
         usage!(
             "--review ({}) must not exceed --pass ({})",
@@ -258,7 +267,7 @@ pub fn run(args: Args) -> Result<()> {
         workers,
         tool: "ft-score",
     };
-    let (pass_at, review_at) = (args.pass_at, args.review_at);
+    let (pass_at, review_at, judge_weight) = (args.pass_at, args.review_at, args.judge_weight);
     let (summary, end) = driver.run(
         &mut out,
         |line: &str| {
@@ -285,7 +294,7 @@ pub fn run(args: Args) -> Result<()> {
                 context,
             })
         },
-        |job: Job| score_one(&job, client.as_ref(), pass_at, review_at),
+        |job: Job| score_one(&job, client.as_ref(), pass_at, review_at, judge_weight),
         |(overall, verdict)| dist.add(overall, verdict),
         || client.as_ref().is_some_and(Client::budget_exhausted),
     )?;
@@ -308,7 +317,7 @@ pub fn run(args: Args) -> Result<()> {
         ftkit_core::io::write_atomic(path, &bytes)?;
     }
     if !args.common.run.quiet {
-        warn(dist.text(judge));
+        ftkit_core::cli::warn_lines(dist.text(judge));
         if no_context > 0 {
             warn(format!(
                 "{no_context} records had no context (give --chunks or use ft-qa-synth --keep-context): grounding not checked"
@@ -337,6 +346,7 @@ fn score_one(
     client: Option<&Client>,
     pass_at: f64,
     review_at: f64,
+    judge_weight: f64,
 ) -> Outcome<(f64, Verdict)> {
     let Ok(rec) = RawRecord::parse(&job.line) else {
         return Outcome::Failed {
@@ -381,7 +391,11 @@ fn score_one(
             }
         }
     }
-    let overall = judged.as_ref().map_or(heuristic, |(j, _, _)| j.overall);
+    let overall = judged.as_ref().map_or(heuristic, |(j, _, _)| {
+        // Two decimals: a blend of one-decimal scores, without float noise in the output.
+        let blend = judge_weight * j.overall + (1.0 - judge_weight) * heuristic;
+        (blend * 100.0).round() / 100.0
+    });
     let verdict = if overall >= pass_at {
         Verdict::Pass
     } else if overall >= review_at {

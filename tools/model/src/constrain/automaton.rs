@@ -45,12 +45,12 @@ pub(crate) enum Frame {
         count: u16,
         stage: ArrStage,
     },
-    /// `len` body bytes so far; `non_blank`: a non-whitespace character was written.
+    /// `len` body bytes so far; `wordy`: a letter or digit was written.
     Str {
         node: u16,
         len: u16,
         stage: StrStage,
-        non_blank: bool,
+        wordy: bool,
     },
     /// Integer part `int` with `digits` digits; `frac`: 0 no dot, 1 dot, 1 + k decimals.
     Num {
@@ -92,7 +92,7 @@ fn initial(c: &Compiled, node: u16) -> Frame {
             node,
             len: 0,
             stage: StrStage::Open,
-            non_blank: false,
+            wordy: false,
         },
         Node::Num { .. } => Frame::Num {
             node,
@@ -115,8 +115,9 @@ fn initial(c: &Compiled, node: u16) -> Frame {
     }
 }
 
-fn is_space(cp: u32) -> bool {
-    char::from_u32(cp).is_some_and(char::is_whitespace)
+/// What a required string must hold at least one of (`"..."` or `" - "` say nothing).
+fn is_word(cp: u32) -> bool {
+    char::from_u32(cp).is_some_and(char::is_alphanumeric)
 }
 
 /// Whether some number in `min..=max` spells `int` (of `n` digits) followed by more digits, and
@@ -247,11 +248,11 @@ impl Stack {
                     node,
                     len,
                     stage,
-                    non_blank,
+                    wordy,
                 } => {
                     let Node::Str {
                         max,
-                        non_blank: need_non_blank,
+                        wordy: need_word,
                     } = c.nodes[*node as usize]
                     else {
                         return false;
@@ -263,7 +264,7 @@ impl Stack {
                         }
                         StrStage::Body => match b {
                             b'"' => {
-                                if need_non_blank && !*non_blank {
+                                if need_word && !*wordy {
                                     return false;
                                 }
                                 self.pop();
@@ -271,7 +272,7 @@ impl Stack {
                             }
                             b'\\' => *stage = StrStage::Esc,
                             0..=0x1f => return false,
-                            0x20..=0x7f => *non_blank |= b != b' ',
+                            0x20..=0x7f => *wordy |= b.is_ascii_alphanumeric(),
                             0xc2..=0xdf => {
                                 *stage = StrStage::Utf8 {
                                     need: 1,
@@ -323,7 +324,7 @@ impl Stack {
                                 *stage = StrStage::Hex { done: 0, cp: 0 };
                             } else {
                                 *stage = StrStage::Body;
-                                *non_blank |= !is_space(ch as u32);
+                                *wordy |= is_word(ch as u32);
                             }
                         }
                         StrStage::Hex { done, cp } => {
@@ -338,7 +339,7 @@ impl Stack {
                             let cp = cp * 16 + v;
                             if done == 3 {
                                 *stage = StrStage::Body;
-                                *non_blank |= !is_space(cp);
+                                *wordy |= is_word(cp);
                             } else {
                                 *stage = StrStage::Hex { done: done + 1, cp };
                             }
@@ -350,7 +351,7 @@ impl Stack {
                             let cp = (cp << 6) | (b & 0x3f) as u32;
                             if need == 1 {
                                 *stage = StrStage::Body;
-                                *non_blank |= !is_space(cp);
+                                *wordy |= is_word(cp);
                             } else {
                                 *stage = StrStage::Utf8 {
                                     need: need - 1,
@@ -363,7 +364,7 @@ impl Stack {
                     }
                     *len += 1;
                     // What the body still needs must fit under the cap.
-                    let need = Self::str_body_need(*stage, *non_blank, need_non_blank);
+                    let need = Self::str_body_need(*stage, *wordy, need_word);
                     return (*len as u32 + need) <= max as u32;
                 }
                 Frame::Num {
@@ -450,7 +451,7 @@ impl Stack {
     }
 
     /// For a string in its body (no escape or character pending): its length, whether it is
-    /// non-blank, its cap and whether it must be non-blank.
+    /// wordy, its cap and whether it must be.
     pub fn string_body(&self, c: &Compiled) -> Option<(u16, bool, u16, bool)> {
         let top = self.depth.checked_sub(1)?;
         match self.frames[top as usize] {
@@ -458,25 +459,24 @@ impl Stack {
                 node,
                 len,
                 stage: StrStage::Body,
-                non_blank,
+                wordy,
             } => match c.nodes[node as usize] {
-                Node::Str {
-                    max,
-                    non_blank: need,
-                } => Some((len, non_blank, max, need)),
+                Node::Str { max, wordy: need } => Some((len, wordy, max, need)),
                 _ => None,
             },
             _ => None,
         }
     }
 
-    fn str_body_need(stage: StrStage, non_blank: bool, need_non_blank: bool) -> u32 {
+    fn str_body_need(stage: StrStage, wordy: bool, need_word: bool) -> u32 {
         match stage {
             StrStage::Open => 0,
-            StrStage::Body => (need_non_blank && !non_blank) as u32,
-            StrStage::Esc => 1,
-            StrStage::Hex { done, .. } => 4 - done as u32,
-            StrStage::Utf8 { need, .. } => need as u32,
+            StrStage::Body => (need_word && !wordy) as u32,
+            // What is pending may not end up a letter or digit: one more byte (an ASCII letter)
+            // is owed then. An upper bound, and one byte less after each cheapest step.
+            StrStage::Esc => 1 + (need_word && !wordy) as u32,
+            StrStage::Hex { done, .. } => 4 - done as u32 + (need_word && !wordy) as u32,
+            StrStage::Utf8 { need, .. } => need as u32 + (need_word && !wordy) as u32,
         }
     }
 
@@ -515,22 +515,14 @@ impl Stack {
                     }
                 }
                 Frame::Str {
-                    node,
-                    stage,
-                    non_blank,
-                    ..
+                    node, stage, wordy, ..
                 } => {
-                    let Node::Str {
-                        non_blank: need, ..
-                    } = c.nodes[node as usize]
-                    else {
+                    let Node::Str { wordy: need, .. } = c.nodes[node as usize] else {
                         continue;
                     };
                     match stage {
                         StrStage::Open => 2 + need as u32,
-                        // An escape or character in progress can always end non-blank.
-                        StrStage::Body => 1 + (need && !non_blank) as u32,
-                        s => Self::str_body_need(s, true, false) + 1,
+                        s => Self::str_body_need(s, wordy, need) + 1,
                     }
                 }
                 Frame::Num {
@@ -585,7 +577,7 @@ impl Stack {
                 node,
                 len,
                 stage,
-                non_blank,
+                wordy,
             } = &mut key.frames[top as usize]
         {
             if let Node::Str { max, .. } = c.nodes[*node as usize]
@@ -593,7 +585,7 @@ impl Stack {
             {
                 *len = u16::MAX;
             }
-            if *non_blank {
+            if *wordy {
                 match stage {
                     StrStage::Hex { cp, .. } | StrStage::Utf8 { cp, .. } => *cp = 0,
                     _ => {}

@@ -152,7 +152,7 @@ impl JsonConstraint {
                 .filter(|b| vocab::is_plain(b) && !vocab.eos().contains(&id))
             {
                 let blank =
-                    std::str::from_utf8(b).is_ok_and(|s| s.chars().all(char::is_whitespace));
+                    std::str::from_utf8(b).is_ok_and(|s| !s.chars().any(char::is_alphanumeric));
                 plain.push((id, b.len().min(u16::MAX as usize) as u16, blank));
             }
         }
@@ -209,15 +209,14 @@ impl JsonConstraint {
     fn walk(&self, stack: &Stack) -> Walk {
         let mut found = Vec::new();
         // In a string's body most tokens just extend it: decided from their length and
-        // blankness, so the automaton walks only the others.
+        // wordiness, so the automaton walks only the others.
         let trie = match stack.string_body(&self.shape) {
-            Some((len, non_blank, max, need_non_blank)) => {
+            Some((len, wordy, max, need_word)) => {
                 // What the enclosing values need once the string is closed.
-                let outer =
-                    stack.close_cost(&self.shape) - 1 - (need_non_blank && !non_blank) as u32;
+                let outer = stack.close_cost(&self.shape) - 1 - (need_word && !wordy) as u32;
                 for &(id, n, blank) in &self.plain {
-                    let non_blank = non_blank || !blank;
-                    let owed = (need_non_blank && !non_blank) as u32;
+                    let wordy = wordy || !blank;
+                    let owed = (need_word && !wordy) as u32;
                     if len as u32 + n as u32 + owed <= max as u32 {
                         found.push((id, outer + 1 + owed));
                     }

@@ -12,8 +12,8 @@ pub enum Shape {
     /// `{"k1":v1,"k2":v2}`: every key present, in this order.
     Object(Vec<(String, Shape)>),
     /// A string whose JSON body (between the quotes, escapes included) has at most `max_len`
-    /// bytes; `non_blank`: at least one non-whitespace character (what `trim().is_empty()` rejects).
-    String { max_len: usize, non_blank: bool },
+    /// bytes; `wordy`: at least one letter or digit (what `ftkit_llm::parse` asks of pairs).
+    String { max_len: usize, wordy: bool },
     /// A number `min..=max` (non-negative integers), with up to `frac_digits` decimals
     /// (`8.5`; never above `max`, no exponent, no leading zeros).
     Number { min: u32, max: u32, frac_digits: u8 },
@@ -40,14 +40,15 @@ impl Shape {
     pub fn string(max_len: usize) -> Shape {
         Shape::String {
             max_len,
-            non_blank: false,
+            wordy: false,
         }
     }
 
-    pub fn non_blank_string(max_len: usize) -> Shape {
+    /// A string holding at least one letter or digit: small models copy a prompt's `"..."`.
+    pub fn wordy_string(max_len: usize) -> Shape {
         Shape::String {
             max_len,
-            non_blank: true,
+            wordy: true,
         }
     }
 
@@ -68,12 +69,12 @@ impl Shape {
     }
 
     /// ft-qa-synth's reply, `{"pairs":[{"question":"..","answer":".."}]}` with 1..=`max_pairs`
-    /// pairs and non-blank strings of at most `max_len` bytes: what `ftkit_llm::parse::qa_pairs`
+    /// pairs and wordy strings of at most `max_len` bytes: what `ftkit_llm::parse::qa_pairs`
     /// accepts without its leniency (it drops blank pairs and fails when none is left).
     pub fn qa_pairs(max_pairs: usize, max_len: usize) -> Shape {
         let pair = Shape::object(&[
-            ("question", Shape::non_blank_string(max_len)),
-            ("answer", Shape::non_blank_string(max_len)),
+            ("question", Shape::wordy_string(max_len)),
+            ("answer", Shape::wordy_string(max_len)),
         ]);
         Shape::object(&[("pairs", Shape::array(pair, 1, max_pairs.max(1)))])
     }
@@ -111,7 +112,7 @@ pub(crate) enum Node {
     },
     Str {
         max: u16,
-        non_blank: bool,
+        wordy: bool,
     },
     Num {
         min: u32,
@@ -209,19 +210,13 @@ fn add(c: &mut Compiled, shape: &Shape, depth: usize) -> Result<u16> {
                 min,
             )
         }
-        Shape::String { max_len, non_blank } => {
+        Shape::String { max_len, wordy } => {
             let max = small(*max_len, "string length")?;
             ensure!(
-                !non_blank || max >= 1,
-                "a non-blank string needs a max length of at least 1"
+                !wordy || max >= 1,
+                "a wordy string needs a max length of at least 1"
             );
-            (
-                Node::Str {
-                    max,
-                    non_blank: *non_blank,
-                },
-                2 + *non_blank as u32,
-            )
+            (Node::Str { max, wordy: *wordy }, 2 + *wordy as u32)
         }
         Shape::Number {
             min,

@@ -113,6 +113,12 @@ pub trait LogitsProcessor: Send {
     /// model's vocabulary (logit rows), all `true` on entry. Allowing nothing is an error.
     fn mask(&mut self, seq: usize, generated: &[u32], allowed: &mut [bool]) -> Result<()>;
 
+    /// Shown the logits the next token of `seq` is drawn from: the model's, masked, before any
+    /// repetition penalty or temperature.
+    fn observe(&mut self, _seq: usize, _logits: &[f32]) -> Result<()> {
+        Ok(())
+    }
+
     /// Told the token chosen for `seq` (an EOS token included).
     fn accept(&mut self, _seq: usize, _token: u32) -> Result<()> {
         Ok(())
@@ -340,7 +346,9 @@ impl<'a> Generator<'a> {
                     *v = f32::NEG_INFINITY;
                 }
             }
+            p.observe(i, &row)?;
         }
+        opts.sampling.penalize(&mut row, &seq.tokens);
         let token = opts
             .sampling
             .pick(&row, &mut seq.rng)
