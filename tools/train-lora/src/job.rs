@@ -100,6 +100,7 @@ fn config_json(
 /// Trains and writes everything into `--out-dir`.
 pub fn train(
     args: &Args,
+    out_dir: &Path,
     train: Dataset,
     val: Option<Dataset>,
     test: Option<Dataset>,
@@ -186,9 +187,9 @@ pub fn train(
     let (config, digest) = digest_of(&loop_cfg);
     trainer.config = loop_cfg;
     trainer.state.config_digest = digest.clone();
-    trainer.out_dir = Some(args.out_dir.clone());
-    std::fs::create_dir_all(&args.out_dir)
-        .with_context(|| format!("{}: cannot create", args.out_dir.display()))?;
+    trainer.out_dir = Some(out_dir.to_path_buf());
+    std::fs::create_dir_all(out_dir)
+        .with_context(|| format!("{}: cannot create", out_dir.display()))?;
     if let Some(dir) = &args.resume {
         trainer.resume(dir)?;
         note(&format!(
@@ -239,7 +240,7 @@ pub fn train(
         Some(loss_on(&test_rows)?)
     };
 
-    save_adapter_atomically(&lm, &args.out_dir)?;
+    save_adapter_atomically(&lm, out_dir)?;
     let s = &outcome.state;
     let report = Report {
         tool: "ft-train-lora".into(),
@@ -276,11 +277,11 @@ pub fn train(
     };
     let mut bytes = serde_json::to_vec_pretty(&report)?;
     bytes.push(b'\n');
-    ftkit_core::io::write_atomic(&args.out_dir.join(REPORT_FILE), &bytes)?;
+    ftkit_core::io::write_atomic(&out_dir.join(REPORT_FILE), &bytes)?;
     sink.finish()?;
     note(&format!(
         "wrote {} (train loss {}, val loss {}, test loss {})",
-        args.out_dir.display(),
+        out_dir.display(),
         fmt_loss(report.train.loss),
         fmt_loss(report.val.loss),
         fmt_loss(report.test.loss)

@@ -8,11 +8,13 @@
 //! - [`checkpoint`]: checkpoint folders and `--resume`.
 //! - [`lm`]: the bridge to `ftkit-model` (loading, chat template, LoRA, adapter files).
 //! - [`job`]: one run from loaded data to the output folder.
+//! - [`eval`]: `--eval`, the loss of a model (± adapter) on a file, with training's encoding.
 //! - [`report`]: `training_report.json`, metrics lines, peak memory.
 
 pub mod batch;
 pub mod checkpoint;
 pub mod data;
+pub mod eval;
 pub mod job;
 pub mod lm;
 pub mod optim;
@@ -32,10 +34,15 @@ Examples:
       --test splits/test.jsonl --out-dir adapters/qa --epochs 3 --eval-every 50 | jq -c 'select(.loss)'
   ft-train-lora --model ./models/smollm --train train.jsonl --out-dir out --max-steps 200 \\
       --save-every 50 --resume out/checkpoint-100
+  ft-train-lora --model base.gguf --eval splits/test.alpaca.jsonl                       # loss before
+  ft-train-lora --model base.gguf --adapter out --eval splits/test.alpaca.jsonl        # and after
 
 Every logged step is one JSON line on stdout:
   {\"step\":10,\"epoch\":0.4,\"loss\":1.93,\"lr\":0.0002,\"grad_norm\":0.8,\"tokens\":20480,\"tokens_per_s\":812.5,\"elapsed_s\":25.2}
 and every evaluation: {\"step\":50,\"val_loss\":1.41,\"val_perplexity\":4.1}.
+--eval prints one line and trains nothing (training-only flags are ignored):
+  {\"eval\":\"test.jsonl\",\"model\":..,\"model_sha256\":..,\"adapter\":\"out\",\"examples\":40,\"dropped\":0,\"truncated\":0,
+   \"tokens\":5120,\"targets\":1830,\"loss\":1.52,\"perplexity\":4.57}
 The output folder receives adapter_config.json and adapter_model.safetensors (PEFT's layout, loadable with
 PeftModel.from_pretrained), training_report.json, and checkpoint-<step>/ folders with --save-every.
 
@@ -70,8 +77,8 @@ pub struct Args {
     pub offline: bool,
 
     /// Training data (JSONL, `.zst` ok): alpaca, messages or sharegpt records.
-    #[arg(long, value_name = "FILE")]
-    pub train: String,
+    #[arg(long, value_name = "FILE", required_unless_present = "eval")]
+    pub train: Option<String>,
 
     /// Validation data, evaluated every --eval-every updates and at the end.
     #[arg(long, value_name = "FILE")]
@@ -82,8 +89,21 @@ pub struct Args {
     pub test: Option<String>,
 
     /// Output folder: adapter files, training_report.json, checkpoints.
+    #[arg(long, value_name = "DIR", required_unless_present = "eval")]
+    pub out_dir: Option<PathBuf>,
+
+    /// Train nothing: print the loss and perplexity of --model (with --adapter's LoRA) on FILE, with
+    /// the template, masking and --max-seq-len of training, as one JSON line.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["train", "val", "test", "out_dir", "resume"]
+    )]
+    pub eval: Option<String>,
+
+    /// With --eval: a PEFT adapter folder (as ft-train-lora writes it) applied to --model.
     #[arg(long, value_name = "DIR")]
-    pub out_dir: PathBuf,
+    pub adapter: Option<PathBuf>,
 
     /// Where to compute: auto (CUDA when built with it and present, else CPU), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
@@ -215,6 +235,9 @@ impl Args {
         if self.rank == 0 {
             usage!("--rank must be at least 1");
         }
+        if self.adapter.is_some() && self.eval.is_none() {
+            usage!("--adapter goes with --eval (training starts a new adapter)");
+        }
         if !(0.0..1.0).contains(&self.dropout) {
             usage!("--dropout must be in [0, 1)");
         }
@@ -277,26 +300,44 @@ pub fn run(args: Args) -> Result<()> {
         let w = rejects.as_mut().map(|f| f as &mut dyn std::io::Write);
         data::load(path, args.run.on_error, w)
     };
-    let train = load(&args.train)?;
+    if let Some(path) = &args.eval {
+        let data = load(path)?;
+        if let Some(file) = rejects {
+            file.commit().context("--rejects")?;
+        }
+        return eval::run(&args, &data);
+    }
+    let (Some(train_path), Some(out_dir)) = (&args.train, &args.out_dir) else {
+        usage!("--train and --out-dir are required (or --eval FILE)");
+    };
+    let train = load(train_path)?;
     let val = args.val.as_ref().map(&mut load).transpose()?;
     let test = args.test.as_ref().map(&mut load).transpose()?;
     if let Some(file) = rejects {
         file.commit().context("--rejects")?;
     }
-    job::train(&args, train, val, test)
+    job::train(&args, out_dir, train, val, test)
 }
 
 impl Args {
     /// The data files, and every file the run writes, for the same-file check.
     pub fn paths(&self) -> Paths {
-        let mut paths = Paths::new().input("--train", &self.train);
-        for (flag, file) in [("--val", &self.val), ("--test", &self.test)] {
+        let mut paths = Paths::new();
+        let inputs = [
+            ("--train", &self.train),
+            ("--val", &self.val),
+            ("--test", &self.test),
+            ("--eval", &self.eval),
+        ];
+        for (flag, file) in inputs {
             if let Some(f) = file {
                 paths = paths.input(flag, f);
             }
         }
-        for name in job::OUTPUT_FILES {
-            paths = paths.output("--out-dir", self.out_dir.join(name));
+        if let Some(dir) = &self.out_dir {
+            for name in job::OUTPUT_FILES {
+                paths = paths.output("--out-dir", dir.join(name));
+            }
         }
         self.run.outputs(paths)
     }

@@ -7,12 +7,14 @@ use crate::train::TrainModel;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
-use ftkit_model::chat::{ChatMessage, ChatTemplate, TokenizerConfig, encode_chat};
+use ftkit_core::Usage;
+use ftkit_model::Pretrained;
+use ftkit_model::chat::{ChatMessage, ChatTemplate, encode_chat};
 use ftkit_model::device::{DTypeSpec, DeviceSpec, open_device, resolve_dtype};
 use ftkit_model::lora::{ForwardMode, LoraConfig, parse_targets};
 use ftkit_model::model::{CausalLm, ForwardOpts};
-use ftkit_model::peft::{AdapterConfig, save_adapter};
-use ftkit_model::source::{HubOptions, ModelSource, resolve};
+use ftkit_model::peft::{AdapterConfig, load_adapter, save_adapter};
+use ftkit_model::source::HubOptions;
 use std::path::Path;
 use tokenizers::Tokenizer;
 
@@ -33,14 +35,12 @@ pub struct Lm {
 
 impl Lm {
     /// Resolves `--model`, opens the device, loads weights (mmap), tokenizer and template, and attaches
-    /// LoRA as the flags say (A initialised from `--seed`, B zero).
+    /// LoRA: the `--adapter` folder's when given (evaluation), else a new one as the flags say (A
+    /// initialised from `--seed`, B zero).
     pub fn load(args: &Args) -> Result<Self> {
-        let device_spec: DeviceSpec = args.device.parse().map_err(usage_of)?;
-        let dtype_spec: DTypeSpec = args.dtype.parse().map_err(usage_of)?;
-        let targets = parse_targets(&args.target).map_err(usage_of)?;
-        let source = ModelSource::parse(&args.model)?;
-        let files = resolve(&source, &HubOptions::from_env(args.offline))?;
-        let model_sha256 = files.digest()?;
+        let device_spec: DeviceSpec = args.device.parse().map_err(Usage::of)?;
+        let dtype_spec: DTypeSpec = args.dtype.parse().map_err(Usage::of)?;
+        let targets = parse_targets(&args.target).map_err(Usage::of)?;
         let quiet = args.run.quiet;
         let device = open_device(device_spec, &mut |m: &str| {
             if !quiet {
@@ -48,27 +48,24 @@ impl Lm {
             }
         })?;
         let dtype = resolve_dtype(dtype_spec, &device);
-        let mut model = CausalLm::from_files(&files, dtype, &device)?;
+        let hub = HubOptions::from_env(args.offline);
+        let lm = Pretrained::load(&args.model, &hub, dtype, &device)?;
+        let pad_id = lm.pad_id();
+        let Pretrained {
+            mut model,
+            tokenizer,
+            template,
+            sha256: model_sha256,
+            ..
+        } = lm;
         let hidden = model.config.hidden_size;
         if args.rank > hidden {
             // A rank above the hidden size adds parameters and no expressiveness (and PEFT refuses it).
-            return Err(anyhow::Error::new(ftkit_core::Usage(format!(
+            return Err(anyhow::Error::new(Usage(format!(
                 "--rank {} is above the model's hidden size {hidden}",
                 args.rank
             ))));
         }
-        let tokenizer = ftkit_model::load_tokenizer(&files.tokenizer)?;
-        let tok_cfg = TokenizerConfig::load(
-            files.tokenizer_config.as_deref(),
-            files.chat_template.as_deref(),
-        )?;
-        let template = ChatTemplate::from_config(&tok_cfg)
-            .with_context(|| format!("{}: chat template", args.model))?;
-        let pad_id = [&tok_cfg.pad_token, &tok_cfg.eos_token]
-            .into_iter()
-            .flatten()
-            .find_map(|t| tokenizer.token_to_id(t))
-            .unwrap_or(0);
         let lora = LoraConfig {
             rank: args.rank,
             alpha: args.alpha,
@@ -78,7 +75,17 @@ impl Lm {
             seed: args.seed,
         };
         let varmap = VarMap::new();
-        model.attach_lora(&lora, &varmap)?;
+        match &args.adapter {
+            Some(dir) => {
+                let adapter = load_adapter(dir, &device)?;
+                model
+                    .attach_adapter(&adapter, &varmap)
+                    .with_context(|| format!("--adapter {}", dir.display()))?;
+            }
+            None => {
+                model.attach_lora(&lora, &varmap)?;
+            }
+        }
         let params = model.lora_params();
         Ok(Self {
             model,
@@ -137,10 +144,6 @@ impl Lm {
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
     }
-}
-
-fn usage_of(e: anyhow::Error) -> anyhow::Error {
-    anyhow::Error::new(ftkit_core::Usage(format!("{e:#}")))
 }
 
 impl TrainModel for Lm {

@@ -529,7 +529,12 @@ fn every_lora_tensor_gets_a_gradient() {
     ])
     .unwrap();
     let lm = ft_train_lora::lm::Lm::load(&args).unwrap();
-    let data = ft_train_lora::data::load(&args.train, ftkit_core::OnError::Fail, None).unwrap();
+    let data = ft_train_lora::data::load(
+        args.train.as_deref().unwrap(),
+        ftkit_core::OnError::Fail,
+        None,
+    )
+    .unwrap();
     let (rows, _) = ft_train_lora::job::encode_split(&lm, &data, &args, false).unwrap();
     let params = lm.trainable();
     assert_eq!(params.len(), 2 * 7 * 2, "A and B of 7 linears in 2 layers");
@@ -596,7 +601,12 @@ fn packing_does_not_leak_across_examples() {
         ])
         .unwrap();
         let lm = ft_train_lora::lm::Lm::load(&args).unwrap();
-        let data = ft_train_lora::data::load(&args.train, ftkit_core::OnError::Fail, None).unwrap();
+        let data = ft_train_lora::data::load(
+            args.train.as_deref().unwrap(),
+            ftkit_core::OnError::Fail,
+            None,
+        )
+        .unwrap();
         let (single, _) = ft_train_lora::job::encode_split(&lm, &data, &args, false).unwrap();
         let (packed, _) = ft_train_lora::job::encode_split(&lm, &data, &args, true).unwrap();
         assert!(
@@ -801,6 +811,118 @@ fn trains_on_a_gguf_base() {
         gguf.display().to_string().as_str()
     );
     assert!(out.join("adapter_model.safetensors").is_file());
+}
+
+fn eval_cmd(model: &Path, file: &Path, extra: &[&str]) -> Run {
+    Run::new(BIN)
+        .arg("--model")
+        .arg(model)
+        .arg("--eval")
+        .arg(file)
+        .args(["--device", "cpu", "--max-seq-len", "256"])
+        .args(extra)
+}
+
+/// The one record `--eval` prints.
+fn evaluated(run: Run) -> serde_json::Value {
+    let records = run.run().expect_code(0).records();
+    assert_eq!(records.len(), 1, "{records:?}");
+    records[0].clone()
+}
+
+fn loss_of(r: &serde_json::Value) -> f64 {
+    r["loss"].as_f64().unwrap()
+}
+
+#[test]
+fn eval_of_the_base_is_the_first_updates_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path(), TinySpec::qwen2(31));
+    let data = testdata("train-lora", "train.jsonl");
+    // One update over every example at once: its loss is taken before LoRA (B = 0) changes anything.
+    let first = train(
+        &model,
+        &dir.path().join("out"),
+        &["--max-steps", "1", "--batch-size", "64"],
+    );
+    let (step, trained) = losses(&first)[0];
+    assert_eq!(step, 1);
+    let r = evaluated(eval_cmd(&model, &data, &[]));
+    assert!((loss_of(&r) - trained).abs() < 1e-5, "{r} vs {trained}");
+    assert_eq!(r["perplexity"].as_f64().unwrap(), loss_of(&r).exp());
+    assert_eq!(r["adapter"], serde_json::Value::Null);
+    let lines = std::fs::read_to_string(&data).unwrap().lines().count();
+    assert_eq!(r["examples"].as_u64(), Some(lines as u64), "{r}");
+    assert_eq!(r["dropped"].as_u64(), Some(0), "{r}");
+    // Another thread count, the same bytes.
+    let again = evaluated(eval_cmd(&model, &data, &["--threads", "1"]));
+    assert_eq!(again, r);
+}
+
+#[test]
+fn eval_with_the_adapter_is_the_reports_test_loss_and_lower() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path(), TinySpec::llama(32));
+    let data = testdata("train-lora", "val.jsonl");
+    let out = dir.path().join("out");
+    let test = data.to_str().unwrap();
+    train(
+        &model,
+        &out,
+        &["--test", test, "--max-steps", "12", "--lr", "1e-2"],
+    );
+    let reported = report(&out)["test"]["loss"].as_f64().unwrap();
+    let tuned = evaluated(eval_cmd(&model, &data, &[]).arg("--adapter").arg(&out));
+    assert!(
+        (loss_of(&tuned) - reported).abs() < 1e-5,
+        "{tuned} vs {reported}"
+    );
+    assert_eq!(tuned["adapter"], out.display().to_string().as_str());
+    let base = evaluated(eval_cmd(&model, &data, &[]));
+    assert!(loss_of(&tuned) < loss_of(&base), "{tuned} vs {base}");
+    assert_eq!(tuned["targets"], base["targets"]);
+    assert!(base["targets"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn eval_of_a_gguf_base_is_its_sources() {
+    use candle_core::quantized::GgmlDType;
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path(), TinySpec::llama(33));
+    let gguf = dir.path().join("tiny.gguf");
+    ftkit_model::gguf::fixtures::write_tiny_gguf(&model, &gguf, GgmlDType::F32, None).unwrap();
+    let data = testdata("train-lora", "val.jsonl");
+    let (st, gg) = (
+        evaluated(eval_cmd(&model, &data, &[])),
+        evaluated(eval_cmd(&gguf, &data, &[])),
+    );
+    assert!((loss_of(&st) - loss_of(&gg)).abs() < 1e-4, "{st} vs {gg}");
+    assert_eq!(st["targets"], gg["targets"]);
+}
+
+#[test]
+fn eval_errors_name_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path(), TinySpec::qwen2(34));
+    let data = testdata("train-lora", "val.jsonl");
+    let missing = dir.path().join("missing.jsonl");
+    let r = eval_cmd(&model, &missing, &[]).run();
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("missing.jsonl"), "{}", r.stderr);
+    let r = eval_cmd(&model, &data, &[])
+        .arg("--adapter")
+        .arg(dir.path().join("no-adapter"))
+        .run();
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("no-adapter"), "{}", r.stderr);
+    // Training flags with --eval, --adapter without it, and neither --train nor --eval: usage errors.
+    let both = eval_cmd(&model, &data, &[]).arg("--train").arg(&data).run();
+    assert_eq!(both.code, 2, "{}", both.stderr);
+    let adapter_alone = train_cmd(&model, &dir.path().join("o"), &["--adapter", "x"]).run();
+    assert_eq!(adapter_alone.code, 2, "{}", adapter_alone.stderr);
+    let nothing = Run::new(BIN).arg("--model").arg(&model).run();
+    assert_eq!(nothing.code, 2, "{}", nothing.stderr);
+    assert!(nothing.stderr.contains("--train"), "{}", nothing.stderr);
 }
 
 // GPU-only tests (`gpu_` names, ignored): run on a CUDA machine with
