@@ -218,9 +218,10 @@ fn local_judge_always_answers_with_scores() {
         ..TinySpec::qwen2(21)
     };
     write_tiny_model(&model, &spec).unwrap();
-    let run = |c: &str| {
+    let run = |extra: &[&str]| {
         Run::new(BIN)
-            .args(["--judge", "local", "--max-tokens", "96", "--concurrency", c])
+            .args(["--judge", "local", "--max-tokens", "96"])
+            .args(extra)
             .arg("--model")
             .arg(&model)
             .arg("--cache")
@@ -229,7 +230,7 @@ fn local_judge_always_answers_with_scores() {
             .run()
             .expect_code(0)
     };
-    let out = run("4");
+    let out = run(&["--concurrency", "4"]);
     let recs = out.records();
     assert_eq!(recs.len(), 7);
     let (mut judged, mut fractional) = (0, 0);
@@ -250,7 +251,7 @@ fn local_judge_always_answers_with_scores() {
     // for all of them (greedy digits would be whole unless it chose a decimal).
     assert!(fractional > judged, "{}", out.stdout_str());
     assert!(out.stderr.contains("judge: local"), "{}", out.stderr);
-    let again = run("1");
+    let again = run(&["--concurrency", "1"]);
     assert_eq!(again.stdout, out.stdout);
     assert!(
         again.stderr.contains(&format!("{judged} cache hits")),
@@ -258,22 +259,7 @@ fn local_judge_always_answers_with_scores() {
         again.stderr
     );
     // --judge-weight blends the judge's overall score with the heuristic one.
-    let blended = Run::new(BIN)
-        .args([
-            "--judge",
-            "local",
-            "--max-tokens",
-            "96",
-            "--judge-weight",
-            "0.25",
-        ])
-        .arg("--model")
-        .arg(&model)
-        .arg("--cache")
-        .arg(dir.path().join("cache"))
-        .stdin(qa())
-        .run()
-        .expect_code(0);
+    let blended = run(&["--judge-weight", "0.25"]);
     for r in blended.records().iter().filter(|r| r["kind"] != "summary") {
         let s = &r["score"];
         let (h, j) = (
