@@ -1,18 +1,24 @@
-//! Generation throughput on a random model of SmolLM2-135M's shape (llama, hidden 576, 30
-//! layers, 9 heads / 3 KV heads, MLP 1536, tied embeddings, vocab 49152), greedy, EOS off.
+//! Generation throughput, greedy, EOS off: on the real model `FT_MODEL` names (a `.gguf`, folder or
+//! hub id, loaded like every tool's `--model`; a GGUF dequantized to f32) with prompts cut from a
+//! bundled document, or else on a random model of SmolLM2-135M's shape (llama, hidden 576, 30
+//! layers, 9 heads / 3 KV heads, MLP 1536, tied embeddings, vocab 49152).
 //!
 //! `cargo run --release -p ftkit-model --example bench_generate [PROMPT_TOKENS NEW_TOKENS [BATCH]...]`
 //! (defaults: 64 64, batches 1 8). `FT_DEVICE=cuda` (with the `cuda` feature) runs on the GPU,
 //! in F32 like the CPU. Prints one line per batch size: prompt tokens/s (the prefill alone)
-//! and decode tokens/s (all generated tokens of the batch over the time after the prefill).
+//! and decode tokens/s (all generated tokens of the batch over the time after the prefill), and
+//! the first prompt's greedy tokens (`tokens: ...`) and the largest batch's prompts (`prompts:`,
+//! JSON) for a cross-check with other runtimes.
 
 use anyhow::Result;
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use ftkit_model::fixtures::{TinySpec, write_tiny_model};
 use ftkit_model::generate::{GenOptions, Generator, KvCache};
-use ftkit_model::{CausalLm, ModelSource, device, resolve};
+use ftkit_model::{CausalLm, ModelSource, Pretrained, device, resolve};
 use std::io::Write;
+use std::path::Path;
 use std::time::Instant;
+use tokenizers::Tokenizer;
 
 fn main() -> Result<()> {
     let a: Vec<usize> = std::env::args()
@@ -26,46 +32,41 @@ fn main() -> Result<()> {
     } else {
         vec![1, 8]
     };
-    let dir = tempfile::tempdir()?;
-    let spec = TinySpec {
-        hidden_size: 576,
-        intermediate_size: 1536,
-        num_hidden_layers: 30,
-        num_attention_heads: 9,
-        num_key_value_heads: 3,
-        tie_word_embeddings: true,
-        model_vocab_size: Some(49152),
-        init_std: 0.02,
-        ..TinySpec::llama(1)
-    };
-    write_tiny_model(dir.path(), &spec)?;
-    let files = resolve(
-        &ModelSource::Dir(dir.path().to_path_buf()),
-        &Default::default(),
-    )?;
     let spec_dev: device::DeviceSpec = std::env::var("FT_DEVICE")
         .unwrap_or_else(|_| "cpu".into())
         .parse()?;
     let dev = device::open_device(spec_dev, &mut |m| eprintln!("bench_generate: {m}"))?;
-    let model = CausalLm::from_files(&files, DType::F32, &dev)?;
-    let tok = ftkit_model::load_tokenizer(&files.tokenizer)?;
+    let dir = tempfile::tempdir()?;
+    let (model, tok, name) = match std::env::var("FT_MODEL") {
+        Ok(spec) => {
+            let lm = Pretrained::load(&spec, &Default::default(), DType::F32, &dev)?;
+            (lm.model, lm.tokenizer, spec)
+        }
+        Err(_) => random_smollm2_shape(dir.path(), &dev)?,
+    };
     let g = Generator::new(&model, &tok, Vec::new());
     let opts = GenOptions {
         max_new_tokens: new_tokens,
         ..GenOptions::default()
     };
+    // Prompt r is the document's tokens from 13·r on: real text for a real model, distinct rows.
+    let text = include_str!("../../../testdata/docs/lighthouses.txt");
+    let text_ids = tok
+        .encode(text, false)
+        .map_err(anyhow::Error::msg)?
+        .get_ids()
+        .to_vec();
     let mut out = std::io::stderr().lock();
     writeln!(
         out,
-        "smollm2-135m shape, f32, {dev:?}, {} threads, prompt {prompt_len}, new {new_tokens}",
+        "{name}, f32, {dev:?}, {} threads, prompt {prompt_len}, new {new_tokens}",
         rayon::current_num_threads()
     )?;
     for &b in &batches {
-        // Distinct prompts so rows do not share values.
         let prompts: Vec<Vec<u32>> = (0..b)
             .map(|r| {
                 (0..prompt_len)
-                    .map(|i| ((i * 31 + r * 7 + 5) % 300) as u32)
+                    .map(|i| text_ids[(r * 13 + i) % text_ids.len()])
                     .collect()
             })
             .collect();
@@ -97,6 +98,32 @@ fn main() -> Result<()> {
             decode,
             prefill
         )?;
+        if b == batches[0] {
+            writeln!(out, "tokens: {:?}", outs[0].tokens)?;
+        }
+        if b == batches.iter().copied().max().unwrap_or(b) {
+            writeln!(out, "prompts: {prompts:?}")?;
+        }
     }
     Ok(())
+}
+
+/// A random model of SmolLM2-135M's shape, written to `dir`.
+fn random_smollm2_shape(dir: &Path, dev: &Device) -> Result<(CausalLm, Tokenizer, String)> {
+    let spec = TinySpec {
+        hidden_size: 576,
+        intermediate_size: 1536,
+        num_hidden_layers: 30,
+        num_attention_heads: 9,
+        num_key_value_heads: 3,
+        tie_word_embeddings: true,
+        model_vocab_size: Some(49152),
+        init_std: 0.02,
+        ..TinySpec::llama(1)
+    };
+    write_tiny_model(dir, &spec)?;
+    let files = resolve(&ModelSource::Dir(dir.to_path_buf()), &Default::default())?;
+    let model = CausalLm::from_files(&files, DType::F32, dev)?;
+    let tok = ftkit_model::load_tokenizer(&files.tokenizer)?;
+    Ok((model, tok, "smollm2-135m shape (random)".into()))
 }
