@@ -115,6 +115,8 @@ impl Local {
     /// Loads the model (and adapter) and starts the engine thread.
     pub fn new(cfg: LocalConfig) -> Result<Self> {
         let mut lm = Pretrained::load(&cfg.model, &cfg.hub, cfg.dtype, &cfg.device)?;
+        // A GGUF's linear layers multiply by their quantized blocks, as llama.cpp does.
+        lm.quantize_for_inference()?;
         let mut name = short_name(&cfg.model);
         let mut identity = json!({"model": lm.sha256});
         if let Some(dir) = &cfg.adapter {

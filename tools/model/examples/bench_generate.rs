@@ -1,5 +1,6 @@
 //! Generation throughput, greedy, EOS off: on the real model `FT_MODEL` names (a `.gguf`, folder or
-//! hub id, loaded like every tool's `--model`; a GGUF dequantized to f32) with prompts cut from a
+//! hub id, loaded like every tool's `--model`; a GGUF's linear layers multiply by its quantized
+//! blocks, as in the local backend, unless `FT_DEQUANTIZED=1`) with prompts cut from a
 //! bundled document, or else on a random model of SmolLM2-135M's shape (llama, hidden 576, 30
 //! layers, 9 heads / 3 KV heads, MLP 1536, tied embeddings, vocab 49152).
 //!
@@ -39,7 +40,10 @@ fn main() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (model, tok, name) = match std::env::var("FT_MODEL") {
         Ok(spec) => {
-            let lm = Pretrained::load(&spec, &Default::default(), DType::F32, &dev)?;
+            let mut lm = Pretrained::load(&spec, &Default::default(), DType::F32, &dev)?;
+            if std::env::var_os("FT_DEQUANTIZED").is_none() {
+                lm.quantize_for_inference()?;
+            }
             (lm.model, lm.tokenizer, spec)
         }
         Err(_) => random_smollm2_shape(dir.path(), &dev)?,

@@ -108,6 +108,9 @@ pub struct Linear {
     /// base and LoRA term, as one graph node ([`lora_linear`], default true); false = the
     /// composition of frozen matmul, dropout and two LoRA matmuls.
     pub use_fused_op: bool,
+    /// The weight's quantized blocks as the GGUF stores them, for inference only
+    /// ([`crate::CausalLm::quantize_for_inference`]); training never reads them.
+    pub quantized: Option<candle_core::quantized::QMatMul>,
 }
 
 /// Per-call options of a forward pass.
@@ -126,6 +129,7 @@ impl Linear {
             lora: None,
             use_frozen_op: true,
             use_fused_op: true,
+            quantized: None,
         }
     }
 

@@ -209,6 +209,41 @@ impl CausalLm {
         self.dtype
     }
 
+    /// Gives every linear layer whose weight is among `blocks` (HF names, rows in HF order, as
+    /// [`crate::gguf::GgufFile::qtensors`] returns them) in a block format its quantized matmul for
+    /// inference ([`crate::generate`]); float-stored weights are left alone. Training is unchanged:
+    /// it never reads them. Returns the number of layers that got one.
+    pub fn quantize_for_inference(
+        &mut self,
+        blocks: Vec<(String, candle_core::quantized::QTensor)>,
+    ) -> Result<usize> {
+        use candle_core::quantized::{GgmlDType, QMatMul};
+        let mut by_name: std::collections::HashMap<String, _> = blocks.into_iter().collect();
+        let mut n = 0;
+        for lin in self.linears_mut() {
+            let Some(qt) = by_name.remove(&format!("{}.weight", lin.name)) else {
+                continue;
+            };
+            if matches!(
+                qt.dtype(),
+                GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+            ) {
+                continue;
+            }
+            if qt.shape().dims() != lin.weight.dims() {
+                bail!(
+                    "{}: quantized weight {:?} but the model's is {:?}",
+                    lin.name,
+                    qt.shape().dims(),
+                    lin.weight.dims()
+                );
+            }
+            lin.quantized = Some(QMatMul::from_qtensor(qt)?);
+            n += 1;
+        }
+        Ok(n)
+    }
+
     pub fn device(&self) -> &Device {
         &self.device
     }

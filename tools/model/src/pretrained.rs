@@ -56,6 +56,21 @@ impl Pretrained {
             .unwrap_or(0)
     }
 
+    /// Keeps the quantized blocks of a GGUF's linear weights for inference
+    /// ([`CausalLm::quantize_for_inference`]): generation then reads the blocks, as llama.cpp does,
+    /// not their f32 copies. Nothing for safetensors models or dtypes other than F32. Returns the
+    /// number of layers that got them.
+    pub fn quantize_for_inference(&mut self) -> Result<usize> {
+        match &self.files.gguf {
+            Some(path) if self.model.dtype() == DType::F32 => {
+                let file = crate::gguf::GgufFile::open(path)?;
+                let blocks = file.qtensors(self.model.device())?;
+                self.model.quantize_for_inference(blocks)
+            }
+            _ => Ok(0),
+        }
+    }
+
     /// Token ids that end a reply ([`crate::generate::default_eos_ids`]).
     pub fn eos_ids(&self) -> Vec<u32> {
         crate::generate::default_eos_ids(&self.model, &self.tokenizer, Some(&self.tokenizer_config))

@@ -163,6 +163,55 @@ fn tiny_qwen2_q8_0_gguf_gives_the_dequantized_safetensors_logits() -> Result<()>
 }
 
 /// A minimal llama GGUF: token_embd (F32) plus q, k and up projections of `ty`.
+/// A GGUF's quantized blocks in the inference path: one decoding row goes through candle's
+/// quantized matmul, which quantizes the activations too, so its logits stay within that error of
+/// the dequantized weights' (and differ from them: the path ran); a prefill of many rows uses the
+/// f32 weights and is unchanged.
+#[test]
+fn quantized_blocks_decode_within_their_error_of_the_dequantized_weights() -> Result<()> {
+    use ftkit_model::Pretrained;
+    use ftkit_model::generate::KvCache;
+    for (spec, qtype, tol) in [
+        (TinySpec::llama(41), GgmlDType::Q8_0, 0.05f32),
+        (TinySpec::qwen2(42), GgmlDType::Q8_0, 0.05),
+        (TinySpec::llama(43), GgmlDType::Q4_0, 0.5),
+    ] {
+        let d = tempfile::tempdir()?;
+        let (_, gguf) = tiny_pair(d.path(), &spec, qtype)?;
+        let spec_str = gguf.to_str().context("path")?;
+        let load = || Pretrained::load(spec_str, &Default::default(), DType::F32, &Device::Cpu);
+        let plain = load()?;
+        let mut quant = load()?;
+        let layers = quant.model.linears().count();
+        assert_eq!(
+            quant.quantize_for_inference()?,
+            layers,
+            "every linear layer"
+        );
+        let prompt = token_batch(&plain.tokenizer)?;
+        let next = Tensor::new(&[[7u32]], &Device::Cpu)?;
+        let run = |lm: &Pretrained| -> Result<(Tensor, Tensor)> {
+            let mut cache = KvCache::new(&lm.model, vec![0], 16)?;
+            let prefill = lm.model.forward_cached(&prompt, &mut cache)?;
+            let step = lm.model.forward_cached(&next, &mut cache)?;
+            Ok((prefill, step))
+        };
+        let ((p0, s0), (p1, s1)) = (run(&plain)?, run(&quant)?);
+        assert_eq!(
+            max_diff(&p0, &p1)?,
+            0.0,
+            "{qtype:?}: the prefill uses the f32 weights"
+        );
+        let scale = s0.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        let diff = max_diff(&s0, &s1)?;
+        assert!(
+            diff > 0.0 && diff < tol * scale.max(1.0),
+            "{qtype:?}: {diff} (logits up to {scale})"
+        );
+    }
+    Ok(())
+}
+
 fn write_typed(path: &Path, ty: GgmlDType, tensors: &[(&str, &Tensor)]) -> Result<()> {
     let meta: Vec<(&str, Value)> = vec![
         ("general.architecture", Value::String("llama".into())),
