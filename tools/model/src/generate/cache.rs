@@ -141,10 +141,11 @@ fn times_wt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 }
 
 /// Most rows multiplied by a layer's quantized blocks; more go through its f32 weight. Measured on
-/// SmolLM2 Q4_1, 2 threads (examples/bench_generate): one row (batch-1 decoding) 21.0 tok/s on the
-/// blocks against 18.6 on f32, where reading the weights is the cost; but a 64-token prefill ran at
-/// 33 tok/s against 280, and batch-8 decoding at 30 against 73: candle's CPU block kernels multiply
-/// row by row, while f32 goes through gemm.
+/// SmolLM2 Q4_1 (blocks re-encoded as Q8_0 for candle's SIMD kernels), 2 threads
+/// (examples/bench_generate): one row (batch-1 decoding) 80-90 tok/s on the blocks against 35 on
+/// f32, where reading the weights is the cost; a 64-token prefill runs at ~250 tok/s on f32 and
+/// slower on blocks (candle's CPU block kernels multiply row by row), and batch-8 decoding gained
+/// nothing reliable from them (noisy runs either way).
 const QUANTIZED_MAX_ROWS: usize = 1;
 
 /// `x W^T (+ b) (+ scale · (x A^T) B^T)` without autograd. The one place the inference path
@@ -242,6 +243,6 @@ impl CausalLm {
         cache.advance(s);
         let last = x.narrow(1, s - 1, 1)?.squeeze(1)?.contiguous()?;
         let hn = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
-        Ok(times_wt(&hn, &self.lm_head)?.to_dtype(DType::F32)?)
+        Ok(infer_linear(&self.lm_head, &hn)?.to_dtype(DType::F32)?)
     }
 }
