@@ -65,8 +65,8 @@ pub struct CausalLm {
     pub(crate) embed: Tensor,
     pub(crate) layers: Vec<Layer>,
     pub(crate) norm: Tensor,
-    /// `lm_head.weight`, or the embedding when tied; a [`Linear`] so that inference can give it
-    /// quantized blocks like the other projections.
+    /// `lm_head.weight`, or the embedding when tied; a [`Linear`] so that inference multiplies it
+    /// like the other projections.
     pub(crate) lm_head: Linear,
     pub(crate) inv_freq: Tensor,
     dtype: DType,
@@ -94,7 +94,7 @@ fn layer_linears_mut(layers: &mut [Layer]) -> impl Iterator<Item = &mut Linear> 
 /// them all). Q8_0's step is 1/127 of a block's largest weight, a sixteenth of Q4_1's and under a
 /// quarter of Q5's, so the re-encoded weights stay well inside the original's error. SmolLM2 Q4_1,
 /// 2 threads (examples/bench_generate): batch-1 decoding at 26 tok/s on the Q4_1 blocks, 35 on f32,
-/// 80-90 on the re-encoded Q8_0 blocks (the lm_head on the embedding's Q8_0 blocks included).
+/// ~57 on the re-encoded Q8_0 blocks.
 fn fast_blocks(
     qt: candle_core::quantized::QTensor,
 ) -> Result<Option<candle_core::quantized::QTensor>> {
@@ -248,8 +248,9 @@ impl CausalLm {
 
     /// Gives every linear layer whose weight is among `blocks` (HF names, rows in HF order, as
     /// [`crate::gguf::GgufFile::qtensors`] returns them) in a block format its quantized matmul for
-    /// inference ([`crate::generate`]), the `lm_head` too (the embedding's blocks when tied);
-    /// float-stored weights are left alone. Training is unchanged: it never reads them. Returns the
+    /// inference ([`crate::generate`]); float-stored weights are left alone. The lm_head keeps its
+    /// f32 weight: on SmolLM2's Q8_0 embedding blocks (activations quantized too) greedy decoding
+    /// no longer answered "What is the capital of France?" with Paris (ft-generate's test). Training is unchanged: it never reads them. Returns the
     /// number of layers that got one.
     pub fn quantize_for_inference(
         &mut self,
@@ -257,15 +258,11 @@ impl CausalLm {
     ) -> Result<usize> {
         use candle_core::quantized::QMatMul;
         let mut by_name: std::collections::HashMap<String, _> = blocks.into_iter().collect();
-        let tied = self.config.tie_word_embeddings;
         let mut n = 0;
-        let linears = layer_linears_mut(&mut self.layers).chain([&mut self.lm_head]);
-        for lin in linears {
-            let mut qt = by_name.remove(&format!("{}.weight", lin.name));
-            if qt.is_none() && tied && lin.name == "lm_head" {
-                qt = by_name.remove("model.embed_tokens.weight");
-            }
-            let Some(qt) = qt else { continue };
+        for lin in self.linears_mut() {
+            let Some(qt) = by_name.remove(&format!("{}.weight", lin.name)) else {
+                continue;
+            };
             let Some(qt) = fast_blocks(qt).with_context(|| lin.name.clone())? else {
                 continue;
             };
