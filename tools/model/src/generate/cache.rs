@@ -142,7 +142,7 @@ fn times_wt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 
 /// Most rows multiplied by a layer's quantized blocks; more go through its f32 weight. Measured on
 /// SmolLM2 Q4_1 (blocks re-encoded as Q8_0 for candle's SIMD kernels), 2 threads
-/// (examples/bench_generate): one row (batch-1 decoding) 80-90 tok/s on the blocks against 35 on
+/// (examples/bench_generate): one row (batch-1 decoding) ~57 tok/s on the blocks against 35 on
 /// f32, where reading the weights is the cost; a 64-token prefill runs at ~250 tok/s on f32 and
 /// slower on blocks (candle's CPU block kernels multiply row by row), and batch-8 decoding gained
 /// nothing reliable from them (noisy runs either way).
@@ -243,6 +243,6 @@ impl CausalLm {
         cache.advance(s);
         let last = x.narrow(1, s - 1, 1)?.squeeze(1)?.contiguous()?;
         let hn = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
-        Ok(infer_linear(&self.lm_head, &hn)?.to_dtype(DType::F32)?)
+        Ok(times_wt(&hn, &self.lm_head)?.to_dtype(DType::F32)?)
     }
 }
