@@ -102,6 +102,7 @@ pub mod pretrained;
 pub mod rng;
 pub mod runtime;
 pub mod source;
+pub mod tensors;
 
 pub use chat::{ChatMessage, ChatTemplate, EncodedChat, TokenizerConfig, encode_chat};
 pub use config::{Arch, ModelConfig};

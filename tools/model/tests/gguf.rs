@@ -513,7 +513,7 @@ fn other_pre_tokenizers_match_transformers_on_smollm2_vocab() -> Result<()> {
         .collect();
     let d = tempfile::tempdir()?;
     let mut differs = 0;
-    for pre in ["gpt2", "qwen2", "llama-bpe"] {
+    for pre in ["gpt-2", "qwen2", "llama-bpe"] {
         let pre_value = Value::String(pre.to_string());
         let meta: Vec<(&str, &Value)> = content
             .metadata

@@ -93,7 +93,7 @@ pub fn write_tiny_gguf(dir: &Path, out: &Path, qtype: GgmlDType, pre: Option<&st
             "tokenizer.ggml.pre".into(),
             Value::String(
                 pre.unwrap_or(match cfg.arch {
-                    Arch::Llama => "gpt2",
+                    Arch::Llama => "gpt-2",
                     Arch::Qwen2 => "qwen2",
                 })
                 .into(),

@@ -9,8 +9,10 @@
 // Tests only: tiny safetensors models converted to GGUF as llama.cpp's converter does.
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
+pub mod metadata;
 pub mod tokenizer;
 pub mod weights;
+pub mod write;
 
 use crate::config::{Arch, ModelConfig};
 use anyhow::{Context, Result, bail};
@@ -18,7 +20,10 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_nn::Activation;
 use std::path::{Path, PathBuf};
 
-pub use weights::{gguf_name, hf_name, llama_qk_unpermute_rows};
+pub use weights::{
+    gguf_name, hf_name, llama_qk_heads, llama_qk_permute_rows, llama_qk_unpermute_rows,
+    reorder_tensor_rows,
+};
 
 /// Whether a path names a GGUF file (by its extension, as llama.cpp and Ollama name them).
 pub fn is_gguf(path: &Path) -> bool {

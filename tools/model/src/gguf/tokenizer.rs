@@ -33,7 +33,7 @@ pub const QWEN2_PRETOKENIZE_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\
 pub const LLAMA3_PRETOKENIZE_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// The `tokenizer.ggml.pre` names we rebuild.
-pub const SUPPORTED_PRE: &[&str] = &["gpt2", "smollm", "qwen2", "llama-bpe"];
+pub const SUPPORTED_PRE: &[&str] = &["gpt-2", "smollm", "qwen2", "llama-bpe"];
 
 /// llama.cpp's token types (`llama_token_type`).
 const TOKEN_CONTROL: i64 = 3;
@@ -58,10 +58,10 @@ fn split(regex: &str) -> Result<PreTokenizerWrapper> {
 }
 
 /// Normalizer and pre-tokenizer of the `tokenizer.json` that `pre` stands for.
-fn pipeline(pre: &str) -> Result<Option<(Option<NormalizerWrapper>, PreTokenizerWrapper)>> {
+pub(crate) fn pipeline(pre: &str) -> Result<Option<(Option<NormalizerWrapper>, PreTokenizerWrapper)>> {
     Ok(Some(match pre {
         // GPT-2: the byte-level pre-tokenizer's own regex.
-        "gpt2" => (None, PreTokenizerWrapper::ByteLevel(byte_level(true))),
+        "gpt-2" => (None, PreTokenizerWrapper::ByteLevel(byte_level(true))),
         // SmolLM / SmolLM2: each digit alone, then GPT-2's split.
         "smollm" => (
             None,

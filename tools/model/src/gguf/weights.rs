@@ -104,45 +104,86 @@ fn reorder_rows(qt: &QTensor, order: &[usize], device: &Device) -> Result<QTenso
     Ok(qtensor_from_ggml(qt.dtype(), &out, dims, device)?)
 }
 
+/// The inverse of [`llama_qk_unpermute_rows`]: the HF row that each GGUF row holds
+/// (`gguf[p] = hf[order[p]]`), llama.cpp's `LlamaModel.permute` as a row order.
+pub fn llama_qk_permute_rows(rows: usize, heads: usize) -> Result<Vec<usize>> {
+    let unpermute = llama_qk_unpermute_rows(rows, heads)?;
+    let mut order = vec![0; rows];
+    for (hf, gguf) in unpermute.into_iter().enumerate() {
+        order[gguf] = hf;
+    }
+    Ok(order)
+}
+
+/// The head count by which llama.cpp permutes the rows of HF tensor `hf` in an `arch` model
+/// (q and k projections of `llama`, weights and biases, and their LoRA B), `None` for the others.
+pub fn llama_qk_heads(arch: Arch, cfg: &crate::ModelConfig, hf: &str) -> Option<usize> {
+    if arch != Arch::Llama {
+        return None;
+    }
+    if hf.contains(".self_attn.q_proj.") || hf.ends_with(".self_attn.q_proj") {
+        Some(cfg.num_attention_heads)
+    } else if hf.contains(".self_attn.k_proj.") || hf.ends_with(".self_attn.k_proj") {
+        Some(cfg.num_key_value_heads)
+    } else {
+        None
+    }
+}
+
+/// `t`'s rows (dim 0) in `order` (`out[r] = t[order[r]]`): exact, any dtype.
+pub fn reorder_tensor_rows(t: &Tensor, order: &[usize]) -> Result<Tensor> {
+    let idx: Vec<u32> = order.iter().map(|&i| i as u32).collect();
+    let idx = Tensor::new(idx.as_slice(), t.device())?;
+    Ok(t.index_select(&idx, 0)?)
+}
+
 impl GgufFile {
     /// Every tensor our models use, quantized as stored, by HF name, on `device`; llama q/k
     /// (weights and biases) already in HF row order (see the module doc). Sorted by name.
     pub fn qtensors(&self, device: &Device) -> Result<Vec<(String, QTensor)>> {
-        let arch = self.arch()?;
-        let cfg = self.config()?;
         let file = std::fs::File::open(self.path())
             .with_context(|| format!("cannot open {}", self.path().display()))?;
         let mut reader = std::io::BufReader::new(file);
-        let mut names: Vec<(&String, String)> = self
-            .content()
-            .tensor_infos
-            .keys()
-            .filter_map(|g| hf_name(g).map(|h| (g, h)))
-            .collect();
-        names.sort_by(|a, b| a.1.cmp(&b.1));
-        let mut out = Vec::with_capacity(names.len());
-        for (g, hf) in names {
-            let heads = if hf.contains(".self_attn.q_proj.") {
-                Some(cfg.num_attention_heads)
-            } else if hf.contains(".self_attn.k_proj.") {
-                Some(cfg.num_key_value_heads)
-            } else {
-                None
-            };
-            let qt = match heads {
-                Some(heads) if arch == Arch::Llama => {
-                    let qt = self.read_tensor(&mut reader, g, &Device::Cpu)?;
-                    let rows = qt.shape().dims().first().copied().unwrap_or(0);
-                    let order = llama_qk_unpermute_rows(rows, heads)
-                        .with_context(|| format!("{}: tensor {g}", self.origin()))?;
-                    reorder_rows(&qt, &order, device)
-                        .with_context(|| format!("{}: tensor {g}", self.origin()))?
-                }
-                _ => self.read_tensor(&mut reader, g, device)?,
-            };
+        let mut out = Vec::new();
+        for hf in self.hf_names() {
+            let qt = self.read_hf(&mut reader, &hf, device)?;
             out.push((hf, qt));
         }
         Ok(out)
+    }
+
+    /// The HF names of the tensors our models use, sorted.
+    pub fn hf_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .content()
+            .tensor_infos
+            .keys()
+            .filter_map(|g| hf_name(g))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// One tensor by HF name, quantized as stored, rows in HF order.
+    pub fn read_hf(
+        &self,
+        reader: &mut std::io::BufReader<std::fs::File>,
+        hf: &str,
+        device: &Device,
+    ) -> Result<QTensor> {
+        let g = gguf_name(hf).with_context(|| format!("{hf} has no GGUF name"))?;
+        let arch = self.arch()?;
+        match llama_qk_heads(arch, &self.config()?, hf) {
+            Some(heads) => {
+                let qt = self.read_tensor(reader, &g, &Device::Cpu)?;
+                let rows = qt.shape().dims().first().copied().unwrap_or(0);
+                let order = llama_qk_unpermute_rows(rows, heads)
+                    .with_context(|| format!("{}: tensor {g}", self.origin()))?;
+                reorder_rows(&qt, &order, device)
+                    .with_context(|| format!("{}: tensor {g}", self.origin()))
+            }
+            None => self.read_tensor(reader, &g, device),
+        }
     }
 
     fn read_tensor(
