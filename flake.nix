@@ -44,6 +44,7 @@
           "filter"
           "generate"
           "ingest"
+          "merge-export"
           "qa-synth"
           "score"
           "split"
