@@ -21,7 +21,6 @@ pub struct Inputs {
     pub cfg: ModelConfig,
     pub tokenizer: Tokenizer,
     pub tokenizer_config: TokenizerConfig,
-    pub digest: String,
     pub tensors: ModelTensors,
     /// HF names of the base's tensors, sorted.
     pub names: Vec<String>,
@@ -37,7 +36,6 @@ impl Inputs {
             files.tokenizer_config.as_deref(),
             files.chat_template.as_deref(),
         )?;
-        let digest = files.digest()?;
         let tensors = ModelTensors::open(&files)?;
         let names = tensors.names();
         let adapter = adapter.map(|dir| load_adapter(dir, &names)).transpose()?;
@@ -46,7 +44,6 @@ impl Inputs {
             cfg,
             tokenizer,
             tokenizer_config,
-            digest,
             tensors,
             names,
             adapter,

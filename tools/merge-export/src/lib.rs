@@ -314,6 +314,10 @@ pub fn run(args: Args) -> Result<()> {
     let inputs = Inputs::load(&args.base, args.adapter.as_deref(), args.offline)?;
     check_out_dir(&args.out_dir, &inputs)?;
     let name = args.name.clone().unwrap_or_else(|| default_name(&args.out_dir));
+    // The base's digest (SHA-256 of every file) reads the whole model again: on another core,
+    // beside the export.
+    let files = inputs.files.clone();
+    let digest = std::thread::spawn(move || files.digest());
     let stage = AtomicDir::create(&args.out_dir)?;
     let dir = stage.path().to_path_buf();
     let written = write(&args, &inputs, &dir, &name)?;
@@ -323,7 +327,19 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         Some(verify::verify(&args, &inputs, &dir)?)
     };
-    let report = report(&args, &inputs, &name, &written, verification.as_ref(), write_s, started)?;
+    let digest = digest
+        .join()
+        .map_err(|_| anyhow::anyhow!("the digest thread panicked"))??;
+    let report = report(
+        &args,
+        &inputs,
+        &digest,
+        &name,
+        &written,
+        verification.as_ref(),
+        write_s,
+        started,
+    )?;
     ftkit_core::io::write_atomic(
         &dir.join("export_report.json"),
         (serde_json::to_string_pretty(&report)? + "\n").as_bytes(),
@@ -395,9 +411,11 @@ fn write(args: &Args, inputs: &Inputs, dir: &Path, name: &str) -> Result<Written
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn report(
     args: &Args,
     inputs: &Inputs,
+    digest: &str,
     name: &str,
     written: &Written,
     verification: Option<&verify::Verification>,
@@ -413,7 +431,7 @@ fn report(
         "version": env!("CARGO_PKG_VERSION"),
         "name": name,
         "format": args.format.name(),
-        "base": {"spec": args.base, "sha256": inputs.digest, "arch": inputs.cfg.arch.model_type()},
+        "base": {"spec": args.base, "sha256": digest, "arch": inputs.cfg.arch.model_type()},
         "adapter": inputs.adapter.as_ref().map(|a| json!({
             "dir": a.dir, "sha256": a.digest, "modules": a.adapter.modules().len(),
             "r": a.adapter.config.r, "alpha": a.adapter.config.lora_alpha,

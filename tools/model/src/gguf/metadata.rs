@@ -183,6 +183,10 @@ pub fn tokenizer_metadata(
         "tokenizer.ggml.add_bos_token".to_string(),
         Value::Bool(add_bos),
     ));
+    meta.push((
+        "tokenizer.ggml.add_eos_token".to_string(),
+        Value::Bool(false),
+    ));
     if let Some(t) = &tcfg.chat_template {
         meta.push(("tokenizer.chat_template".to_string(), string(t)));
     }
@@ -216,7 +220,7 @@ pub fn model_metadata(cfg: &ModelConfig, name: &str, file_type: u32) -> Result<V
         bail!("llama3 rope scaling is not written to GGUF yet (llama.cpp needs a rope_freqs tensor)");
     }
     let a = cfg.arch.model_type();
-    let mut meta = vec![
+    Ok(vec![
         ("general.architecture".to_string(), string(a)),
         ("general.type".to_string(), string("model")),
         ("general.name".to_string(), string(name)),
@@ -239,12 +243,9 @@ pub fn model_metadata(cfg: &ModelConfig, name: &str, file_type: u32) -> Result<V
             Value::F32(cfg.rms_norm_eps as f32),
         ),
         (format!("{a}.rope.dimension_count"), u32v(cfg.head_dim)),
-    ];
-    if cfg.head_dim * cfg.num_attention_heads != cfg.hidden_size {
-        meta.push((format!("{a}.attention.key_length"), u32v(cfg.head_dim)));
-        meta.push((format!("{a}.attention.value_length"), u32v(cfg.head_dim)));
-    }
-    Ok(meta)
+        (format!("{a}.attention.key_length"), u32v(cfg.head_dim)),
+        (format!("{a}.attention.value_length"), u32v(cfg.head_dim)),
+    ])
 }
 
 /// The keys of a LoRA adapter GGUF (convert_lora_to_gguf.py): llama.cpp checks the type, the
