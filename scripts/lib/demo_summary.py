@@ -48,6 +48,14 @@ def main(out):
         print(f"  reference: {one_line(t['output'])}")
         print(f"  base:      {one_line(b['completion'])}")
         print(f"  adapter:   {one_line(a['completion'])}")
+    export = json.loads((out / "export.json").read_text())
+    v = export["verify"]
+    print(
+        f"\nexported: {out / 'ollama'} ({', '.join(export['files'])}); logits within "
+        f"{v['relative']:.1e} of max |logit| of model + adapter, greedy tokens agree "
+        f"{100 * v['top1_agreement']:.0f}%, tokenizer ids equal: {v['tokenizer_ids_equal']}"
+    )
+    print(f"run it: {export['next']} && ollama run ftkit-demo")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ use ftkit_model::gguf::metadata::{
 };
 use ftkit_model::gguf::write::{GgufWriter, TensorPlan};
 use ftkit_model::gguf::{
-    GgufFile, gguf_name, hf_name, llama_qk_heads, llama_qk_permute_rows,
-    llama_qk_unpermute_rows, reorder_tensor_rows,
+    GgufFile, gguf_name, hf_name, llama_qk_heads, llama_qk_permute_rows, llama_qk_unpermute_rows,
+    reorder_tensor_rows,
 };
 use ftkit_model::peft::{Adapter, AdapterConfig, TargetModules};
 use std::collections::{BTreeMap, HashMap};
@@ -175,7 +175,10 @@ fn adapter_tensors(inputs: &Inputs, adapter: &Adapter) -> Result<Vec<(String, Te
         };
         out.push((base, a.clone(), b));
     }
-    out.sort_by(|x, y| gguf_order(&hf_name(&x.0).unwrap_or_default()).cmp(&gguf_order(&hf_name(&y.0).unwrap_or_default())));
+    out.sort_by(|x, y| {
+        gguf_order(&hf_name(&x.0).unwrap_or_default())
+            .cmp(&gguf_order(&hf_name(&y.0).unwrap_or_default()))
+    });
     Ok(out)
 }
 
@@ -279,7 +282,10 @@ pub fn read_adapter(path: &Path, cfg: &ftkit_model::ModelConfig) -> Result<Adapt
             }
             other => bail!("{origin}: tensor {g}: unknown part {other:?}"),
         };
-        modules.insert(module.rsplit('.').next().unwrap_or_default().to_string(), ());
+        modules.insert(
+            module.rsplit('.').next().unwrap_or_default().to_string(),
+            (),
+        );
         tensors.insert(format!("base_model.model.{module}.{key}.weight"), t);
     }
     let config = AdapterConfig {
@@ -305,16 +311,72 @@ mod tests {
 
     #[test]
     fn types_follow_llama_cpp() {
-        let q = |quant, name: &str, dims: &[usize], tied| type_name(tensor_type(quant, name, dims, tied));
-        assert_eq!(q(Quant::Q4K, "model.layers.0.input_layernorm.weight", &[576], false), "f32");
-        assert_eq!(q(Quant::Q4K, "model.layers.0.mlp.up_proj.weight", &[1536, 512], false), "q4k");
+        let q = |quant, name: &str, dims: &[usize], tied| {
+            type_name(tensor_type(quant, name, dims, tied))
+        };
+        assert_eq!(
+            q(
+                Quant::Q4K,
+                "model.layers.0.input_layernorm.weight",
+                &[576],
+                false
+            ),
+            "f32"
+        );
+        assert_eq!(
+            q(
+                Quant::Q4K,
+                "model.layers.0.mlp.up_proj.weight",
+                &[1536, 512],
+                false
+            ),
+            "q4k"
+        );
         // SmolLM2: 576 columns are not 256-blocks.
-        assert_eq!(q(Quant::Q4K, "model.layers.0.mlp.up_proj.weight", &[1536, 576], false), "q5_0");
-        assert_eq!(q(Quant::Q4K, "model.embed_tokens.weight", &[49152, 576], true), "q8_0");
-        assert_eq!(q(Quant::Q4K, "model.embed_tokens.weight", &[49152, 512], false), "q4k");
-        assert_eq!(q(Quant::Q4_0, "lm_head.weight", &[49152, 512], false), "q6k");
-        assert_eq!(q(Quant::Q8_0, "model.layers.0.mlp.up_proj.weight", &[64, 48], false), "f16");
-        assert_eq!(q(Quant::Bf16, "model.layers.0.self_attn.q_proj.bias", &[64], false), "f32");
+        assert_eq!(
+            q(
+                Quant::Q4K,
+                "model.layers.0.mlp.up_proj.weight",
+                &[1536, 576],
+                false
+            ),
+            "q5_0"
+        );
+        assert_eq!(
+            q(Quant::Q4K, "model.embed_tokens.weight", &[49152, 576], true),
+            "q8_0"
+        );
+        assert_eq!(
+            q(
+                Quant::Q4K,
+                "model.embed_tokens.weight",
+                &[49152, 512],
+                false
+            ),
+            "q4k"
+        );
+        assert_eq!(
+            q(Quant::Q4_0, "lm_head.weight", &[49152, 512], false),
+            "q6k"
+        );
+        assert_eq!(
+            q(
+                Quant::Q8_0,
+                "model.layers.0.mlp.up_proj.weight",
+                &[64, 48],
+                false
+            ),
+            "f16"
+        );
+        assert_eq!(
+            q(
+                Quant::Bf16,
+                "model.layers.0.self_attn.q_proj.bias",
+                &[64],
+                false
+            ),
+            "f32"
+        );
     }
 
     #[test]

@@ -25,7 +25,11 @@ fn st_dtype(d: Dtype) -> safetensors::Dtype {
 fn bytes(t: &Tensor, d: Dtype) -> Result<Vec<u8>> {
     let t = t.flatten_all()?;
     Ok(match d {
-        Dtype::F32 => t.to_vec1::<f32>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        Dtype::F32 => t
+            .to_vec1::<f32>()?
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect(),
         Dtype::Bf16 => t
             .to_dtype(candle_core::DType::BF16)?
             .to_vec1::<half::bf16>()?
@@ -47,7 +51,8 @@ fn write_json(path: &Path, v: &Value) -> Result<()> {
 
 fn read_json(path: &Path) -> Result<Value> {
     serde_json::from_str(
-        &std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
+        &std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?,
     )
     .with_context(|| format!("{}: invalid JSON", path.display()))
 }
@@ -118,7 +123,10 @@ fn generation_config(inputs: &Inputs) -> Result<Value> {
         .context("generation_config.json is not an object")?;
     let mut ids: Vec<u32> = match obj.get("eos_token_id") {
         Some(Value::Number(n)) => n.as_u64().map(|i| vec![i as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64().map(|i| i as u32)).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64().map(|i| i as u32))
+            .collect(),
         _ => vec![],
     };
     for id in eos_ids(inputs) {
@@ -131,7 +139,11 @@ fn generation_config(inputs: &Inputs) -> Result<Value> {
     }
     obj.insert(
         "eos_token_id".into(),
-        if ids.len() == 1 { json!(ids[0]) } else { json!(ids) },
+        if ids.len() == 1 {
+            json!(ids[0])
+        } else {
+            json!(ids)
+        },
     );
     obj.entry("_from_model_config").or_insert(json!(false));
     Ok(v)
@@ -161,7 +173,8 @@ fn tokenizer_files(inputs: &Inputs, dir: &Path, files: &mut Vec<String>) -> Resu
     }
     let src_dir = inputs.files.tokenizer.parent().unwrap_or(Path::new("."));
     let mut copy = |from: &Path, name: &str| -> Result<()> {
-        let bytes = std::fs::read(from).with_context(|| format!("cannot read {}", from.display()))?;
+        let bytes =
+            std::fs::read(from).with_context(|| format!("cannot read {}", from.display()))?;
         write_atomic(&dir.join(name), &bytes)?;
         files.push(name.to_string());
         Ok(())
@@ -186,7 +199,10 @@ fn tokenizer_files(inputs: &Inputs, dir: &Path, files: &mut Vec<String>) -> Resu
 pub fn write(inputs: &Inputs, dir: &Path, dtype: Dtype, shard_size: u64) -> Result<Written> {
     let mut written = Written::default();
     write_json(&dir.join("config.json"), &config_json(inputs, dtype)?)?;
-    write_json(&dir.join("generation_config.json"), &generation_config(inputs)?)?;
+    write_json(
+        &dir.join("generation_config.json"),
+        &generation_config(inputs)?,
+    )?;
     written
         .files
         .extend(["config.json".into(), "generation_config.json".into()]);
@@ -202,7 +218,9 @@ pub fn write(inputs: &Inputs, dir: &Path, dtype: Dtype, shard_size: u64) -> Resu
             shards.push(vec![]);
             size = 0;
         }
-        shards.last_mut().map(|s| s.push(name));
+        if let Some(s) = shards.last_mut() {
+            s.push(name);
+        }
         size += n;
     }
     let count = shards.len();
@@ -220,7 +238,9 @@ pub fn write(inputs: &Inputs, dir: &Path, dtype: Dtype, shard_size: u64) -> Resu
         for name in shard {
             let t = inputs.merged(name, true)?;
             data.push((name.as_str(), t.dims().to_vec(), bytes(&t, dtype)?));
-            written.tensors.push((name.to_string(), dtype.name().into()));
+            written
+                .tensors
+                .push((name.to_string(), dtype.name().into()));
         }
         let views = data
             .iter()

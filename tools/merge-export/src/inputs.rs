@@ -61,7 +61,10 @@ impl Inputs {
             .cloned()
             .collect();
         if let Some(a) = &self.adapter {
-            v.extend([a.dir.join(peft::CONFIG_FILE), a.dir.join(peft::WEIGHTS_FILE)]);
+            v.extend([
+                a.dir.join(peft::CONFIG_FILE),
+                a.dir.join(peft::WEIGHTS_FILE),
+            ]);
         }
         v
     }

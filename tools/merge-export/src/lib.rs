@@ -226,7 +226,11 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
         "kib" => 1024.0,
         "mib" => 1024.0 * 1024.0,
         "gib" => 1024.0 * 1024.0 * 1024.0,
-        u => return Err(format!("{s:?}: unknown unit {u:?} (B, KB, MB, GB, KiB, MiB, GiB)")),
+        u => {
+            return Err(format!(
+                "{s:?}: unknown unit {u:?} (B, KB, MB, GB, KiB, MiB, GiB)"
+            ));
+        }
     };
     let bytes = (n * mult) as u64;
     if bytes == 0 {
@@ -249,12 +253,22 @@ fn default_name(out_dir: &Path) -> String {
         .canonicalize()
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .or_else(|| out_dir.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .or_else(|| {
+            out_dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
         .unwrap_or_else(|| "model".into());
     let name: String = raw
         .to_lowercase()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     if name.trim_matches(['-', '.']).is_empty() {
         "model".into()
@@ -313,7 +327,10 @@ pub fn run(args: Args) -> Result<()> {
     let started = std::time::Instant::now();
     let inputs = Inputs::load(&args.base, args.adapter.as_deref(), args.offline)?;
     check_out_dir(&args.out_dir, &inputs)?;
-    let name = args.name.clone().unwrap_or_else(|| default_name(&args.out_dir));
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| default_name(&args.out_dir));
     // The base's digest (SHA-256 of every file) reads the whole model again: on another core,
     // beside the export.
     let files = inputs.files.clone();
@@ -391,7 +408,13 @@ fn write(args: &Args, inputs: &Inputs, dir: &Path, name: &str) -> Result<Written
                 let from = match &inputs.files.gguf {
                     Some(base) => std::path::absolute(base)?.display().to_string(),
                     None => {
-                        let b = gguf::write_model(inputs, &dir.join("base.gguf"), args.quant, name, false)?;
+                        let b = gguf::write_model(
+                            inputs,
+                            &dir.join("base.gguf"),
+                            args.quant,
+                            name,
+                            false,
+                        )?;
                         w.files.extend(b.files);
                         w.tensors.extend(b.tensors);
                         "./base.gguf".to_string()

@@ -25,7 +25,12 @@ pub enum Family {
     Mistral,
 }
 
-const FAMILIES: [Family; 4] = [Family::Qwen, Family::ChatMl, Family::Llama3, Family::Mistral];
+const FAMILIES: [Family; 4] = [
+    Family::Qwen,
+    Family::ChatMl,
+    Family::Llama3,
+    Family::Mistral,
+];
 
 const CHATML: &str = r#"{{- range .Messages }}<|im_start|>{{ .Role }}
 {{ .Content }}<|im_end|>
@@ -112,7 +117,10 @@ impl Family {
     fn default_system(self, rendered: &str) -> Option<String> {
         let (open, close) = match self {
             Self::ChatMl | Self::Qwen => ("<|im_start|>system\n", "<|im_end|>"),
-            Self::Llama3 => ("<|start_header_id|>system<|end_header_id|>\n\n", "<|eot_id|>"),
+            Self::Llama3 => (
+                "<|start_header_id|>system<|end_header_id|>\n\n",
+                "<|eot_id|>",
+            ),
             Self::Mistral => return None,
         };
         let rest = rendered.strip_prefix(open)?;
@@ -239,7 +247,10 @@ impl Translation {
             out += &format!("PARAMETER stop \"{s}\"\n");
         }
         if let Some(s) = system.or(self.default_system.as_deref()) {
-            out += &format!("SYSTEM \"\"\"{}\"\"\"\n", s.replace("\"\"\"", "\\\"\\\"\\\""));
+            out += &format!(
+                "SYSTEM \"\"\"{}\"\"\"\n",
+                s.replace("\"\"\"", "\\\"\\\"\\\"")
+            );
         }
         out
     }

@@ -127,7 +127,10 @@ fn compare(reference: &[Tensor], candidate: &[Tensor]) -> Result<(f64, f64, f64,
     for (r, c) in reference.iter().zip(candidate) {
         diff = diff.max((r - c)?.abs()?.max_all()?.to_scalar::<f32>()? as f64);
         max = max.max(r.abs()?.max_all()?.to_scalar::<f32>()? as f64);
-        let (ra, ca) = (r.argmax(1)?.to_vec1::<u32>()?, c.argmax(1)?.to_vec1::<u32>()?);
+        let (ra, ca) = (
+            r.argmax(1)?.to_vec1::<u32>()?,
+            c.argmax(1)?.to_vec1::<u32>()?,
+        );
         agree += ra.iter().zip(&ca).filter(|(a, b)| a == b).count();
         n += ra.len();
     }
@@ -222,7 +225,8 @@ pub fn verify(args: &Args, inputs: &Inputs, dir: &Path) -> Result<Verification> 
             // The adapter on the base it sits on: the user's own files, or the base GGUF written
             // beside it for Ollama.
             let written_base = dir.join("base.gguf");
-            let (mut model, tol, gguf) = if args.format == Format::Ollama && written_base.is_file() {
+            let (mut model, tol, gguf) = if args.format == Format::Ollama && written_base.is_file()
+            {
                 let m = CausalLm::from_gguf(&written_base, DType::F32, &dev)?;
                 (m, args.quant.tolerance(), Some(written_base))
             } else {
@@ -236,9 +240,17 @@ pub fn verify(args: &Args, inputs: &Inputs, dir: &Path) -> Result<Verification> 
     let got = logits(&candidate, &seqs)?;
     let (diff, max, agree, tokens) = compare(&want, &got)?;
     let relative = diff / max.max(f64::MIN_POSITIVE);
-    let tok_equal = gguf.as_deref().map(|p| tokenizer_ids_equal(inputs, p)).transpose()?;
+    let tok_equal = gguf
+        .as_deref()
+        .map(|p| tokenizer_ids_equal(inputs, p))
+        .transpose()?;
     let v = Verification {
-        against: if inputs.adapter.is_some() { "logits vs base + adapter" } else { "logits vs base" }.into(),
+        against: if inputs.adapter.is_some() {
+            "logits vs base + adapter"
+        } else {
+            "logits vs base"
+        }
+        .into(),
         sequences: seqs.len(),
         tokens,
         max_abs_diff: diff,
@@ -252,8 +264,11 @@ pub fn verify(args: &Args, inputs: &Inputs, dir: &Path) -> Result<Verification> 
     if let Some(d) = adapter_diff
         && d > 0.0
     {
-        bail!("verification failed: the adapter read back differs from the source by {d:e} (it is stored as f32)");
+        bail!(
+            "verification failed: the adapter read back differs from the source by {d:e} (it is stored as f32)"
+        );
     }
+    // Written so that NaN logits fail too.
     if !(relative <= tolerance.relative && agree >= tolerance.top1) {
         bail!(
             "verification failed: {} (use --no-verify to write it anyway)",
@@ -261,7 +276,9 @@ pub fn verify(args: &Args, inputs: &Inputs, dir: &Path) -> Result<Verification> 
         );
     }
     if tok_equal == Some(false) {
-        bail!("verification failed: the GGUF's tokenizer gives other ids than the source tokenizer");
+        bail!(
+            "verification failed: the GGUF's tokenizer gives other ids than the source tokenizer"
+        );
     }
     Ok(v)
 }

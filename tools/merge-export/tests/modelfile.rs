@@ -24,24 +24,52 @@ fn translate(source: &str, bos: Option<&str>, eos: Option<&str>) -> anyhow::Resu
 #[test]
 fn each_family_gives_its_modelfile() {
     // Qwen2.5-Instruct's template, tool sections included (Apache-2.0, as Qwen ships it).
-    let qwen = std::fs::read_to_string(testdata("merge-export", "qwen2.5-chat-template.jinja")).unwrap();
+    let qwen =
+        std::fs::read_to_string(testdata("merge-export", "qwen2.5-chat-template.jinja")).unwrap();
     for (name, source, bos, eos, family) in [
         ("chatml", CHATML, None, Some("<|im_end|>"), Family::ChatMl),
-        ("qwen", qwen.as_str(), None, Some("<|im_end|>"), Family::Qwen),
-        ("llama3", LLAMA3_TEMPLATE, Some("<|begin_of_text|>"), Some("<|eot_id|>"), Family::Llama3),
-        ("mistral", MISTRAL, Some("<s>"), Some("</s>"), Family::Mistral),
+        (
+            "qwen",
+            qwen.as_str(),
+            None,
+            Some("<|im_end|>"),
+            Family::Qwen,
+        ),
+        (
+            "llama3",
+            LLAMA3_TEMPLATE,
+            Some("<|begin_of_text|>"),
+            Some("<|eot_id|>"),
+            Family::Llama3,
+        ),
+        (
+            "mistral",
+            MISTRAL,
+            Some("<s>"),
+            Some("</s>"),
+            Family::Mistral,
+        ),
     ] {
         let t = translate(source, bos, eos).unwrap();
         assert_eq!(t.family, family, "{name}");
         let text = t.modelfile("./model.gguf", None, None);
-        golden::check(&testdata("merge-export", &format!("{name}.Modelfile")), text.as_bytes());
+        golden::check(
+            &testdata("merge-export", &format!("{name}.Modelfile")),
+            text.as_bytes(),
+        );
     }
 }
 
 #[test]
 fn a_template_of_no_known_family_is_an_error_naming_it() {
-    let err = format!("{:#}", translate(GEMMA, Some("<bos>"), Some("<eos>")).unwrap_err());
-    assert!(err.contains("<start_of_turn>") && err.contains("none we can translate"), "{err}");
+    let err = format!(
+        "{:#}",
+        translate(GEMMA, Some("<bos>"), Some("<eos>")).unwrap_err()
+    );
+    assert!(
+        err.contains("<start_of_turn>") && err.contains("none we can translate"),
+        "{err}"
+    );
     // ChatML without the newline after each turn is not ChatML as Ollama's template writes it.
     let off = CHATML.replace("'<|im_end|>' + '\\n'", "'<|im_end|>'");
     assert!(translate(&off, None, None).is_err());
@@ -50,7 +78,17 @@ fn a_template_of_no_known_family_is_an_error_naming_it() {
 #[test]
 fn adapter_and_system_lines() {
     let t = translate(CHATML, None, None).unwrap();
-    let text = t.modelfile("/models/base.gguf", Some("./adapter.gguf"), Some("Say \"\"\"hi\"\"\"."));
-    assert!(text.starts_with("FROM /models/base.gguf\nADAPTER ./adapter.gguf\nTEMPLATE \"\"\""), "{text}");
-    assert!(text.ends_with("SYSTEM \"\"\"Say \\\"\\\"\\\"hi\\\"\\\"\\\".\"\"\"\n"), "{text}");
+    let text = t.modelfile(
+        "/models/base.gguf",
+        Some("./adapter.gguf"),
+        Some("Say \"\"\"hi\"\"\"."),
+    );
+    assert!(
+        text.starts_with("FROM /models/base.gguf\nADAPTER ./adapter.gguf\nTEMPLATE \"\"\""),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("SYSTEM \"\"\"Say \\\"\\\"\\\"hi\\\"\\\"\\\".\"\"\"\n"),
+        "{text}"
+    );
 }

@@ -8,7 +8,12 @@
 //!   `tokenizer_config()`, `qtensors(device)` (quantized, HF names, llama q/k rows un-permuted),
 //!   `var_builder(dtype, device)` (dequantized by candle). `resolve` accepts `FILE.gguf` or a
 //!   directory holding one; `CausalLm::from_files`, `ModelConfig::from_file`, `load_tokenizer`
-//!   and `TokenizerConfig::load` then read it like the safetensors layout.
+//!   and `TokenizerConfig::load` then read it like the safetensors layout. Writing:
+//!   [`gguf::write::GgufWriter`] (GGUF v3, one tensor at a time), [`gguf::metadata`] (the
+//!   `general.*`, `<arch>.*`, `tokenizer.ggml.*` and `adapter.*` keys llama.cpp reads; the
+//!   `tokenizer.ggml.pre` name of a tokenizer), `llama_qk_permute_rows` (llama.cpp's q/k order).
+//! - [`tensors`]: [`tensors::ModelTensors`], a model's weights one F32 tensor at a time by HF name
+//!   (safetensors read with pread, or a GGUF dequantized), for exports.
 //! - [`chat`]: `tokenizer_config.json`, the model's Jinja chat template rendered with minijinja,
 //!   and [`encode_chat`] → token ids + assistant mask.
 //! - [`model`]: [`CausalLm`], our differentiable forward (qwen2, llama): `load(cfg, vb)`,

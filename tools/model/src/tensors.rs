@@ -53,14 +53,22 @@ impl StFile {
             safetensors::Dtype::F16 => DType::F16,
             safetensors::Dtype::BF16 => DType::BF16,
             safetensors::Dtype::F64 => DType::F64,
-            other => bail!("{}: {name} is {other:?}, not a float type", self.path.display()),
+            other => bail!(
+                "{}: {name} is {other:?}, not a float type",
+                self.path.display()
+            ),
         };
         let (start, end) = info.data_offsets;
         let mut bytes = vec![0u8; end - start];
         self.file
             .read_exact_at(&mut bytes, self.data_start + start as u64)
             .with_context(|| format!("{}: cannot read {name}", self.path.display()))?;
-        Ok(Tensor::from_raw_buffer(&bytes, dtype, &info.shape, &Device::Cpu)?)
+        Ok(Tensor::from_raw_buffer(
+            &bytes,
+            dtype,
+            &info.shape,
+            &Device::Cpu,
+        )?)
     }
 }
 

@@ -352,7 +352,21 @@ fn tokenizer_from_gguf_gives_the_tokenizer_json_ids() -> Result<()> {
 
         let want_cfg = TokenizerConfig::load(Some(&st.join("tokenizer_config.json")), None)?;
         let got_cfg = TokenizerConfig::load(Some(&gguf), None)?;
-        assert_eq!(got_cfg, want_cfg, "{:?}", spec.arch);
+        // A GGUF names a BOS even where tokenizer_config.json has none (Qwen2.5): llama.cpp's
+        // converter, like ours, takes config.json's bos_token_id.
+        let want_bos = want_cfg
+            .bos_token
+            .clone()
+            .or_else(|| got_cfg.bos_token.clone());
+        assert_eq!(
+            got_cfg,
+            TokenizerConfig {
+                bos_token: want_bos,
+                ..want_cfg.clone()
+            },
+            "{:?}",
+            spec.arch
+        );
         // A training example encodes the same: ids and assistant mask.
         let chat = [
             ftkit_model::ChatMessage::new("user", "What is 2 + 2?\n  Think."),
@@ -514,7 +528,11 @@ fn other_pre_tokenizers_match_transformers_on_smollm2_vocab() -> Result<()> {
     let d = tempfile::tempdir()?;
     let mut differs = 0;
     // llama.cpp's names, and the fixture's keys (transformers' converter names GPT-2's `gpt2`).
-    for (pre, key) in [("gpt-2", "gpt2"), ("qwen2", "qwen2"), ("llama-bpe", "llama-bpe")] {
+    for (pre, key) in [
+        ("gpt-2", "gpt2"),
+        ("qwen2", "qwen2"),
+        ("llama-bpe", "llama-bpe"),
+    ] {
         let pre_value = Value::String(pre.to_string());
         let meta: Vec<(&str, &Value)> = content
             .metadata

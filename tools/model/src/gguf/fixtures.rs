@@ -4,7 +4,7 @@
 //! tensor ops, independent of the loader's row arithmetic.
 
 use crate::config::{Arch, ModelConfig};
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
@@ -23,101 +23,20 @@ pub fn llama_permute(w: &Tensor, heads: usize) -> Result<Tensor> {
 
 /// Write `out` (GGUF) from the model directory `dir`: 2-D weights as `qtype`, norms and biases as
 /// F32 (as llama.cpp keeps them), tokenizer keys with `tokenizer.ggml.pre = pre` (default: what the
-/// fixture's pre-tokenizer is: `gpt2` for llama, `qwen2` for qwen2).
+/// fixture's pre-tokenizer is: `gpt-2` for llama, `qwen2` for qwen2).
 pub fn write_tiny_gguf(dir: &Path, out: &Path, qtype: GgmlDType, pre: Option<&str>) -> Result<()> {
     let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
-    let a = cfg.arch.model_type();
-    let tok_json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json"))?)?;
     let tok = crate::load_tokenizer(&dir.join("tokenizer.json"))?;
     let tcfg = crate::TokenizerConfig::load(Some(&dir.join("tokenizer_config.json")), None)?;
-
-    let n = tok.get_vocab_size(true);
-    let mut tokens = vec![String::new(); n];
-    for (t, id) in tok.get_vocab(true) {
-        tokens[id as usize] = t;
-    }
-    let added = tok.get_added_tokens_decoder();
-    let types: Vec<Value> = (0..n as u32)
-        .map(|id| {
-            Value::I32(match added.get(&id) {
-                Some(t) if t.special => 3,
-                Some(_) => 4,
-                None => 1,
-            })
-        })
-        .collect();
-    let merges: Vec<Value> = tok_json["model"]["merges"]
-        .as_array()
-        .context("tokenizer.json: no model.merges")?
-        .iter()
-        .map(|m| match m {
-            serde_json::Value::String(s) => Ok(Value::String(s.clone())),
-            serde_json::Value::Array(p) => Ok(Value::String(format!(
-                "{} {}",
-                p[0].as_str().unwrap_or_default(),
-                p[1].as_str().unwrap_or_default()
-            ))),
-            _ => Err(anyhow!("tokenizer.json: bad merge {m}")),
-        })
-        .collect::<Result<_>>()?;
-    let id = |t: &Option<String>| t.as_deref().and_then(|t| tok.token_to_id(t));
-    let u = |x: usize| Value::U32(x as u32);
-    let mut meta: Vec<(String, Value)> = vec![
-        ("general.architecture".into(), Value::String(a.into())),
-        (
-            format!("{a}.context_length"),
-            u(cfg.max_position_embeddings),
-        ),
-        (format!("{a}.embedding_length"), u(cfg.hidden_size)),
-        (format!("{a}.block_count"), u(cfg.num_hidden_layers)),
-        (format!("{a}.feed_forward_length"), u(cfg.intermediate_size)),
-        (
-            format!("{a}.attention.head_count"),
-            u(cfg.num_attention_heads),
-        ),
-        (
-            format!("{a}.attention.head_count_kv"),
-            u(cfg.num_key_value_heads),
-        ),
-        (
-            format!("{a}.rope.freq_base"),
-            Value::F32(cfg.rope_theta as f32),
-        ),
-        (
-            format!("{a}.attention.layer_norm_rms_epsilon"),
-            Value::F32(cfg.rms_norm_eps as f32),
-        ),
-        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
-        (
-            "tokenizer.ggml.pre".into(),
-            Value::String(
-                pre.unwrap_or(match cfg.arch {
-                    Arch::Llama => "gpt-2",
-                    Arch::Qwen2 => "qwen2",
-                })
-                .into(),
-            ),
-        ),
-        (
-            "tokenizer.ggml.tokens".into(),
-            Value::Array(tokens.into_iter().map(Value::String).collect()),
-        ),
-        ("tokenizer.ggml.token_type".into(), Value::Array(types)),
-        ("tokenizer.ggml.merges".into(), Value::Array(merges)),
-        ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
-    ];
-    for (key, t) in [
-        ("bos_token_id", &tcfg.bos_token),
-        ("eos_token_id", &tcfg.eos_token),
-        ("padding_token_id", &tcfg.pad_token),
-    ] {
-        if let Some(i) = id(t) {
-            meta.push((format!("tokenizer.ggml.{key}"), Value::U32(i)));
-        }
-    }
-    if let Some(t) = &tcfg.chat_template {
-        meta.push(("tokenizer.chat_template".into(), Value::String(t.clone())));
+    // The keys ft-merge-export writes (checked against llama.cpp's converter and llama.cpp itself,
+    // scripts/check-export), with `tokenizer.ggml.pre` forced when asked.
+    let mut meta = super::metadata::model_metadata(&cfg, "tiny", 0)?;
+    for (k, v) in super::metadata::tokenizer_metadata(&tok, &tcfg, &cfg)? {
+        let v = match (k.as_str(), pre) {
+            ("tokenizer.ggml.pre", Some(p)) => Value::String(p.to_string()),
+            _ => v,
+        };
+        meta.push((k, v));
     }
 
     let st = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)

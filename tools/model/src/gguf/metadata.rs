@@ -45,10 +45,12 @@ fn pre_splits(
     if let Some(pre) = pre {
         pre.pre_tokenize(&mut p).map_err(|e| anyhow!("{e}"))?;
     }
-    Ok(p.get_splits(OffsetReferential::Normalized, OffsetType::Byte)
-        .into_iter()
-        .map(|(s, _, _)| s.to_string())
-        .collect())
+    Ok(
+        p.get_splits(OffsetReferential::Normalized, OffsetType::Byte)
+            .into_iter()
+            .map(|(s, _, _)| s.to_string())
+            .collect(),
+    )
 }
 
 /// The `tokenizer.ggml.pre` name (llama.cpp's) of a byte-level BPE tokenizer: the one among
@@ -215,9 +217,15 @@ pub fn file_type(t: candle_core::quantized::GgmlDType) -> u32 {
 }
 
 /// `general.*` and the `<arch>.*` hyper-parameters of `cfg`, as [`GgufFile::config`] reads them.
-pub fn model_metadata(cfg: &ModelConfig, name: &str, file_type: u32) -> Result<Vec<(String, Value)>> {
+pub fn model_metadata(
+    cfg: &ModelConfig,
+    name: &str,
+    file_type: u32,
+) -> Result<Vec<(String, Value)>> {
     if cfg.rope_scaling.is_some() {
-        bail!("llama3 rope scaling is not written to GGUF yet (llama.cpp needs a rope_freqs tensor)");
+        bail!(
+            "llama3 rope scaling is not written to GGUF yet (llama.cpp needs a rope_freqs tensor)"
+        );
     }
     let a = cfg.arch.model_type();
     Ok(vec![
@@ -231,13 +239,28 @@ pub fn model_metadata(cfg: &ModelConfig, name: &str, file_type: u32) -> Result<V
             u32v(super::write::ALIGNMENT),
         ),
         (format!("{a}.vocab_size"), u32v(cfg.vocab_size)),
-        (format!("{a}.context_length"), u32v(cfg.max_position_embeddings)),
+        (
+            format!("{a}.context_length"),
+            u32v(cfg.max_position_embeddings),
+        ),
         (format!("{a}.embedding_length"), u32v(cfg.hidden_size)),
         (format!("{a}.block_count"), u32v(cfg.num_hidden_layers)),
-        (format!("{a}.feed_forward_length"), u32v(cfg.intermediate_size)),
-        (format!("{a}.attention.head_count"), u32v(cfg.num_attention_heads)),
-        (format!("{a}.attention.head_count_kv"), u32v(cfg.num_key_value_heads)),
-        (format!("{a}.rope.freq_base"), Value::F32(cfg.rope_theta as f32)),
+        (
+            format!("{a}.feed_forward_length"),
+            u32v(cfg.intermediate_size),
+        ),
+        (
+            format!("{a}.attention.head_count"),
+            u32v(cfg.num_attention_heads),
+        ),
+        (
+            format!("{a}.attention.head_count_kv"),
+            u32v(cfg.num_key_value_heads),
+        ),
+        (
+            format!("{a}.rope.freq_base"),
+            Value::F32(cfg.rope_theta as f32),
+        ),
         (
             format!("{a}.attention.layer_norm_rms_epsilon"),
             Value::F32(cfg.rms_norm_eps as f32),
@@ -252,7 +275,10 @@ pub fn model_metadata(cfg: &ModelConfig, name: &str, file_type: u32) -> Result<V
 /// adapter type and the base's architecture, and scales by `alpha / r` (alpha as FLOAT32).
 pub fn adapter_metadata(arch: Arch, alpha: f64, name: &str) -> Vec<(String, Value)> {
     vec![
-        ("general.architecture".to_string(), string(arch.model_type())),
+        (
+            "general.architecture".to_string(),
+            string(arch.model_type()),
+        ),
         ("general.type".to_string(), string("adapter")),
         ("general.name".to_string(), string(name)),
         ("adapter.type".to_string(), string("lora")),
@@ -296,7 +322,10 @@ pub fn check_model_keys(meta: &[(String, Value)]) -> Result<()> {
         }
     }
     if !missing.is_empty() {
-        bail!("GGUF metadata lacks keys llama.cpp needs: {}", missing.join(", "));
+        bail!(
+            "GGUF metadata lacks keys llama.cpp needs: {}",
+            missing.join(", ")
+        );
     }
     Ok(())
 }

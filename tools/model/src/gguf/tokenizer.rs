@@ -58,7 +58,9 @@ fn split(regex: &str) -> Result<PreTokenizerWrapper> {
 }
 
 /// Normalizer and pre-tokenizer of the `tokenizer.json` that `pre` stands for.
-pub(crate) fn pipeline(pre: &str) -> Result<Option<(Option<NormalizerWrapper>, PreTokenizerWrapper)>> {
+pub(crate) fn pipeline(
+    pre: &str,
+) -> Result<Option<(Option<NormalizerWrapper>, PreTokenizerWrapper)>> {
     Ok(Some(match pre {
         // GPT-2: the byte-level pre-tokenizer's own regex.
         "gpt-2" => (None, PreTokenizerWrapper::ByteLevel(byte_level(true))),

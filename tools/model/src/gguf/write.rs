@@ -159,12 +159,9 @@ impl<W: Write> GgufWriter<W> {
             offset += size + padding(size);
         }
         head.resize(head.len() + padding(head.len()), 0);
-        out.write_all(&head).context("cannot write the GGUF header")?;
-        Ok(Self {
-            out,
-            plan,
-            next: 0,
-        })
+        out.write_all(&head)
+            .context("cannot write the GGUF header")?;
+        Ok(Self { out, plan, next: 0 })
     }
 
     /// Writes the next planned tensor's data; its shape and type must be the plan's.
@@ -231,7 +228,10 @@ mod tests {
             })
             .collect();
         let meta = vec![
-            ("general.architecture".to_string(), Value::String("llama".into())),
+            (
+                "general.architecture".to_string(),
+                Value::String("llama".into()),
+            ),
             ("x.f".to_string(), Value::F32(0.5)),
             (
                 "x.list".to_string(),
@@ -254,7 +254,10 @@ mod tests {
         assert!(content.metadata["x.empty"].to_vec()?.is_empty());
         let back = content.tensor(&mut cur, "w.weight", &dev)?;
         assert_eq!(back.dtype(), GgmlDType::Q8_0);
-        let diff = (back.dequantize(&dev)? - &w)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let diff = (back.dequantize(&dev)? - &w)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
         assert!(diff < 0.3, "{diff}");
         let b2 = content.tensor(&mut cur, "b.bias", &dev)?.dequantize(&dev)?;
         assert_eq!(b2.to_vec1::<f32>()?, [1.0, -2.0, 3.0]);
@@ -270,7 +273,10 @@ mod tests {
             dtype: GgmlDType::F32,
         }];
         let mut wr = GgufWriter::create(Vec::new(), &[], plan)?;
-        let wrong = QTensor::quantize(&Tensor::zeros((2, 32), candle_core::DType::F32, &dev)?, GgmlDType::F16)?;
+        let wrong = QTensor::quantize(
+            &Tensor::zeros((2, 32), candle_core::DType::F32, &dev)?,
+            GgmlDType::F16,
+        )?;
         assert!(wr.tensor(&wrong).is_err());
         assert!(wr.finish().is_err());
         Ok(())
