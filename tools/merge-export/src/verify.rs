@@ -57,7 +57,7 @@ impl Verification {
 
     pub fn line(&self) -> String {
         format!(
-            "verified: {} on {} tokens: max |diff| {:.3e} = {:.2e} of max |logit| (at most {:.0e}), greedy tokens agree {:.1}% (at least {:.0}%){}",
+            "verified: {} on {} tokens: max |diff| {:.3e} = {:.2e} of max |logit| (at most {}), greedy tokens agree {:.1}% (at least {:.0}%){}",
             self.against,
             self.tokens,
             self.max_abs_diff,

@@ -41,6 +41,53 @@ fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
+/// Seed 002's pipeline end to end, documents to an Ollama model folder: the extractive backend (no
+/// model writes the pairs) and a tiny generated model to fine-tune and export, so CI needs no
+/// download; with the default local backend and SmolLM2 the same script is the real job.
+#[test]
+fn docs_to_ollama_ends_with_a_verified_model_and_modelfile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    ftkit_model::fixtures::write_tiny_model(&model, &ftkit_model::fixtures::TinySpec::qwen2(1))
+        .unwrap();
+    let out = tmp.path().join("out");
+    let docs = workspace_root().join("testdata/docs");
+    let o = Command::new("bash")
+        .arg(workspace_root().join("scripts/docs-to-ollama"))
+        .arg(&docs)
+        .arg(&out)
+        .env("FTKIT_BIN", bin_dir())
+        .env("MODEL", &model)
+        .env("BACKEND", "extractive")
+        .env("STEPS", "2")
+        .env("QUANT", "f16")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    let export = read_json(&out.join("export.json"));
+    assert_eq!(export["status"], "ok");
+    assert_eq!(
+        export["files"],
+        serde_json::json!(["model.gguf", "Modelfile"])
+    );
+    assert!(
+        export["verify"]["relative"].as_f64().unwrap() <= 2e-2,
+        "{export}"
+    );
+    let modelfile = std::fs::read_to_string(out.join("ollama/Modelfile")).unwrap();
+    assert!(modelfile.starts_with("FROM ./model.gguf\n"), "{modelfile}");
+    assert!(
+        std::fs::metadata(out.join("ollama/model.gguf"))
+            .unwrap()
+            .len()
+            > 100_000
+    );
+    assert!(stderr.contains("next: ollama create docs -f"), "{stderr}");
+    let train = std::fs::read_to_string(out.join("train.alpaca.jsonl")).unwrap();
+    assert!(train.lines().count() > 20, "{train}");
+}
+
 #[test]
 fn cron_example_reruns_to_the_same_bytes_and_never_overlaps() {
     let tmp = tempfile::tempdir().unwrap();
