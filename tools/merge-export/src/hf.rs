@@ -23,25 +23,14 @@ fn st_dtype(d: Dtype) -> safetensors::Dtype {
 }
 
 fn bytes(t: &Tensor, d: Dtype) -> Result<Vec<u8>> {
-    let t = t.flatten_all()?;
+    fn le<T: Copy, const N: usize>(v: Vec<T>, f: fn(T) -> [u8; N]) -> Vec<u8> {
+        v.into_iter().flat_map(f).collect()
+    }
+    let t = t.to_dtype(d.candle())?.flatten_all()?;
     Ok(match d {
-        Dtype::F32 => t
-            .to_vec1::<f32>()?
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect(),
-        Dtype::Bf16 => t
-            .to_dtype(candle_core::DType::BF16)?
-            .to_vec1::<half::bf16>()?
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect(),
-        Dtype::F16 => t
-            .to_dtype(candle_core::DType::F16)?
-            .to_vec1::<half::f16>()?
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect(),
+        Dtype::F32 => le(t.to_vec1::<f32>()?, f32::to_le_bytes),
+        Dtype::Bf16 => le(t.to_vec1::<half::bf16>()?, half::bf16::to_le_bytes),
+        Dtype::F16 => le(t.to_vec1::<half::f16>()?, half::f16::to_le_bytes),
     })
 }
 
