@@ -88,6 +88,65 @@ fn docs_to_ollama_ends_with_a_verified_model_and_modelfile() {
     assert!(train.lines().count() > 20, "{train}");
 }
 
+/// Seed 004: per-source and per-domain caps, a hash split with seed 42, one adapter per domain with
+/// train/val/test losses; the same corpora give the same adapters byte for byte.
+#[test]
+fn domain_adapters_caps_splits_and_trains_one_adapter_per_domain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    ftkit_model::fixtures::write_tiny_model(&model, &ftkit_model::fixtures::TinySpec::llama(2))
+        .unwrap();
+    let corpora = workspace_root().join("testdata/domain-adapters");
+    let run = |out: &Path| {
+        let o = Command::new("bash")
+            .arg(workspace_root().join("scripts/domain-adapters"))
+            .arg(&corpora)
+            .arg(out)
+            .env("FTKIT_BIN", bin_dir())
+            .env("MODEL", &model)
+            .env("STEPS", "2")
+            .env("MAX_PER_SOURCE", "15")
+            .env("MAX_PER_DOMAIN", "25")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(0), "{stderr}");
+        read_json(&out.join("report.json"))
+    };
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let report = run(&a);
+    // Sources capped at 15 (counting 18, sums 20, capitals 16, rivers 12), then domains at 25:
+    // arithmetic 30 → 25, geography 27 → 25.
+    for (domain, total) in [("arithmetic", 25), ("geography", 25)] {
+        let r = &report[domain];
+        assert_eq!(r["status"], "ok", "{report}");
+        let n = |s: &str| r["records"][s].as_u64().unwrap();
+        assert_eq!(n("train") + n("val") + n("test"), total, "{domain}: {r}");
+        for s in ["train", "val", "test"] {
+            if n(s) > 0 {
+                assert!(r[s]["loss"].as_f64().unwrap() > 0.0, "{domain} {s}: {r}");
+            }
+        }
+    }
+    for (domain, source, kept) in [
+        ("arithmetic", "counting", 15),
+        ("arithmetic", "sums", 15),
+        ("geography", "capitals", 15),
+        ("geography", "rivers", 12),
+    ] {
+        let path = a.join(domain).join("sources").join(source).join("kept.jsonl");
+        let lines = std::fs::read_to_string(path).unwrap().lines().count();
+        assert_eq!(lines, kept, "{domain}/{source}");
+    }
+    run(&b);
+    for domain in ["arithmetic", "geography"] {
+        let adapter = |root: &Path| {
+            std::fs::read(root.join(domain).join("adapter/adapter_model.safetensors")).unwrap()
+        };
+        assert_eq!(adapter(&a), adapter(&b), "{domain}");
+    }
+}
+
 #[test]
 fn cron_example_reruns_to_the_same_bytes_and_never_overlaps() {
     let tmp = tempfile::tempdir().unwrap();
