@@ -9,7 +9,7 @@
 //! - [`paths`]: the check that no output is an input or another output.
 //! - [`chat`]: alpaca / messages / sharegpt / prompt records as chat messages (training and generation).
 //! - [`chunks`], [`rejects`], [`secret`]: the chunk loader, the shared `--rejects` file, secrets and URL
-//!   redaction.
+//!   redaction; [`size`]: byte sizes on the command line.
 //! - [`hub`], [`source`]: Hugging Face hub settings (and, with the `hub` feature, the hf-hub client);
 //!   a dataset's source as manifests carry it.
 //!
@@ -29,6 +29,7 @@ pub mod paths;
 pub mod progress;
 pub mod rejects;
 pub mod secret;
+pub mod size;
 pub mod source;
 mod temp;
 pub mod template;

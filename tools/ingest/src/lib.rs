@@ -9,7 +9,6 @@ pub mod format;
 pub mod html;
 pub mod linecap;
 pub mod parquet;
-pub mod size;
 pub mod template;
 pub mod walk;
 
@@ -132,10 +131,10 @@ pub struct Args {
     pub follow_links: bool,
 
     /// Skip (with a warning) any source read whole (text, HTML, JSON, CSV) bigger than this, on disk
-    /// or decompressed; suffixes K, M, G, T (powers of 1024). JSONL streams: the cap is per line, and a
+    /// or decompressed; suffixes K, M, G, T (powers of 1024; KB, MB... powers of 1000). JSONL streams: the cap is per line, and a
     /// longer line stops the run. Parquet streams too: the cap is per row group (its uncompressed size in
     /// the footer; a bigger one skips the file), and on the whole file for stdin or .zst (read into memory).
-    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = size::parse)]
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = ftkit_core::size::parse)]
     pub max_file_size: u64,
 
     /// Read every source as this format instead of going by its extension.

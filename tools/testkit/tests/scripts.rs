@@ -134,7 +134,11 @@ fn domain_adapters_caps_splits_and_trains_one_adapter_per_domain() {
         ("geography", "capitals", 15),
         ("geography", "rivers", 12),
     ] {
-        let path = a.join(domain).join("sources").join(source).join("kept.jsonl");
+        let path = a
+            .join(domain)
+            .join("sources")
+            .join(source)
+            .join("kept.jsonl");
         let lines = std::fs::read_to_string(path).unwrap().lines().count();
         assert_eq!(lines, kept, "{domain}/{source}");
     }
