@@ -577,3 +577,62 @@ fn smollm2_gguf_to_ollama() {
 fn man_page() {
     ftkit_testkit::man::check(ft_merge_export::Args::command());
 }
+
+/// `--base ORG/NAME` through hf-hub against a loopback server speaking the hub's protocol
+/// (HF_ENDPOINT, HF_HOME): the export is the same as from the folder, and the token appears in no
+/// output.
+#[test]
+fn a_hub_id_base_exports_like_its_folder_and_keeps_the_token_out() {
+    use ftkit_testkit::http::Server;
+    let d = tempfile::tempdir().unwrap();
+    let base = tiny_model(d.path(), &TinySpec::qwen2(13));
+    let files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&base)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    let server = Server::start();
+    server.put_hub_repo("model", "org/tiny", &refs);
+    let token = "hf_secret_merge_export_token";
+    let hub_out = d.path().join("hub");
+    let o = Run::new(BIN)
+        .args([
+            "--base",
+            "org/tiny",
+            "--format",
+            "gguf",
+            "--quant",
+            "f32",
+            "--out-dir",
+        ])
+        .arg(&hub_out)
+        .env("HF_ENDPOINT", &server.url)
+        .env("HF_HOME", d.path().join("hf-home"))
+        .env("HF_TOKEN", token)
+        .run()
+        .expect_code(0);
+    let dir_out = d.path().join("dir");
+    export(
+        &base,
+        None,
+        &dir_out,
+        &["--format", "gguf", "--quant", "f32", "--name", "hub"],
+    );
+    assert_eq!(
+        std::fs::read(hub_out.join("model.gguf")).unwrap(),
+        std::fs::read(dir_out.join("model.gguf")).unwrap()
+    );
+    let report = std::fs::read_to_string(hub_out.join("export_report.json")).unwrap();
+    for text in [o.stdout_str(), o.stderr.as_str(), &report] {
+        assert!(!text.contains(token), "{text}");
+    }
+}
