@@ -257,7 +257,7 @@ pub fn read_adapter(path: &Path, cfg: &ftkit_model::ModelConfig) -> Result<Adapt
     let dev = Device::Cpu;
     let mut tensors = HashMap::new();
     let mut r = 0;
-    let mut modules = BTreeMap::new();
+    let mut modules = std::collections::BTreeSet::new();
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
     for g in names {
@@ -282,10 +282,7 @@ pub fn read_adapter(path: &Path, cfg: &ftkit_model::ModelConfig) -> Result<Adapt
             }
             other => bail!("{origin}: tensor {g}: unknown part {other:?}"),
         };
-        modules.insert(
-            module.rsplit('.').next().unwrap_or_default().to_string(),
-            (),
-        );
+        modules.insert(module.rsplit('.').next().unwrap_or_default().to_string());
         tensors.insert(format!("base_model.model.{module}.{key}.weight"), t);
     }
     let config = AdapterConfig {
@@ -294,7 +291,7 @@ pub fn read_adapter(path: &Path, cfg: &ftkit_model::ModelConfig) -> Result<Adapt
         r,
         lora_alpha: alpha,
         lora_dropout: 0.0,
-        target_modules: TargetModules::List(modules.into_keys().collect()),
+        target_modules: TargetModules::List(modules.into_iter().collect()),
         use_rslora: false,
         bias: "none".into(),
         base_model_name_or_path: None,
