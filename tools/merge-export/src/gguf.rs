@@ -6,7 +6,6 @@ use anyhow::{Context, Result, bail};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use ftkit_model::config::Arch;
 use ftkit_model::gguf::metadata::{
     adapter_metadata, check_model_keys, file_type, model_metadata, tokenizer_metadata,
 };
@@ -273,9 +272,7 @@ pub fn read_adapter(path: &Path, cfg: &ftkit_model::ModelConfig) -> Result<Adapt
                 "lora_A"
             }
             "lora_b" => {
-                if cfg.arch == Arch::Llama
-                    && let Some(heads) = llama_qk_heads(cfg.arch, cfg, &module)
-                {
+                if let Some(heads) = llama_qk_heads(cfg.arch, cfg, &module) {
                     t = reorder_tensor_rows(&t, &llama_qk_unpermute_rows(t.dim(0)?, heads)?)?;
                 }
                 "lora_B"

@@ -81,21 +81,6 @@ fn config_json(inputs: &Inputs, dtype: Dtype) -> Result<Value> {
     Ok(v)
 }
 
-/// Every id that ends a reply: config.json's eos ids and the tokenizer config's eos token.
-pub fn eos_ids(inputs: &Inputs) -> Vec<u32> {
-    let mut ids = inputs.cfg.eos_token_ids.clone();
-    if let Some(id) = inputs
-        .tokenizer_config
-        .eos_token
-        .as_deref()
-        .and_then(|t| inputs.tokenizer.token_to_id(t))
-        && !ids.contains(&id)
-    {
-        ids.push(id);
-    }
-    ids
-}
-
 fn generation_config(inputs: &Inputs) -> Result<Value> {
     let own = inputs
         .files
@@ -118,7 +103,12 @@ fn generation_config(inputs: &Inputs) -> Result<Value> {
             .collect(),
         _ => vec![],
     };
-    for id in eos_ids(inputs) {
+    let ends = ftkit_model::generate::eos_ids(
+        &inputs.cfg,
+        &inputs.tokenizer,
+        Some(&inputs.tokenizer_config),
+    );
+    for id in ends {
         if !ids.contains(&id) {
             ids.push(id);
         }

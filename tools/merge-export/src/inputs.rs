@@ -72,19 +72,12 @@ impl Inputs {
     /// Whether encoding prepends the BOS token (llama.cpp's `add_bos_token`): a template that
     /// writes it itself must then not have it in Ollama's TEMPLATE too.
     pub fn adds_bos(&self) -> bool {
-        let enc = |special| {
-            self.tokenizer
-                .encode("a", special)
-                .map(|e| e.get_ids().to_vec())
-                .unwrap_or_default()
-        };
-        let bos = self
-            .tokenizer_config
+        self.tokenizer_config
             .bos_token
             .as_deref()
-            .and_then(|b| self.tokenizer.token_to_id(b));
-        let (with, without) = (enc(true), enc(false));
-        bos.is_some() && with.len() > without.len() && with.first().copied() == bos
+            .and_then(|b| self.tokenizer.token_to_id(b))
+            .and_then(|b| ftkit_model::gguf::metadata::adds_bos(&self.tokenizer, b).ok())
+            .unwrap_or(false)
     }
 
     /// Base tensor `name` in F32 (HF row order), with the adapter merged into it when it adapts

@@ -74,7 +74,8 @@ impl StFile {
 
 enum Source {
     Safetensors(Vec<StFile>),
-    Gguf(GgufFile),
+    /// The file and its hyper-parameters (read once: every tensor needs the head counts).
+    Gguf(Box<(GgufFile, crate::ModelConfig)>),
 }
 
 pub struct ModelTensors(Source);
@@ -82,7 +83,9 @@ pub struct ModelTensors(Source);
 impl ModelTensors {
     pub fn open(files: &ModelFiles) -> Result<Self> {
         if let Some(path) = &files.gguf {
-            return Ok(Self(Source::Gguf(GgufFile::open(path)?)));
+            let file = GgufFile::open(path)?;
+            let cfg = file.config()?;
+            return Ok(Self(Source::Gguf(Box::new((file, cfg)))));
         }
         let st = files
             .weights
@@ -100,7 +103,7 @@ impl ModelTensors {
                 v.sort();
                 v
             }
-            Source::Gguf(g) => g.hf_names(),
+            Source::Gguf(g) => g.0.hf_names(),
         }
     }
 
@@ -108,7 +111,7 @@ impl ModelTensors {
     pub fn dims(&self, name: &str) -> Result<Vec<usize>> {
         match &self.0 {
             Source::Safetensors(_) => Ok(self.st_file(name)?.infos[name].shape.clone()),
-            Source::Gguf(g) => g.tensor_dims(
+            Source::Gguf(g) => g.0.tensor_dims(
                 &crate::gguf::gguf_name(name).with_context(|| format!("no tensor {name}"))?,
             ),
         }
@@ -129,11 +132,12 @@ impl ModelTensors {
         let dev = Device::Cpu;
         let t = match &self.0 {
             Source::Safetensors(_) => self.st_file(name)?.load(name)?,
-            Source::Gguf(g) => {
+            Source::Gguf(gc) => {
+                let (g, cfg) = &**gc;
                 let file = std::fs::File::open(g.path())
                     .with_context(|| format!("cannot open {}", g.path().display()))?;
                 let mut reader = std::io::BufReader::new(file);
-                g.read_hf(&mut reader, name, &dev)?.dequantize(&dev)?
+                g.read_hf(&mut reader, name, cfg, &dev)?.dequantize(&dev)?
             }
         };
         t.to_dtype(DType::F32)

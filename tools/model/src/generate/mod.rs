@@ -138,7 +138,16 @@ pub fn default_eos_ids(
     tokenizer: &Tokenizer,
     config: Option<&TokenizerConfig>,
 ) -> Vec<u32> {
-    let mut ids = model.config.eos_token_ids.clone();
+    eos_ids(&model.config, tokenizer, config)
+}
+
+/// [`default_eos_ids`] from the hyper-parameters alone (no loaded weights): exports use it.
+pub fn eos_ids(
+    model: &crate::ModelConfig,
+    tokenizer: &Tokenizer,
+    config: Option<&TokenizerConfig>,
+) -> Vec<u32> {
+    let mut ids = model.eos_token_ids.clone();
     if let Some(id) = config
         .and_then(|c| c.eos_token.as_deref())
         .and_then(|t| tokenizer.token_to_id(t))

@@ -156,15 +156,7 @@ pub fn tokenizer_metadata(
         .context("the model names no EOS token (tokenizer_config.json eos_token or config.json eos_token_id)")?;
     let bos = id_of(&tcfg.bos_token).or(cfg.bos_token_id);
     let add_bos = match bos {
-        Some(b) => {
-            let enc = |special| {
-                tok.encode("a", special)
-                    .map(|e| e.get_ids().to_vec())
-                    .map_err(|e| anyhow!("{e}"))
-            };
-            let (with, without) = (enc(true)?, enc(false)?);
-            with.len() > without.len() && with.first() == Some(&b)
-        }
+        Some(b) => adds_bos(tok, b)?,
         None => false,
     };
     let mut meta = vec![
@@ -193,6 +185,17 @@ pub fn tokenizer_metadata(
         meta.push(("tokenizer.chat_template".to_string(), string(t)));
     }
     Ok(meta)
+}
+
+/// Whether encoding with special tokens prepends `bos` (llama.cpp's `add_bos_token`).
+pub fn adds_bos(tok: &Tokenizer, bos: u32) -> Result<bool> {
+    let enc = |special| {
+        tok.encode("a", special)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| anyhow!("{e}"))
+    };
+    let (with, without) = (enc(true)?, enc(false)?);
+    Ok(with.len() > without.len() && with.first() == Some(&bos))
 }
 
 /// llama.cpp's `general.file_type` (`llama_ftype`) for a model whose large tensors are `t`.

@@ -144,9 +144,10 @@ impl GgufFile {
         let file = std::fs::File::open(self.path())
             .with_context(|| format!("cannot open {}", self.path().display()))?;
         let mut reader = std::io::BufReader::new(file);
+        let cfg = self.config()?;
         let mut out = Vec::new();
         for hf in self.hf_names() {
-            let qt = self.read_hf(&mut reader, &hf, device)?;
+            let qt = self.read_hf(&mut reader, &hf, &cfg, device)?;
             out.push((hf, qt));
         }
         Ok(out)
@@ -164,16 +165,16 @@ impl GgufFile {
         names
     }
 
-    /// One tensor by HF name, quantized as stored, rows in HF order.
+    /// One tensor by HF name, quantized as stored, rows in HF order; `cfg` is [`GgufFile::config`].
     pub fn read_hf(
         &self,
         reader: &mut std::io::BufReader<std::fs::File>,
         hf: &str,
+        cfg: &crate::ModelConfig,
         device: &Device,
     ) -> Result<QTensor> {
         let g = gguf_name(hf).with_context(|| format!("{hf} has no GGUF name"))?;
-        let arch = self.arch()?;
-        match llama_qk_heads(arch, &self.config()?, hf) {
+        match llama_qk_heads(cfg.arch, cfg, hf) {
             Some(heads) => {
                 let qt = self.read_tensor(reader, &g, &Device::Cpu)?;
                 let rows = qt.shape().dims().first().copied().unwrap_or(0);
