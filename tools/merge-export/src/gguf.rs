@@ -15,6 +15,7 @@ use ftkit_model::gguf::{
     reorder_tensor_rows,
 };
 use ftkit_model::peft::{Adapter, AdapterConfig, TargetModules};
+use ftkit_model::quant::fitting;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -28,24 +29,15 @@ pub fn tensor_type(quant: Quant, name: &str, dims: &[usize], tied: bool) -> Ggml
         return GgmlDType::F32;
     }
     let cols = dims[dims.len() - 1];
-    let fits = |t: GgmlDType| cols.is_multiple_of(t.block_size());
-    let or_f16 = |t: GgmlDType| if fits(t) { t } else { GgmlDType::F16 };
     let output = name == "lm_head.weight" || (tied && name == "model.embed_tokens.weight");
     match quant {
         Quant::F32 => GgmlDType::F32,
         Quant::F16 => GgmlDType::F16,
         Quant::Bf16 => GgmlDType::BF16,
-        Quant::Q8_0 => or_f16(GgmlDType::Q8_0),
-        Quant::Q4_0 | Quant::Q4K if output => {
-            if fits(GgmlDType::Q6K) {
-                GgmlDType::Q6K
-            } else {
-                or_f16(GgmlDType::Q8_0)
-            }
-        }
-        Quant::Q4_0 => or_f16(GgmlDType::Q4_0),
-        Quant::Q4K if fits(GgmlDType::Q4K) => GgmlDType::Q4K,
-        Quant::Q4K => or_f16(GgmlDType::Q5_0),
+        Quant::Q8_0 => fitting(GgmlDType::Q8_0, cols),
+        Quant::Q4_0 | Quant::Q4K if output => fitting(GgmlDType::Q6K, cols),
+        Quant::Q4_0 => fitting(GgmlDType::Q4_0, cols),
+        Quant::Q4K => fitting(GgmlDType::Q4K, cols),
     }
 }
 

@@ -94,6 +94,7 @@ pub mod device;
 // builds (the `fixtures` feature, which the dev-dependencies of the test and example targets turn on).
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
+pub mod frozen;
 pub mod fused;
 pub mod generate;
 pub mod gguf;
@@ -104,6 +105,7 @@ pub mod model;
 pub mod ops;
 pub mod peft;
 pub mod pretrained;
+pub mod quant;
 pub mod rng;
 pub mod runtime;
 pub mod source;

@@ -14,6 +14,7 @@
 //! (each costing candle's backward a zero-filled activation-sized gradient and an add);
 //! `Linear::use_fused_op = false` keeps the composition, as do other devices and dtypes.
 
+use crate::frozen::Frozen;
 use crate::fused::CpuF32;
 use crate::matmul::{Mat, MatMut, Threads, gemm, product};
 use crate::rng::Rng;
@@ -94,15 +95,17 @@ pub struct LoraAdapter {
     pub dropout: f32,
 }
 
-/// A linear layer: frozen weight `[out, in]`, optional bias, optional LoRA adapter.
+/// A linear layer: frozen weight `[out, in]` (a tensor, or blocks under QLoRA), optional bias,
+/// optional LoRA adapter.
 #[derive(Debug, Clone)]
 pub struct Linear {
     /// Hugging Face module path, e.g. `model.layers.0.self_attn.q_proj`.
     pub name: String,
-    pub weight: Tensor,
+    pub weight: Frozen,
     pub bias: Option<Tensor>,
     pub lora: Option<LoraAdapter>,
-    /// Use [`frozen_linear`] for the base matmul (default true); false = candle's matmul.
+    /// Use [`frozen_linear`] for the base matmul (default true); false = candle's matmul (a
+    /// tensor weight only).
     pub use_frozen_op: bool,
     /// With an adapter, on the CPU in F32 (and `use_frozen_op`): compute the whole layer,
     /// base and LoRA term, as one graph node ([`lora_linear`], default true); false = the
@@ -121,10 +124,10 @@ pub struct ForwardMode {
 }
 
 impl Linear {
-    pub fn new(name: &str, weight: Tensor, bias: Option<Tensor>) -> Self {
+    pub fn new(name: &str, weight: impl Into<Frozen>, bias: Option<Tensor>) -> Self {
         Self {
             name: name.to_string(),
-            weight,
+            weight: weight.into(),
             bias,
             lora: None,
             use_frozen_op: true,
@@ -152,7 +155,7 @@ impl Linear {
     /// Create A and B for this layer in `varmap` (keys `<peft_prefix>.lora_A.weight`, `...lora_B.weight`).
     pub fn attach_lora(&mut self, cfg: &LoraConfig, varmap: &VarMap) -> Result<()> {
         let (out_dim, in_dim) = self.weight.dims2()?;
-        let dev = self.weight.device();
+        let dev = &self.weight.device();
         let a_key = format!("{}.lora_A.weight", self.peft_prefix());
         let b_key = format!("{}.lora_B.weight", self.peft_prefix());
         let bound = 1.0 / (in_dim as f64).sqrt();
@@ -195,7 +198,7 @@ impl Linear {
                 b.dims()
             );
         }
-        let dev = self.weight.device();
+        let dev = &self.weight.device();
         let a = Var::from_tensor(&a.to_dtype(DType::F32)?.to_device(dev)?)?;
         let b = Var::from_tensor(&b.to_dtype(DType::F32)?.to_device(dev)?)?;
         let mut data = varmap
@@ -220,7 +223,7 @@ impl Linear {
             && self.use_frozen_op
             && self.lora.is_some()
             && crate::fused::supported(x)
-            && f32_cpu(&self.weight)
+            && self.weight.cpu_f32()
             && self.bias.as_ref().is_none_or(f32_cpu)
     }
 
@@ -240,10 +243,9 @@ impl Linear {
                 dropout,
             );
         }
-        let mut y = if self.use_frozen_op {
-            frozen_linear(x, &self.weight)?
-        } else {
-            plain_linear(x, &self.weight)?
+        let mut y = match (&self.weight, self.use_frozen_op) {
+            (Frozen::Dense(w), false) => plain_linear(x, w)?,
+            (w, _) => w.linear(x)?,
         };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
@@ -294,15 +296,19 @@ fn dropout(x: &Tensor, p: f32, seed: u64, name: &str) -> Result<Tensor> {
 /// same mask as the composed path. Callers check [`Linear::uses_fused_op`] first.
 pub fn lora_linear(
     x: &Tensor,
-    w: &Tensor,
+    w: &Frozen,
     bias: Option<&Tensor>,
     a: &Tensor,
     b: &Tensor,
     scale: f64,
     dropout: Option<(f32, u64, &str)>,
 ) -> Result<Tensor> {
+    let w = match w {
+        Frozen::Dense(t) => Frozen::Dense(t.detach()),
+        q => q.clone(),
+    };
     let op = LoraLinear {
-        w: w.detach(),
+        w,
         bias: bias.map(Tensor::detach),
         scale: scale as f32,
         dropout: dropout.map(|(p, seed, name)| (p, seed, name.to_string())),
@@ -313,8 +319,8 @@ pub fn lora_linear(
 }
 
 struct LoraLinear {
-    /// Frozen `[n, k]`, F32, contiguous, on the CPU (as is `bias` `[n]`).
-    w: Tensor,
+    /// Frozen `[n, k]`: F32, contiguous, on the CPU (as is `bias` `[n]`), or blocks.
+    w: Frozen,
     bias: Option<Tensor>,
     scale: f32,
     dropout: Option<(f32, u64, String)>,
@@ -370,14 +376,12 @@ impl candle_core::CustomOp3 for LoraLinear {
             candle_core::bail!(
                 "{WHAT}: input {:?}, weight {:?}, A {:?}, B {:?} do not fit",
                 l1.shape().dims(),
-                self.w.dims(),
+                (nw, kw),
                 l2.shape().dims(),
                 l3.shape().dims()
             );
         }
-        let w_data = CpuF32::new(&self.w);
-        let w = w_data.slice(WHAT)?;
-        let mut y = product(Mat::dense(x, m, k), Mat::dense(w, n, k).t(), 1.0)?;
+        let mut y = self.w.times_t(x, m)?;
         if let Some(bias) = &self.bias {
             let bias_data = CpuF32::new(bias);
             let bias = bias_data.slice(WHAT)?;
@@ -454,9 +458,8 @@ impl candle_core::CustomOp3 for LoraLinear {
         drop(xd);
         // dx = g·W + scale·(gB·A) [⊙ dropout mask], [m, k].
         let dx = if x_t.track_op() {
-            let w_data = CpuF32::new(&self.w);
-            let w = w_data.slice(WHAT)?;
-            let mut dx = product(Mat::dense(g, m, n), Mat::dense(w, n, k), 1.0)?;
+            let mut dx = vec![0f32; m * k];
+            self.w.grad_into(g, m, &mut dx, false)?;
             match &saved.keep {
                 None => gemm(
                     MatMut::dense(&mut dx, m, k),

@@ -6,7 +6,10 @@
 
 use crate::attention::{AttentionSpec, attention};
 use crate::config::{Arch, ModelConfig};
+use crate::frozen::Frozen;
+use crate::gguf::GgufFile;
 use crate::lora::{ForwardMode, Linear, LoraConfig};
+use crate::quant::{BaseQuant, QuantMatrix};
 use anyhow::{Context, Result, bail};
 use candle_core::{D, DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
@@ -62,10 +65,10 @@ pub(crate) struct Layer {
 #[derive(Debug, Clone)]
 pub struct CausalLm {
     pub config: ModelConfig,
-    pub(crate) embed: Tensor,
+    pub(crate) embed: Frozen,
     pub(crate) layers: Vec<Layer>,
     pub(crate) norm: Tensor,
-    pub(crate) lm_head: Tensor,
+    pub(crate) lm_head: Frozen,
     pub(crate) inv_freq: Tensor,
     dtype: DType,
     device: Device,
@@ -143,14 +146,56 @@ fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
         .reshape((b, kv * n_rep, s, hd))?)
 }
 
+/// Size and formats of a model's frozen matrices ([`CausalLm::frozen_matrices`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FrozenMatrices {
+    pub bytes: u64,
+    /// What they would take in f32.
+    pub f32_bytes: u64,
+    /// Their formats (`f32`, `q4_0`, `nf4`...), sorted.
+    pub formats: Vec<String>,
+}
+
+/// How [`CausalLm::load_with`] holds the frozen matrices.
+#[derive(Default)]
+pub struct LoadOptions<'a> {
+    /// Keep the linear layers, the embedding and the output matrix in blocks (QLoRA; F32 on
+    /// the CPU); `None` = plain tensors of the VarBuilder's dtype.
+    pub quantize: Option<BaseQuant>,
+    /// The GGUF file the weights come from: [`BaseQuant::Keep`] takes its blocks as stored.
+    pub gguf: Option<&'a GgufFile>,
+}
+
 impl CausalLm {
     /// Load base weights (frozen) from a VarBuilder over HF-named tensors.
     pub fn load(config: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        Self::load_with(config, vb, &LoadOptions::default())
+    }
+
+    /// [`Self::load`], the matrices held as `opts` says. Quantized, each matrix is read in f32,
+    /// quantized and dropped before the next is read: loading never holds the model in f32.
+    pub fn load_with(config: &ModelConfig, vb: VarBuilder, opts: &LoadOptions) -> Result<Self> {
         let c = config;
         let h = c.hidden_size;
         let hd = c.head_dim;
         let (nq, nkv) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
         let i = c.intermediate_size;
+        if opts.quantize.is_some() && !(vb.device().is_cpu() && vb.dtype() == DType::F32) {
+            bail!(
+                "quantized base weights (QLoRA) train in f32 on the CPU; got {:?} on {:?}",
+                vb.dtype(),
+                vb.device().location()
+            );
+        }
+        let mut gguf_reader = match (opts.quantize, opts.gguf) {
+            (Some(BaseQuant::Keep), Some(file)) => Some((file, file.reader()?, file.config()?)),
+            (Some(BaseQuant::Keep), None) => {
+                bail!(
+                    "--quantize keep keeps a GGUF base's own blocks: the model is not a GGUF file"
+                )
+            }
+            _ => None,
+        };
         let get = |shape: (usize, usize), name: &str| -> Result<Tensor> {
             vb.get(shape, name)
                 .with_context(|| format!("weight {name}"))
@@ -158,13 +203,35 @@ impl CausalLm {
         let get1 = |n: usize, name: &str| -> Result<Tensor> {
             vb.get(n, name).with_context(|| format!("weight {name}"))
         };
-        let embed = get((c.vocab_size, h), "model.embed_tokens.weight")?;
+        let mut matrix = |shape: (usize, usize), name: &str, embedding: bool| -> Result<Frozen> {
+            let Some(q) = opts.quantize else {
+                return Ok(Frozen::Dense(get(shape, name)?));
+            };
+            let format = if embedding {
+                q.embedding_format(shape.1)
+            } else {
+                q.linear_format(shape.1)
+            };
+            let m = match (format, gguf_reader.as_mut()) {
+                (Some(f), _) => QuantMatrix::quantize(&get(shape, name)?, f),
+                (None, Some((file, reader, cfg))) => file
+                    .read_hf(reader, name, cfg, &Device::Cpu)
+                    .and_then(|qt| QuantMatrix::from_qtensor(&qt)),
+                (None, None) => bail!("no GGUF blocks to keep for {name}"),
+            }
+            .with_context(|| format!("weight {name}"))?;
+            if m.dims() != shape {
+                bail!("weight {name} has shape {:?}, expected {shape:?}", m.dims());
+            }
+            Ok(Frozen::Quant(std::sync::Arc::new(m)))
+        };
+        let embed = matrix((c.vocab_size, h), "model.embed_tokens.weight", true)?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for l in 0..c.num_hidden_layers {
             let p = format!("model.layers.{l}");
-            let lin = |m: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
+            let mut lin = |m: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
                 let name = format!("{p}.{m}");
-                let w = get((out, inp), &format!("{name}.weight"))?;
+                let w = matrix((out, inp), &format!("{name}.weight"), false)?;
                 let b = if bias {
                     Some(get1(out, &format!("{name}.bias"))?)
                 } else {
@@ -174,8 +241,6 @@ impl CausalLm {
             };
             let ab = c.attention_bias;
             layers.push(Layer {
-                input_norm: get1(h, &format!("{p}.input_layernorm.weight"))?,
-                post_norm: get1(h, &format!("{p}.post_attention_layernorm.weight"))?,
                 q: lin("self_attn.q_proj", nq, h, ab)?,
                 k: lin("self_attn.k_proj", nkv, h, ab)?,
                 v: lin("self_attn.v_proj", nkv, h, ab)?,
@@ -183,11 +248,13 @@ impl CausalLm {
                 gate: lin("mlp.gate_proj", i, h, false)?,
                 up: lin("mlp.up_proj", i, h, false)?,
                 down: lin("mlp.down_proj", h, i, false)?,
+                input_norm: get1(h, &format!("{p}.input_layernorm.weight"))?,
+                post_norm: get1(h, &format!("{p}.post_attention_layernorm.weight"))?,
             });
         }
         let norm = get1(h, "model.norm.weight")?;
         let lm_head = if !c.tie_word_embeddings || vb.contains_tensor("lm_head.weight") {
-            get((c.vocab_size, h), "lm_head.weight")?
+            matrix((c.vocab_size, h), "lm_head.weight", true)?
         } else {
             embed.clone()
         };
@@ -209,20 +276,62 @@ impl CausalLm {
 
     /// Load from resolved files: safetensors (mmap) or a GGUF file (dequantized into `dtype`).
     pub fn from_files(files: &crate::ModelFiles, dtype: DType, device: &Device) -> Result<Self> {
+        Self::from_files_with(files, dtype, device, None)
+    }
+
+    /// [`Self::from_files`], the frozen matrices quantized as `quantize` says (QLoRA).
+    pub fn from_files_with(
+        files: &crate::ModelFiles,
+        dtype: DType,
+        device: &Device,
+        quantize: Option<BaseQuant>,
+    ) -> Result<Self> {
         if let Some(path) = &files.gguf {
-            return Self::from_gguf(path, dtype, device);
+            let file = GgufFile::open(path)?;
+            let cfg = file.config()?;
+            let vb = GgufFile::open(path)?.into_var_builder(dtype, device)?;
+            let opts = LoadOptions {
+                quantize,
+                gguf: Some(&file),
+            };
+            return Self::load_with(&cfg, vb, &opts).with_context(|| format!("{}", path.display()));
         }
         let cfg = ModelConfig::from_file(&files.config)?;
         let vb = mmap_var_builder(&files.weights, dtype, device)?;
-        Self::load(&cfg, vb)
+        let opts = LoadOptions {
+            quantize,
+            gguf: None,
+        };
+        Self::load_with(&cfg, vb, &opts)
     }
 
     /// Load a `.gguf` file (llama, qwen2), its weights dequantized by candle into `dtype`.
     pub fn from_gguf(path: &std::path::Path, dtype: DType, device: &Device) -> Result<Self> {
-        let file = crate::gguf::GgufFile::open(path)?;
+        let file = GgufFile::open(path)?;
         let cfg = file.config()?;
-        let vb = file.var_builder(dtype, device)?;
+        let vb = file.into_var_builder(dtype, device)?;
         Self::load(&cfg, vb).with_context(|| format!("{}", path.display()))
+    }
+
+    /// The frozen matrices (linear layers, embedding, output matrix when untied): what QLoRA
+    /// shrinks.
+    pub fn frozen_matrices(&self) -> FrozenMatrices {
+        let mut all: Vec<&Frozen> = self.linears().map(|l| &l.weight).collect();
+        all.push(&self.embed);
+        if !self.lm_head.is(&self.embed) {
+            all.push(&self.lm_head);
+        }
+        let mut formats: Vec<String> = all.iter().map(|f| f.format()).collect();
+        formats.sort();
+        formats.dedup();
+        FrozenMatrices {
+            bytes: all.iter().map(|f| f.bytes() as u64).sum(),
+            f32_bytes: all
+                .iter()
+                .map(|f| f.dims2().map_or(0, |(r, c)| (r * c * 4) as u64))
+                .sum(),
+            formats,
+        }
     }
 
     pub fn dtype(&self) -> DType {
@@ -250,12 +359,12 @@ impl CausalLm {
             let Some(qt) = fast_blocks(qt).with_context(|| lin.name.clone())? else {
                 continue;
             };
-            if qt.shape().dims() != lin.weight.dims() {
+            let dims = lin.weight.dims2()?;
+            if qt.shape().dims() != [dims.0, dims.1] {
                 bail!(
-                    "{}: quantized weight {:?} but the model's is {:?}",
+                    "{}: quantized weight {:?} but the model's is {dims:?}",
                     lin.name,
                     qt.shape().dims(),
-                    lin.weight.dims()
                 );
             }
             lin.quantized = Some(QMatMul::from_qtensor(qt)?);
@@ -371,10 +480,9 @@ impl CausalLm {
     /// Embedding lookup.
     pub fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
         let (b, s) = input_ids.dims2()?;
-        let flat = input_ids.flatten_all()?;
         Ok(self
             .embed
-            .index_select(&flat, 0)?
+            .embedding(input_ids)?
             .reshape((b, s, self.config.hidden_size))?)
     }
 
@@ -500,11 +608,10 @@ impl CausalLm {
             let y = l.o.forward(&y, mode_l)?;
             x = (x + y)?;
             let hn = rms_norm(&x, &l.post_norm, c.rms_norm_eps, self.fused)?;
-            let y = if fused_cpu
-                && swiglu
-                && [&l.gate, &l.up, &l.down].iter().all(|m| m.is_frozen())
-            {
-                crate::mlp::frozen_swiglu_mlp(&hn, &l.gate.weight, &l.up.weight, &l.down.weight)?
+            let dense = |m: &Linear| m.weight.dense().filter(|_| m.is_frozen()).cloned();
+            let mlp = [dense(&l.gate), dense(&l.up), dense(&l.down)];
+            let y = if let (true, true, [Some(g), Some(u), Some(d)]) = (fused_cpu, swiglu, mlp) {
+                crate::mlp::frozen_swiglu_mlp(&hn, &g, &u, &d)?
             } else {
                 let g = l.gate.forward(&hn, mode_l)?;
                 let u = l.up.forward(&hn, mode_l)?;
@@ -523,7 +630,7 @@ impl CausalLm {
     /// Logits `[.., vocab]` for hidden states `[.., hidden]` (any leading shape). Select the
     /// positions that carry loss first to save memory on large vocabularies.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        crate::lora::frozen_linear(hidden, &self.lm_head)
+        self.lm_head.linear(hidden)
     }
 
     /// All-position logits `[b, s, vocab]`.

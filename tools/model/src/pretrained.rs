@@ -24,10 +24,22 @@ impl Pretrained {
     /// Resolves `spec` (a folder, a `.gguf` file or a hub id) and loads weights (mmap; a GGUF's
     /// dequantized into `dtype`), tokenizer and chat template.
     pub fn load(spec: &str, hub: &HubOptions, dtype: DType, device: &Device) -> Result<Self> {
+        Self::load_with(spec, hub, dtype, device, None)
+    }
+
+    /// [`Self::load`] with the frozen matrices quantized as `quantize` says (QLoRA; see
+    /// [`CausalLm::load_with`]).
+    pub fn load_with(
+        spec: &str,
+        hub: &HubOptions,
+        dtype: DType,
+        device: &Device,
+        quantize: Option<crate::quant::BaseQuant>,
+    ) -> Result<Self> {
         let source = ModelSource::parse(spec)?;
         let files = resolve(&source, hub)?;
         let sha256 = files.digest()?;
-        let model = CausalLm::from_files(&files, dtype, device)?;
+        let model = CausalLm::from_files_with(&files, dtype, device, quantize)?;
         let tokenizer = crate::load_tokenizer(&files.tokenizer)?;
         let tokenizer_config = TokenizerConfig::load(
             files.tokenizer_config.as_deref(),

@@ -88,6 +88,10 @@ fn config_json(
     // Early stopping decides where the run ends and which adapter it keeps, and the evaluation cadence
     // decides when it looks: a resume must use the same. (Only added when on, so that runs without
     // early stopping keep their digest whatever --eval-every says.)
+    // Added only when set: runs without it keep their digest.
+    if let Some(q) = args.base_quant() {
+        json["quantize"] = q.name().into();
+    }
     if let Some(patience) = args.early_stop_patience {
         json["early_stop"] = serde_json::json!({
             "patience": patience,
@@ -119,6 +123,16 @@ pub fn train(
         lm.dtype_name(),
         lm.trainable_parameters()
     ));
+    if let Some(q) = args.base_quant() {
+        let m = lm.base_weights(Some(q)).matrices;
+        note(&format!(
+            "base weights quantized ({}): {:.1} MiB, {:.2}x their f32 size, as {}",
+            q.name(),
+            m.bytes as f64 / (1 << 20) as f64,
+            m.bytes as f64 / m.f32_bytes.max(1) as f64,
+            m.formats.join(", ")
+        ));
+    }
 
     let mut data = BTreeMap::new();
     let (train_rows, rep) = encode_split(&lm, &train, args, args.pack)?;
@@ -249,6 +263,7 @@ pub fn train(
         architecture: lm.architecture(),
         device: lm.device_name(),
         dtype: lm.dtype_name(),
+        base_weights: lm.base_weights(args.base_quant()),
         seed: args.seed,
         config_digest: digest,
         config,

@@ -25,8 +25,13 @@ pub mod train;
 use anyhow::{Context, Result};
 use clap::Parser;
 use ftkit_core::{Paths, RunArgs, usage};
+use ftkit_model::quant::BaseQuant;
 use optim::Schedule;
 use std::path::PathBuf;
+
+fn parse_quantize(s: &str) -> Result<BaseQuant, String> {
+    s.parse().map_err(|e: anyhow::Error| e.to_string())
+}
 
 const EXAMPLE: &str = "\
 Examples:
@@ -112,6 +117,19 @@ pub struct Args {
     /// Weight precision: auto (bf16 on CUDA, f32 on CPU), f32, bf16, f16. LoRA weights stay f32.
     #[arg(long, default_value = "auto", value_name = "DTYPE")]
     pub dtype: String,
+
+    /// QLoRA: keep the frozen base weights quantized (CPU, f32 compute; the adapter stays a plain
+    /// PEFT adapter). q8_0, q4_0, q4_k (Q5_0 for rows that are no whole 256-blocks, as
+    /// llama-quantize does), nf4 (bitsandbytes' NF4, blocks of 64), or keep: a GGUF base's own
+    /// blocks, the very weights llama.cpp and Ollama serve. The linear layers take the type; the
+    /// embedding and output matrix take Q8_0 (keep: the file's). To serve an adapter trained with
+    /// keep, export it with `ft-merge-export --format gguf-adapter` on top of that same GGUF.
+    #[arg(long, value_name = "TYPE", value_parser = parse_quantize)]
+    pub quantize: Option<BaseQuant>,
+
+    /// With --quantize nf4: store the block scales in 8 bits too (QLoRA's double quantization).
+    #[arg(long)]
+    pub double_quant: bool,
 
     /// Loss targets whose logits exist at once (0 = all). On large vocabularies the logits
     /// (targets × vocab, f32) dominate a step's memory; chunks of them cost no extra compute.
@@ -279,7 +297,20 @@ impl Args {
         if self.early_stop_patience == Some(0) {
             usage!("--early-stop-patience must be at least 1");
         }
+        if self.double_quant && !matches!(self.quantize, Some(BaseQuant::Nf4 { .. })) {
+            usage!("--double-quant goes with --quantize nf4");
+        }
         Ok(())
+    }
+
+    /// `--quantize` with `--double-quant` folded in.
+    pub fn base_quant(&self) -> Option<BaseQuant> {
+        match self.quantize {
+            Some(BaseQuant::Nf4 { .. }) => Some(BaseQuant::Nf4 {
+                double_quant: self.double_quant,
+            }),
+            q => q,
+        }
     }
 }
 

@@ -14,9 +14,19 @@ use ftkit_model::device::{DTypeSpec, DeviceSpec, open_device, resolve_dtype};
 use ftkit_model::lora::{ForwardMode, LoraConfig, parse_targets};
 use ftkit_model::model::{CausalLm, ForwardOpts};
 use ftkit_model::peft::{AdapterConfig, load_adapter, save_adapter};
+use ftkit_model::quant::BaseQuant;
 use ftkit_model::source::HubOptions;
 use std::path::Path;
 use tokenizers::Tokenizer;
+
+/// How the base model's frozen matrices are held (`training_report.json`'s `base_weights`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BaseWeights {
+    /// `--quantize` (`nf4+dq` with `--double-quant`), `null` without.
+    pub quantize: Option<String>,
+    #[serde(flatten)]
+    pub matrices: ftkit_model::model::FrozenMatrices,
+}
 
 /// A base model with LoRA attached, its tokenizer and chat template.
 pub struct Lm {
@@ -49,7 +59,7 @@ impl Lm {
         })?;
         let dtype = resolve_dtype(dtype_spec, &device);
         let hub = HubOptions::from_env(args.offline);
-        let lm = Pretrained::load(&args.model, &hub, dtype, &device)?;
+        let lm = Pretrained::load_with(&args.model, &hub, dtype, &device, args.base_quant())?;
         let pad_id = lm.pad_id();
         let Pretrained {
             mut model,
@@ -135,6 +145,14 @@ impl Lm {
 
     pub fn dtype_name(&self) -> String {
         self.dtype.as_str().to_string()
+    }
+
+    /// The frozen matrices' size and formats, with `--quantize`'s name.
+    pub fn base_weights(&self, quantize: Option<BaseQuant>) -> BaseWeights {
+        BaseWeights {
+            quantize: quantize.map(|q| q.name().to_string()),
+            matrices: self.model.frozen_matrices(),
+        }
     }
 
     pub fn trainable_parameters(&self) -> u64 {

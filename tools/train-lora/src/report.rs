@@ -63,6 +63,8 @@ pub struct Report {
     pub architecture: String,
     pub device: String,
     pub dtype: String,
+    /// The frozen base matrices: `--quantize`, bytes, f32 bytes, formats.
+    pub base_weights: crate::lm::BaseWeights,
     pub seed: u64,
     pub config_digest: String,
     pub config: serde_json::Value,

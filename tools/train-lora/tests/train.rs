@@ -984,3 +984,143 @@ fn gpu_training_follows_the_cpu() {
         );
     }
 }
+
+/// `training_report.json`'s `base_weights`.
+fn base_weights(out: &Path) -> serde_json::Value {
+    report(out)["base_weights"].clone()
+}
+
+/// QLoRA: the loss falls with every block format, and the frozen matrices take what the format
+/// says (Q8_0 8.5 bits a weight, the 4-bit ones 4.5; NF4 with double quantization ~4.13).
+#[test]
+fn qlora_lowers_the_loss_with_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path(), TinySpec::llama(21));
+    let plain = dir.path().join("f32");
+    train(&model, &plain, &["--max-steps", "1"]);
+    let f32_bytes = base_weights(&plain)["bytes"].as_u64().unwrap();
+    assert_eq!(base_weights(&plain)["quantize"], serde_json::Value::Null);
+    for (quant, formats, most) in [
+        (&["q8_0"][..], &["q8_0"][..], 0.27),
+        (&["q4_0"], &["q4_0", "q8_0"], 0.27),
+        // Rows of 64 and 128 weights are no whole 256-blocks: Q5_0, as llama-quantize falls back.
+        (&["q4_k"], &["q5_0", "q8_0"], 0.27),
+        (&["nf4"], &["nf4", "q8_0"], 0.27),
+        (&["nf4", "--double-quant"], &["nf4+dq", "q8_0"], 0.27),
+    ] {
+        let what = quant.join(" ");
+        let out = dir.path().join(what.replace(' ', "_"));
+        let mut args = vec!["--quantize"];
+        args.extend(quant);
+        args.extend([
+            "--max-steps",
+            "30",
+            "--lr",
+            "1e-2",
+            "--target",
+            "all-linear",
+        ]);
+        let run = train(&model, &out, &args);
+        let l = losses(&run);
+        let first: f64 = l[..5].iter().map(|x| x.1).sum::<f64>() / 5.0;
+        let last: f64 = l[25..].iter().map(|x| x.1).sum::<f64>() / 5.0;
+        assert!(last < first * 0.6, "{what}: loss {first} -> {last}");
+        let b = base_weights(&out);
+        assert_eq!(b["f32_bytes"].as_u64().unwrap(), f32_bytes, "{what}");
+        let share = b["bytes"].as_f64().unwrap() / f32_bytes as f64;
+        assert!(share < most, "{what}: {share}");
+        let got: Vec<&str> = b["formats"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap())
+            .collect();
+        assert_eq!(got, formats, "{what}");
+        assert!(run.stderr.contains("base weights quantized"), "{what}");
+        // The adapter is a plain PEFT adapter whatever the base's format.
+        assert!(out.join("adapter_model.safetensors").is_file());
+    }
+}
+
+/// `--quantize keep` trains on a GGUF's own blocks: the same losses as the same file dequantized
+/// to f32 (the same weights; only the tile-by-tile order of the sums differs), at a fraction of
+/// the memory.
+#[test]
+fn quantize_keep_trains_on_a_gguf_base_s_own_blocks() {
+    use candle_core::quantized::GgmlDType;
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path(), TinySpec::llama(22));
+    for (qtype, name) in [(GgmlDType::Q8_0, "q8_0"), (GgmlDType::Q4_0, "q4_0")] {
+        let gguf = dir.path().join(format!("tiny-{name}.gguf"));
+        ftkit_model::gguf::fixtures::write_tiny_gguf(&model, &gguf, qtype, None).unwrap();
+        let steps = ["--max-steps", "3", "--lr", "1e-2", "--target", "all-linear"];
+        let dequantized = train(&gguf, &dir.path().join(format!("f32-{name}")), &steps);
+        let out = dir.path().join(format!("keep-{name}"));
+        let mut args = steps.to_vec();
+        args.extend(["--quantize", "keep"]);
+        let kept = train(&gguf, &out, &args);
+        let (a, b) = (losses(&dequantized), losses(&kept));
+        assert_eq!(a.len(), 3);
+        for ((_, la), (_, lb)) in a.iter().zip(&b) {
+            assert!((la - lb).abs() < 1e-4, "{name}: {la} vs {lb}");
+        }
+        let formats = base_weights(&out)["formats"].clone();
+        assert!(
+            formats.as_array().unwrap().iter().any(|f| f == name),
+            "{name}: {formats}"
+        );
+        assert_eq!(base_weights(&out)["quantize"], "keep");
+    }
+    // A safetensors base has no blocks to keep.
+    let run = train_cmd(&model, &dir.path().join("no"), &["--quantize", "keep"]).run();
+    assert!(run.expect_code(1).stderr.contains("not a GGUF"));
+}
+
+#[test]
+fn qlora_same_seed_same_adapter_bytes_whatever_the_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path(), TinySpec::qwen2(23));
+    let bytes = |name: &str, threads: &str| {
+        let out = dir.path().join(name);
+        let args = ["--max-steps", "3", "--dropout", "0.1", "--lr", "1e-2"];
+        let mut a = args.to_vec();
+        a.extend([
+            "--quantize",
+            "nf4",
+            "--double-quant",
+            "--target",
+            "all-linear",
+        ]);
+        train_cmd(&model, &out, &a)
+            .env("RAYON_NUM_THREADS", threads)
+            .run()
+            .expect_code(0);
+        std::fs::read(out.join("adapter_model.safetensors")).unwrap()
+    };
+    let a = bytes("a", "2");
+    for threads in ["1", "3"] {
+        assert_eq!(
+            bytes(&format!("t{threads}"), threads),
+            a,
+            "{threads} threads"
+        );
+    }
+}
+
+#[test]
+fn quantize_flags_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("absent");
+    let out = dir.path().join("out");
+    for (args, says) in [
+        (&["--quantize", "q5_k"][..], "unknown quantization"),
+        (
+            &["--quantize", "q4_0", "--double-quant"],
+            "--double-quant goes with",
+        ),
+        (&["--double-quant"], "--double-quant goes with"),
+    ] {
+        let run = train_cmd(&model, &out, args).run().expect_code(2);
+        assert!(run.stderr.contains(says), "{args:?}: {}", run.stderr);
+    }
+}

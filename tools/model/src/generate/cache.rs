@@ -8,6 +8,7 @@
 //! attends to, and its token at column `c` sits at rope position `c - pad[i]`, so a row's
 //! values do not depend on the other rows (batched = one at a time, up to float rounding).
 
+use crate::frozen::Frozen;
 use crate::lora::Linear;
 use crate::model::CausalLm;
 use anyhow::{Context, Result, bail};
@@ -140,6 +141,14 @@ fn times_wt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     })
 }
 
+/// `x W^T` for a frozen matrix: [`times_wt`] on a tensor, the tiled kernel on blocks.
+fn frozen_times(x: &Tensor, w: &Frozen) -> Result<Tensor> {
+    match w {
+        Frozen::Dense(w) => times_wt(x, w),
+        blocks => blocks.linear(x),
+    }
+}
+
 /// Most rows multiplied by a layer's quantized blocks; more go through its f32 weight. Measured on
 /// SmolLM2 Q4_1 (blocks re-encoded as Q8_0 for candle's SIMD kernels), 2 threads
 /// (examples/bench_generate): one row (batch-1 decoding) ~57 tok/s on the blocks against 35 on
@@ -156,7 +165,7 @@ fn infer_linear(lin: &Linear, x: &Tensor) -> Result<Tensor> {
     let x2 = x.reshape((rows, k))?;
     let mut y = match &lin.quantized {
         Some(q) if rows <= QUANTIZED_MAX_ROWS => candle_core::Module::forward(q, &x2)?,
-        _ => times_wt(&x2, &lin.weight)?,
+        _ => frozen_times(&x2, &lin.weight)?,
     };
     if let Some(b) = &lin.bias {
         y = y.broadcast_add(b)?;
@@ -243,6 +252,6 @@ impl CausalLm {
         cache.advance(s);
         let last = x.narrow(1, s - 1, 1)?.squeeze(1)?.contiguous()?;
         let hn = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
-        Ok(times_wt(&hn, &self.lm_head)?.to_dtype(DType::F32)?)
+        Ok(frozen_times(&hn, &self.lm_head)?.to_dtype(DType::F32)?)
     }
 }

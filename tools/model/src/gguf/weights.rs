@@ -141,9 +141,7 @@ impl GgufFile {
     /// Every tensor our models use, quantized as stored, by HF name, on `device`; llama q/k
     /// (weights and biases) already in HF row order (see the module doc). Sorted by name.
     pub fn qtensors(&self, device: &Device) -> Result<Vec<(String, QTensor)>> {
-        let file = std::fs::File::open(self.path())
-            .with_context(|| format!("cannot open {}", self.path().display()))?;
-        let mut reader = std::io::BufReader::new(file);
+        let mut reader = self.reader()?;
         let cfg = self.config()?;
         let mut out = Vec::new();
         for hf in self.hf_names() {
@@ -151,6 +149,13 @@ impl GgufFile {
             out.push((hf, qt));
         }
         Ok(out)
+    }
+
+    /// A reader over the file for [`Self::read_hf`].
+    pub fn reader(&self) -> Result<std::io::BufReader<std::fs::File>> {
+        let file = std::fs::File::open(self.path())
+            .with_context(|| format!("cannot open {}", self.path().display()))?;
+        Ok(std::io::BufReader::new(file))
     }
 
     /// The HF names of the tensors our models use, sorted.
@@ -213,13 +218,82 @@ impl GgufFile {
             .collect()
     }
 
-    /// A VarBuilder over the dequantized weights under HF names, for `CausalLm::load`.
-    pub fn var_builder(&self, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
-        Ok(VarBuilder::from_tensors(
-            self.tensors(dtype, device)?,
+    /// A VarBuilder over the weights under HF names, for `CausalLm::load`: each tensor read and
+    /// dequantized into `dtype` when the model asks for it, so loading never holds more than the
+    /// model and one tensor in f32.
+    pub fn into_var_builder(self, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+        let reader = std::sync::Mutex::new(self.reader()?);
+        let config = self.config()?;
+        let names = self.hf_names().into_iter().collect();
+        let backend = LazyBackend {
+            reader,
+            config,
+            names,
+            file: self,
+        };
+        Ok(VarBuilder::from_backend(
+            Box::new(backend),
             dtype,
-            device,
+            device.clone(),
         ))
+    }
+}
+
+/// [`GgufFile::into_var_builder`]'s backend.
+struct LazyBackend {
+    file: GgufFile,
+    config: crate::ModelConfig,
+    names: std::collections::HashSet<String>,
+    reader: std::sync::Mutex<std::io::BufReader<std::fs::File>>,
+}
+
+impl LazyBackend {
+    fn read(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
+        let mut reader = self
+            .reader
+            .lock()
+            .map_err(|_| anyhow::anyhow!("GGUF reader lock poisoned"))?;
+        let qt = self
+            .file
+            .read_hf(&mut reader, name, &self.config, &Device::Cpu)?;
+        qt.dequantize(&Device::Cpu)
+            .and_then(|t| t.to_dtype(dtype))
+            .and_then(|t| t.to_device(dev))
+            .with_context(|| format!("{}: cannot dequantize {name}", self.file.origin()))
+    }
+}
+
+impl candle_nn::var_builder::SimpleBackend for LazyBackend {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.get_unchecked(name, dtype, dev)?;
+        if t.shape() != &s {
+            candle_core::bail!(
+                "{}: {name} has shape {:?}, expected {:?}",
+                self.file.origin(),
+                t.dims(),
+                s.dims()
+            );
+        }
+        Ok(t)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        if !self.names.contains(name) {
+            candle_core::bail!("{}: no tensor {name}", self.file.origin());
+        }
+        self.read(name, dtype, dev)
+            .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.names.contains(name)
     }
 }
 
