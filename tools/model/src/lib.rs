@@ -45,6 +45,11 @@
 //!   per-prompt seeded stream, stop strings, EOS ids; [`generate::cache`]: the inference
 //!   forward `CausalLm::forward_cached` with a [`generate::KvCache`] (no autograd, candle's
 //!   fused kernels, LoRA applied).
+//! - [`quant`]: QLoRA's frozen matrices in blocks ([`quant::QuantMatrix`]: candle's GGUF blocks
+//!   or NF4, multiplied tile by tile), `BaseQuant` (`--quantize`); [`frozen`]: a frozen matrix as
+//!   a tensor or blocks (`Frozen::linear`, `embedding`: input gradient only);
+//!   `CausalLm::load_with(cfg, vb, &LoadOptions { quantize, gguf })` quantizes while loading.
+//! - [`checkpoint`]: gradient checkpointing of decoder layers (`ForwardOpts::checkpoint`).
 //! - [`runtime`]: glibc allocator settings for CPU training (`tune_for_cpu_training`).
 //! - [`fixtures`]: tiny deterministic random models + BPE tokenizers for tests (each family's
 //!   real pre-tokenizer, so transformers tokenises them as we do).
@@ -87,6 +92,7 @@
 
 pub mod attention;
 pub mod chat;
+pub mod checkpoint;
 pub mod config;
 pub mod constrain;
 pub mod device;

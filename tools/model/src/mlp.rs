@@ -9,6 +9,7 @@
 //! backward). Backward: `dA = dY·Wd`, `dG = dA ⊙ U ⊙ σ(G)(1 + G(1 − σ(G)))`,
 //! `dU = dA ⊙ silu(G)`, `dx = dG·Wg + dU·Wu`.
 
+use crate::frozen::Frozen;
 use crate::fused::{CpuF32, f32_slice, swiglu_grads, swiglu_value};
 use crate::matmul::{Mat, MatMut, ROW_BLOCK, Threads, gemm};
 use candle_core::{CpuStorage, Layout, Result, Shape, Tensor, bail};
@@ -138,6 +139,91 @@ impl candle_core::CustomOp1 for Mlp {
     }
 }
 
+/// [`frozen_swiglu_mlp`] over frozen matrices in blocks ([`crate::quant`]): the same chain as
+/// one node, each product over whole rows through the tiled kernels (which dequantize a step of
+/// rows at a time and spread the product over the pool), since per-block products would
+/// dequantize every weight once per block of rows.
+pub fn frozen_swiglu_mlp_blocks(x: &Tensor, w: [&Frozen; 3]) -> Result<Tensor> {
+    let h = x.dim(candle_core::D::Minus1)?;
+    let (i, hg) = w[0].dims2()?;
+    if hg != h || w[1].dims2()? != (i, h) || w[2].dims2()? != (h, i) {
+        bail!("mlp: input {:?} does not fit its weights", x.dims());
+    }
+    let op = BlockMlp {
+        w: w.map(Frozen::clone),
+        keep: x.track_op(),
+        saved: OnceLock::new(),
+    };
+    x.contiguous()?.apply_op1(op)
+}
+
+struct BlockMlp {
+    /// gate `[i, h]`, up `[i, h]`, down `[h, i]`.
+    w: [Frozen; 3],
+    keep: bool,
+    saved: OnceLock<(Vec<f32>, Vec<f32>)>,
+}
+
+impl candle_core::CustomOp1 for BlockMlp {
+    fn name(&self) -> &'static str {
+        "frozen-swiglu-mlp-blocks"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "mlp")?;
+        let (h, _) = self.w[0].dims2().map(|(i, h)| (h, i))?;
+        let m = x.len() / h.max(1);
+        let g = self.w[0].times_t(x, m)?;
+        let u = self.w[1].times_t(x, m)?;
+        let mut act = vec![0f32; g.len()];
+        act.par_chunks_mut(ELEMENTS)
+            .zip(g.par_chunks(ELEMENTS).zip(u.par_chunks(ELEMENTS)))
+            .for_each(|(a, (gb, ub))| {
+                for ((a, &gv), &uv) in a.iter_mut().zip(gb).zip(ub) {
+                    *a = swiglu_value(gv, uv);
+                }
+            });
+        let y = self.w[2].times_t(&act, m)?;
+        if self.keep {
+            let _ = self.saved.set((g, u));
+        }
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        const WHAT: &str = "mlp backward";
+        let Some((g, u)) = self.saved.get() else {
+            bail!("{WHAT}: the forward kept no state");
+        };
+        let grad = grad.contiguous()?;
+        let dy = CpuF32::new(&grad);
+        let dy = dy.slice(WHAT)?;
+        let (i, h) = self.w[0].dims2()?;
+        let m = dy.len() / h.max(1);
+        if g.len() != m * i {
+            bail!("{WHAT}: gradient {:?} does not fit", grad.dims());
+        }
+        let mut dg = vec![0f32; m * i];
+        self.w[2].grad_into(dy, m, &mut dg, false)?;
+        let mut du = vec![0f32; m * i];
+        dg.par_chunks_mut(ELEMENTS)
+            .zip(du.par_chunks_mut(ELEMENTS))
+            .zip(g.par_chunks(ELEMENTS).zip(u.par_chunks(ELEMENTS)))
+            .for_each(|((dgb, dub), (gb, ub))| {
+                for (((dgv, duv), &gv), &uv) in dgb.iter_mut().zip(dub).zip(gb).zip(ub) {
+                    (*dgv, *duv) = swiglu_grads(gv, uv, *dgv);
+                }
+            });
+        let mut dx = vec![0f32; m * h];
+        self.w[0].grad_into(&dg, m, &mut dx, false)?;
+        self.w[1].grad_into(&du, m, &mut dx, true)?;
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
+}
+
+/// Elements per parallel chunk of the element-wise passes.
+const ELEMENTS: usize = 1 << 14;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +257,45 @@ mod tests {
             })
         };
         assert_eq!(run(1)?, run(3)?);
+        Ok(())
+    }
+
+    /// On blocks: the values and input gradient of the dense op on the dequantized weights.
+    #[test]
+    fn blocks_match_the_dense_op_on_their_weights() -> Result<()> {
+        use crate::quant::{Format, QuantMatrix};
+        use std::sync::Arc;
+        let (h, i) = (64, 128);
+        let x = Var::from_tensor(&rand(&[2, 37, h], 1, 1.0)?)?;
+        let shapes = [[i, h], [i, h], [h, i]];
+        let mut blocks = Vec::new();
+        let mut dense = Vec::new();
+        for (seed, shape) in shapes.iter().enumerate() {
+            let w = rand(shape, seed as u64 + 2, 0.3)?;
+            let q = QuantMatrix::quantize(
+                &w,
+                Format::Nf4 {
+                    double_quant: false,
+                },
+            )
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            dense.push(
+                q.dequantize(&candle_core::Device::Cpu)
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?,
+            );
+            blocks.push(Frozen::Quant(Arc::new(q)));
+        }
+        let weights = rand(&[2, 37, h], 5, 1.0)?;
+        let xt = x.as_tensor();
+        let y1 = frozen_swiglu_mlp_blocks(xt, [&blocks[0], &blocks[1], &blocks[2]])?;
+        let y2 = frozen_swiglu_mlp(xt, &dense[0], &dense[1], &dense[2])?;
+        assert!(max_rel_diff(&y1, &y2)? < 1e-5);
+        let g1 = (&y1 * &weights)?.sum_all()?.backward()?;
+        let g2 = (&y2 * &weights)?.sum_all()?.backward()?;
+        let (Some(a), Some(b)) = (g1.get(xt), g2.get(xt)) else {
+            panic!("missing gradient");
+        };
+        assert!(max_rel_diff(a, b)? < 1e-5);
         Ok(())
     }
 

@@ -23,6 +23,19 @@ pub struct ForwardOpts {
     /// `[b, s]` u32 positions for rope (restart at 0 per packed example). `None` = 0..s.
     pub position_ids: Option<Tensor>,
     pub mode: ForwardMode,
+    /// Gradient checkpointing: keep only each decoder layer's input and recompute the layer in
+    /// the backward pass ([`crate::checkpoint`]; CPU, F32).
+    pub checkpoint: bool,
+}
+
+/// What the decoder layers of one forward share.
+#[derive(Debug, Clone)]
+pub(crate) struct LayerInputs {
+    cos: Tensor,
+    sin: Tensor,
+    mask: Option<Tensor>,
+    fused_cpu: bool,
+    mode: ForwardMode,
 }
 
 /// Segment and position ids for a row packed from examples of the given lengths, padded to
@@ -286,31 +299,30 @@ impl CausalLm {
         device: &Device,
         quantize: Option<BaseQuant>,
     ) -> Result<Self> {
-        if let Some(path) = &files.gguf {
-            let file = GgufFile::open(path)?;
-            let cfg = file.config()?;
-            let vb = GgufFile::open(path)?.into_var_builder(dtype, device)?;
-            let opts = LoadOptions {
-                quantize,
-                gguf: Some(&file),
-            };
-            return Self::load_with(&cfg, vb, &opts).with_context(|| format!("{}", path.display()));
-        }
-        let cfg = ModelConfig::from_file(&files.config)?;
-        let vb = mmap_var_builder(&files.weights, dtype, device)?;
+        let origin = files.gguf.as_ref().map(|p| p.display().to_string());
+        let gguf = files.gguf.as_deref().map(GgufFile::open).transpose()?;
+        let cfg = match &gguf {
+            Some(file) => file.config()?,
+            None => ModelConfig::from_file(&files.config)?,
+        };
+        // Mapped safetensors keep every page they were read through resident while mapped: a
+        // quantizing load reads tensors one at a time instead, as GGUF loads always do.
+        let vb = if gguf.is_some() || quantize.is_some() {
+            crate::tensors::ModelTensors::open(files)?.into_var_builder(dtype, device)
+        } else {
+            mmap_var_builder(&files.weights, dtype, device)?
+        };
         let opts = LoadOptions {
             quantize,
-            gguf: None,
+            gguf: gguf.as_ref(),
         };
-        Self::load_with(&cfg, vb, &opts)
+        Self::load_with(&cfg, vb, &opts).with_context(|| origin.unwrap_or_default())
     }
 
     /// Load a `.gguf` file (llama, qwen2), its weights dequantized by candle into `dtype`.
     pub fn from_gguf(path: &std::path::Path, dtype: DType, device: &Device) -> Result<Self> {
-        let file = GgufFile::open(path)?;
-        let cfg = file.config()?;
-        let vb = file.into_var_builder(dtype, device)?;
-        Self::load(&cfg, vb).with_context(|| format!("{}", path.display()))
+        let files = crate::source::gguf_files(path);
+        Self::from_files(&files, dtype, device)
     }
 
     /// The frozen matrices (linear layers, embedding, output matrix when untied): what QLoRA
@@ -571,7 +583,6 @@ impl CausalLm {
     pub fn hidden(&self, input_ids: &Tensor, opts: &ForwardOpts) -> Result<Tensor> {
         let c = &self.config;
         let (b, s) = input_ids.dims2()?;
-        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let (cos, sin) = self.rope_tables(b, s, opts)?;
         let mut x = self.embed(input_ids)?;
         // Fused CPU kernels (crate::fused, crate::attention): causal masking happens in the kernel.
@@ -581,50 +592,88 @@ impl CausalLm {
         } else {
             Some(self.mask(b, s, opts)?)
         };
-        let scale = 1.0 / (hd as f64).sqrt();
-        let swiglu = c.hidden_act == candle_nn::Activation::Silu;
-        let mode = opts.mode;
-        for (li, l) in self.layers.iter().enumerate() {
-            let mode_l = ForwardMode {
-                dropout_seed: mode.dropout_seed.map(|sd| sd ^ ((li as u64 + 1) << 40)),
-            };
-            let hn = rms_norm(&x, &l.input_norm, c.rms_norm_eps, self.fused)?;
-            let q = l.q.forward(&hn, mode_l)?;
-            let k = l.k.forward(&hn, mode_l)?;
-            let v = l.v.forward(&hn, mode_l)?;
-            let y = if fused_cpu {
-                let spec = AttentionSpec {
-                    heads: nh,
-                    kv_heads: nkv,
-                    scale,
-                    cos: &cos,
-                    sin: &sin,
-                    mask: mask.as_ref(),
-                };
-                attention(&q, &k, &v, &spec)?
-            } else {
-                self.composed_attention([q, k, v], (&cos, &sin), mask.as_ref(), scale)?
-            };
-            let y = l.o.forward(&y, mode_l)?;
-            x = (x + y)?;
-            let hn = rms_norm(&x, &l.post_norm, c.rms_norm_eps, self.fused)?;
-            let dense = |m: &Linear| m.weight.dense().filter(|_| m.is_frozen()).cloned();
-            let mlp = [dense(&l.gate), dense(&l.up), dense(&l.down)];
-            let y = if let (true, true, [Some(g), Some(u), Some(d)]) = (fused_cpu, swiglu, mlp) {
-                crate::mlp::frozen_swiglu_mlp(&hn, &g, &u, &d)?
-            } else {
-                let g = l.gate.forward(&hn, mode_l)?;
-                let u = l.up.forward(&hn, mode_l)?;
-                let gu = if fused_cpu && swiglu {
-                    crate::fused::swiglu(&g, &u)?
-                } else {
-                    (g.apply(&c.hidden_act)? * u)?
-                };
-                l.down.forward(&gu, mode_l)?
-            };
-            x = (x + y)?;
+        let shared = LayerInputs {
+            cos,
+            sin,
+            mask,
+            fused_cpu,
+            mode: opts.mode,
+        };
+        if opts.checkpoint {
+            let model = std::sync::Arc::new(self.clone());
+            for li in 0..self.layers.len() {
+                x = crate::checkpoint::layer(&model, li, &x, &shared)?;
+            }
+        } else {
+            for li in 0..self.layers.len() {
+                x = self.layer(li, &x, &shared)?;
+            }
         }
         rms_norm(&x, &self.norm, c.rms_norm_eps, self.fused)
+    }
+
+    /// Decoder layer `li` on `x` `[b, s, hidden]`.
+    pub(crate) fn layer(&self, li: usize, x: &Tensor, shared: &LayerInputs) -> Result<Tensor> {
+        let c = &self.config;
+        let l = &self.layers[li];
+        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let scale = 1.0 / (hd as f64).sqrt();
+        let swiglu = c.hidden_act == candle_nn::Activation::Silu;
+        let (cos, sin, mask) = (&shared.cos, &shared.sin, shared.mask.as_ref());
+        let fused_cpu = shared.fused_cpu;
+        let mode_l = ForwardMode {
+            dropout_seed: shared
+                .mode
+                .dropout_seed
+                .map(|sd| sd ^ ((li as u64 + 1) << 40)),
+        };
+        let hn = rms_norm(x, &l.input_norm, c.rms_norm_eps, self.fused)?;
+        let q = l.q.forward(&hn, mode_l)?;
+        let k = l.k.forward(&hn, mode_l)?;
+        let v = l.v.forward(&hn, mode_l)?;
+        let y = if fused_cpu {
+            let spec = AttentionSpec {
+                heads: nh,
+                kv_heads: nkv,
+                scale,
+                cos,
+                sin,
+                mask,
+            };
+            attention(&q, &k, &v, &spec)?
+        } else {
+            self.composed_attention([q, k, v], (cos, sin), mask, scale)?
+        };
+        let y = l.o.forward(&y, mode_l)?;
+        let x = (x + y)?;
+        let hn = rms_norm(&x, &l.post_norm, c.rms_norm_eps, self.fused)?;
+        let mlp = [&l.gate, &l.up, &l.down];
+        let frozen = fused_cpu && swiglu && mlp.iter().all(|m| m.is_frozen());
+        let y = if frozen && let [Some(g), Some(u), Some(d)] = mlp.map(|m| m.weight.dense()) {
+            crate::mlp::frozen_swiglu_mlp(&hn, g, u, d)?
+        } else if frozen {
+            crate::mlp::frozen_swiglu_mlp_blocks(&hn, mlp.map(|m| &m.weight))?
+        } else {
+            let g = l.gate.forward(&hn, mode_l)?;
+            let u = l.up.forward(&hn, mode_l)?;
+            let gu = if fused_cpu && swiglu {
+                crate::fused::swiglu(&g, &u)?
+            } else {
+                (g.apply(&c.hidden_act)? * u)?
+            };
+            l.down.forward(&gu, mode_l)?
+        };
+        Ok((x + y)?)
+    }
+
+    /// The LoRA tensors of decoder layer `li`.
+    pub(crate) fn layer_lora(&self, li: usize) -> Vec<Var> {
+        let l = &self.layers[li];
+        [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
+            .iter()
+            .filter_map(|m| m.lora.as_ref())
+            .flat_map(|a| [a.a.clone(), a.b.clone()])
+            .collect()
     }
 
     /// Logits `[.., vocab]` for hidden states `[.., hidden]` (any leading shape). Select the

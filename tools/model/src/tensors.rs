@@ -10,6 +10,7 @@ use crate::gguf::GgufFile;
 use crate::source::ModelFiles;
 use anyhow::{Context, Result, anyhow, bail};
 use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -134,13 +135,46 @@ impl ModelTensors {
             Source::Safetensors(_) => self.st_file(name)?.load(name)?,
             Source::Gguf(gc) => {
                 let (g, cfg) = &**gc;
-                let file = std::fs::File::open(g.path())
-                    .with_context(|| format!("cannot open {}", g.path().display()))?;
-                let mut reader = std::io::BufReader::new(file);
-                g.read_hf(&mut reader, name, cfg, &dev)?.dequantize(&dev)?
+                g.read_hf(&mut g.reader()?, name, cfg, &dev)?
+                    .dequantize(&dev)?
             }
         };
         t.to_dtype(DType::F32)
             .with_context(|| format!("tensor {name}"))
+    }
+
+    /// A VarBuilder that reads each tensor when the model asks for it, converted to `dtype`: a
+    /// load then holds the model and one tensor, not the file (a GGUF dequantized in full, or
+    /// a mapping whose pages stay resident while it lives).
+    pub fn into_var_builder(self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self), dtype, device.clone())
+    }
+}
+
+impl candle_nn::var_builder::SimpleBackend for ModelTensors {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.get_unchecked(name, dtype, dev)?;
+        if t.shape() != &s {
+            candle_core::bail!("{name} has shape {:?}, expected {:?}", t.dims(), s.dims());
+        }
+        Ok(t)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.get(name)
+            .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?
+            .to_dtype(dtype)?
+            .to_device(dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.dims(name).is_ok()
     }
 }

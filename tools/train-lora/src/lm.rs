@@ -40,6 +40,8 @@ pub struct Lm {
     pad_id: u32,
     device: Device,
     dtype: DType,
+    /// `--gradient-checkpointing`.
+    checkpoint: bool,
     _varmap: VarMap,
 }
 
@@ -108,6 +110,7 @@ impl Lm {
             pad_id,
             device,
             dtype,
+            checkpoint: args.gradient_checkpointing,
             _varmap: varmap,
         })
     }
@@ -181,6 +184,8 @@ impl TrainModel for Lm {
             segment_ids,
             position_ids,
             mode: ForwardMode { dropout_seed },
+            // Training passes a dropout seed, evaluation none (and needs no backward).
+            checkpoint: self.checkpoint && dropout_seed.is_some(),
         };
         let hidden = self.model.hidden(&ids, &opts)?;
         let h = hidden.dim(2)?;

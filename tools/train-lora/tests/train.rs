@@ -1124,3 +1124,48 @@ fn quantize_flags_are_checked() {
         assert!(run.stderr.contains(says), "{args:?}: {}", run.stderr);
     }
 }
+
+/// Gradient checkpointing recomputes each layer in the backward pass: the same gradients, so the
+/// same adapter bytes, plain or quantized, packed (block-diagonal mask) or not.
+#[test]
+fn gradient_checkpointing_gives_the_same_adapter_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path(), TinySpec::llama(24));
+    let bytes = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut a = vec!["--max-steps", "3", "--dropout", "0.1", "--lr", "1e-2"];
+        a.extend(extra);
+        let run = train(&model, &out, &a);
+        (
+            losses(&run),
+            std::fs::read(out.join("adapter_model.safetensors")).unwrap(),
+        )
+    };
+    for (name, extra) in [
+        ("plain", &[][..]),
+        ("mlp", &["--target", "all-linear"][..]),
+        ("packed", &["--pack"][..]),
+        ("nf4", &["--quantize", "nf4"][..]),
+    ] {
+        let a = bytes(name, extra);
+        let mut with = extra.to_vec();
+        with.push("--gradient-checkpointing");
+        let b = bytes(&format!("{name}-gc"), &with);
+        assert_eq!(a.0, b.0, "{name}: losses");
+        assert!(a.1 == b.1, "{name}: adapter bytes differ");
+    }
+    // The flag reaches the forward: its kernels are the CPU f32 ones, and say so.
+    let args = [
+        "--max-steps",
+        "1",
+        "--dtype",
+        "bf16",
+        "--gradient-checkpointing",
+    ];
+    let run = train_cmd(&model, &dir.path().join("bf16"), &args).run();
+    assert!(
+        run.expect_code(1)
+            .stderr
+            .contains("checkpointing runs on the CPU in f32")
+    );
+}

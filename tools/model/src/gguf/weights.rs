@@ -12,7 +12,6 @@ use crate::config::Arch;
 use anyhow::{Context, Result, bail};
 use candle_core::quantized::{QTensor, ggml_file::qtensor_from_ggml};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 use std::collections::HashMap;
 
 const LAYER_PARTS: &[(&str, &str)] = &[
@@ -216,84 +215,6 @@ impl GgufFile {
                 Ok((name, t))
             })
             .collect()
-    }
-
-    /// A VarBuilder over the weights under HF names, for `CausalLm::load`: each tensor read and
-    /// dequantized into `dtype` when the model asks for it, so loading never holds more than the
-    /// model and one tensor in f32.
-    pub fn into_var_builder(self, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
-        let reader = std::sync::Mutex::new(self.reader()?);
-        let config = self.config()?;
-        let names = self.hf_names().into_iter().collect();
-        let backend = LazyBackend {
-            reader,
-            config,
-            names,
-            file: self,
-        };
-        Ok(VarBuilder::from_backend(
-            Box::new(backend),
-            dtype,
-            device.clone(),
-        ))
-    }
-}
-
-/// [`GgufFile::into_var_builder`]'s backend.
-struct LazyBackend {
-    file: GgufFile,
-    config: crate::ModelConfig,
-    names: std::collections::HashSet<String>,
-    reader: std::sync::Mutex<std::io::BufReader<std::fs::File>>,
-}
-
-impl LazyBackend {
-    fn read(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
-        let mut reader = self
-            .reader
-            .lock()
-            .map_err(|_| anyhow::anyhow!("GGUF reader lock poisoned"))?;
-        let qt = self
-            .file
-            .read_hf(&mut reader, name, &self.config, &Device::Cpu)?;
-        qt.dequantize(&Device::Cpu)
-            .and_then(|t| t.to_dtype(dtype))
-            .and_then(|t| t.to_device(dev))
-            .with_context(|| format!("{}: cannot dequantize {name}", self.file.origin()))
-    }
-}
-
-impl candle_nn::var_builder::SimpleBackend for LazyBackend {
-    fn get(
-        &self,
-        s: candle_core::Shape,
-        name: &str,
-        _: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let t = self.get_unchecked(name, dtype, dev)?;
-        if t.shape() != &s {
-            candle_core::bail!(
-                "{}: {name} has shape {:?}, expected {:?}",
-                self.file.origin(),
-                t.dims(),
-                s.dims()
-            );
-        }
-        Ok(t)
-    }
-
-    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        if !self.names.contains(name) {
-            candle_core::bail!("{}: no tensor {name}", self.file.origin());
-        }
-        self.read(name, dtype, dev)
-            .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.names.contains(name)
     }
 }
 
