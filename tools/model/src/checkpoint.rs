@@ -57,6 +57,11 @@ struct Layer {
     slot: Slot,
 }
 
+fn lock(slot: &Slot) -> candle_core::Result<std::sync::MutexGuard<'_, HashMap<TensorId, Tensor>>> {
+    slot.lock()
+        .map_err(|_| candle_core::Error::Msg("checkpoint slot poisoned".into()))
+}
+
 fn err(e: anyhow::Error) -> candle_core::Error {
     candle_core::Error::Msg(format!("{e:#}"))
 }
@@ -97,10 +102,7 @@ impl candle_core::CustomOp2 for Layer {
             .layer(self.li, &x_again, &self.shared)
             .map_err(err)?;
         let store = (y * grad)?.sum_all()?.backward()?;
-        let mut slot = self
-            .slot
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("checkpoint slot poisoned".into()))?;
+        let mut slot = lock(&self.slot)?;
         for var in self.model.layer_lora(self.li) {
             if let Some(g) = store.get(var.as_tensor()) {
                 slot.insert(var.as_tensor().id(), g.clone());
@@ -140,11 +142,7 @@ impl candle_core::CustomOp2 for Inject {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = self
-            .slot
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("checkpoint slot poisoned".into()))?
-            .remove(&self.id);
+        let g = lock(&self.slot)?.remove(&self.id);
         let g = match g {
             Some(g) => g,
             None => var.zeros_like()?,

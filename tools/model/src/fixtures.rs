@@ -29,6 +29,20 @@ pub fn random_normal(
     Tensor::from_vec(v, shape, &Device::Cpu)
 }
 
+/// Each tensor's values as bit patterns, for bit-exact comparisons.
+pub fn bits(tensors: &[Tensor]) -> candle_core::Result<Vec<Vec<u32>>> {
+    tensors
+        .iter()
+        .map(|t| {
+            Ok(t.flatten_all()?
+                .to_vec1::<f32>()?
+                .iter()
+                .map(|v| v.to_bits())
+                .collect())
+        })
+        .collect()
+}
+
 /// `max |a − b| / max(max |b|, 1e-6)`: how far `a` strays from the reference `b`, relative to
 /// `b`'s largest value (shapes must match).
 pub fn max_rel_diff(a: &Tensor, b: &Tensor) -> candle_core::Result<f32> {

@@ -3,6 +3,7 @@
 //! gradient reaches only the input, never the matrix.
 
 use crate::fused::{CpuF32, f32_slice};
+use crate::lora::rows_cols;
 use crate::matmul::{Mat, MatMut, Threads, gemm, product};
 use crate::quant::QuantMatrix;
 use anyhow::{Result, bail};
@@ -156,11 +157,6 @@ impl Frozen {
 
 /// `x W^T` with `W` in blocks, as a graph node whose backward returns `dx = g W` only.
 struct QuantLinear(Arc<QuantMatrix>);
-
-fn rows_cols(shape: &Shape) -> (usize, usize) {
-    let k = shape.dims().last().copied().unwrap_or(1);
-    (shape.elem_count() / k.max(1), k)
-}
 
 impl candle_core::CustomOp1 for QuantLinear {
     fn name(&self) -> &'static str {

@@ -345,7 +345,7 @@ fn apply_keep(x: &[f32], keep: &[bool], p: f32) -> Vec<f32> {
 }
 
 /// `(m, k)` of a `[.., k]` tensor's layout.
-fn rows_cols(shape: &Shape) -> (usize, usize) {
+pub(crate) fn rows_cols(shape: &Shape) -> (usize, usize) {
     let k = shape.dims().last().copied().unwrap_or(1);
     (shape.elem_count() / k.max(1), k)
 }
@@ -809,16 +809,7 @@ mod tests {
             pool.install(|| {
                 let (y, dx, da, db) = run(&lin, x.as_tensor(), mode, &weights)?;
                 let dx = dx.expect("x tracks");
-                [y, dx, da, db]
-                    .iter()
-                    .map(|t| {
-                        Ok(t.flatten_all()?
-                            .to_vec1::<f32>()?
-                            .iter()
-                            .map(|v| v.to_bits())
-                            .collect())
-                    })
-                    .collect()
+                Ok(crate::fixtures::bits(&[y, dx, da, db])?)
             })
         };
         assert!(bits(1)? == bits(4)?);

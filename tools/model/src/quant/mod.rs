@@ -569,16 +569,7 @@ mod tests {
                 let y = q.linear(x.as_tensor())?;
                 let g = loss(&y)?.backward()?;
                 let dx = g.get(x.as_tensor()).expect("gradient").clone();
-                [y, dx]
-                    .iter()
-                    .map(|t| {
-                        Ok(t.flatten_all()?
-                            .to_vec1::<f32>()?
-                            .iter()
-                            .map(|v| v.to_bits())
-                            .collect())
-                    })
-                    .collect()
+                Ok(crate::fixtures::bits(&[y, dx])?)
             })
         };
         assert!(bits(1)? == bits(3)?);
