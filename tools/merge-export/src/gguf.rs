@@ -15,7 +15,7 @@ use ftkit_model::gguf::{
     reorder_tensor_rows,
 };
 use ftkit_model::peft::{Adapter, AdapterConfig, TargetModules};
-use ftkit_model::quant::fitting;
+use ftkit_model::quant::{fitting, type_name};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -136,10 +136,6 @@ pub fn write_model(
     }
     finish(wr, path)?;
     Ok(written)
-}
-
-pub fn type_name(t: GgmlDType) -> String {
-    format!("{t:?}").to_lowercase()
 }
 
 fn file_name(path: &Path) -> String {

@@ -145,14 +145,6 @@ impl Frozen {
             Self::Quant(q) => q.grad_into(g, m, dx, accumulate),
         }
     }
-
-    /// Whether the fused CPU kernels can read it (a contiguous f32 CPU tensor, or blocks).
-    pub(crate) fn cpu_f32(&self) -> bool {
-        match self {
-            Self::Dense(t) => crate::fused::supported(t) && t.is_contiguous(),
-            Self::Quant(_) => true,
-        }
-    }
 }
 
 /// `x W^T` with `W` in blocks, as a graph node whose backward returns `dx = g W` only.

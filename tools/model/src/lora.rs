@@ -223,7 +223,7 @@ impl Linear {
             && self.use_frozen_op
             && self.lora.is_some()
             && crate::fused::supported(x)
-            && self.weight.cpu_f32()
+            && self.weight.dense().is_none_or(f32_cpu)
             && self.bias.as_ref().is_none_or(f32_cpu)
     }
 

@@ -171,7 +171,7 @@ impl candle_core::CustomOp1 for BlockMlp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, "mlp")?;
-        let (h, _) = self.w[0].dims2().map(|(i, h)| (h, i))?;
+        let (_, h) = self.w[0].dims2()?;
         let m = x.len() / h.max(1);
         let g = self.w[0].times_t(x, m)?;
         let u = self.w[1].times_t(x, m)?;

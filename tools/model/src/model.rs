@@ -201,7 +201,7 @@ impl CausalLm {
             );
         }
         let mut gguf_reader = match (opts.quantize, opts.gguf) {
-            (Some(BaseQuant::Keep), Some(file)) => Some((file, file.reader()?, file.config()?)),
+            (Some(BaseQuant::Keep), Some(file)) => Some((file, file.reader()?)),
             (Some(BaseQuant::Keep), None) => {
                 bail!(
                     "--quantize keep keeps a GGUF base's own blocks: the model is not a GGUF file"
@@ -227,8 +227,8 @@ impl CausalLm {
             };
             let m = match (format, gguf_reader.as_mut()) {
                 (Some(f), _) => QuantMatrix::quantize(&get(shape, name)?, f),
-                (None, Some((file, reader, cfg))) => file
-                    .read_hf(reader, name, cfg, &Device::Cpu)
+                (None, Some((file, reader))) => file
+                    .read_hf(reader, name, c, &Device::Cpu)
                     .and_then(|qt| QuantMatrix::from_qtensor(&qt)),
                 (None, None) => bail!("no GGUF blocks to keep for {name}"),
             }
@@ -254,6 +254,8 @@ impl CausalLm {
             };
             let ab = c.attention_bias;
             layers.push(Layer {
+                input_norm: get1(h, &format!("{p}.input_layernorm.weight"))?,
+                post_norm: get1(h, &format!("{p}.post_attention_layernorm.weight"))?,
                 q: lin("self_attn.q_proj", nq, h, ab)?,
                 k: lin("self_attn.k_proj", nkv, h, ab)?,
                 v: lin("self_attn.v_proj", nkv, h, ab)?,
@@ -261,8 +263,6 @@ impl CausalLm {
                 gate: lin("mlp.gate_proj", i, h, false)?,
                 up: lin("mlp.up_proj", i, h, false)?,
                 down: lin("mlp.down_proj", h, i, false)?,
-                input_norm: get1(h, &format!("{p}.input_layernorm.weight"))?,
-                post_norm: get1(h, &format!("{p}.post_attention_layernorm.weight"))?,
             });
         }
         let norm = get1(h, "model.norm.weight")?;
@@ -300,21 +300,23 @@ impl CausalLm {
         quantize: Option<BaseQuant>,
     ) -> Result<Self> {
         let origin = files.gguf.as_ref().map(|p| p.display().to_string());
-        let gguf = files.gguf.as_deref().map(GgufFile::open).transpose()?;
-        let cfg = match &gguf {
-            Some(file) => file.config()?,
-            None => ModelConfig::from_file(&files.config)?,
-        };
         // Mapped safetensors keep every page they were read through resident while mapped: a
         // quantizing load reads tensors one at a time instead, as GGUF loads always do.
-        let vb = if gguf.is_some() || quantize.is_some() {
-            crate::tensors::ModelTensors::open(files)?.into_var_builder(dtype, device)
+        let (cfg, vb, gguf) = if files.gguf.is_some() || quantize.is_some() {
+            let tensors = crate::tensors::ModelTensors::open(files)?;
+            let gguf = tensors.gguf();
+            let cfg = match &gguf {
+                Some(g) => g.1.clone(),
+                None => ModelConfig::from_file(&files.config)?,
+            };
+            (cfg, tensors.into_var_builder(dtype, device), gguf)
         } else {
-            mmap_var_builder(&files.weights, dtype, device)?
+            let cfg = ModelConfig::from_file(&files.config)?;
+            (cfg, mmap_var_builder(&files.weights, dtype, device)?, None)
         };
         let opts = LoadOptions {
             quantize,
-            gguf: gguf.as_ref(),
+            gguf: gguf.as_deref().map(|g| &g.0),
         };
         Self::load_with(&cfg, vb, &opts).with_context(|| origin.unwrap_or_default())
     }

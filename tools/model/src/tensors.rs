@@ -76,7 +76,7 @@ impl StFile {
 enum Source {
     Safetensors(Vec<StFile>),
     /// The file and its hyper-parameters (read once: every tensor needs the head counts).
-    Gguf(Box<(GgufFile, crate::ModelConfig)>),
+    Gguf(std::sync::Arc<(GgufFile, crate::ModelConfig)>),
 }
 
 pub struct ModelTensors(Source);
@@ -86,7 +86,7 @@ impl ModelTensors {
         if let Some(path) = &files.gguf {
             let file = GgufFile::open(path)?;
             let cfg = file.config()?;
-            return Ok(Self(Source::Gguf(Box::new((file, cfg)))));
+            return Ok(Self(Source::Gguf(std::sync::Arc::new((file, cfg)))));
         }
         let st = files
             .weights
@@ -94,6 +94,14 @@ impl ModelTensors {
             .map(|p| StFile::open(p))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self(Source::Safetensors(st)))
+    }
+
+    /// The GGUF file and its hyper-parameters, `None` for safetensors.
+    pub fn gguf(&self) -> Option<std::sync::Arc<(GgufFile, crate::ModelConfig)>> {
+        match &self.0 {
+            Source::Gguf(g) => Some(g.clone()),
+            Source::Safetensors(_) => None,
+        }
     }
 
     /// HF names of every tensor (for a GGUF, those our models use), sorted.

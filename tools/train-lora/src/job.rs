@@ -85,13 +85,13 @@ fn config_json(
         "loop": loop_cfg,
         "data_sha256": digests,
     });
-    // Early stopping decides where the run ends and which adapter it keeps, and the evaluation cadence
-    // decides when it looks: a resume must use the same. (Only added when on, so that runs without
-    // early stopping keep their digest whatever --eval-every says.)
     // Added only when set: runs without it keep their digest.
     if let Some(q) = args.base_quant() {
         json["quantize"] = q.name().into();
     }
+    // Early stopping decides where the run ends and which adapter it keeps, and the evaluation cadence
+    // decides when it looks: a resume must use the same. (Only added when on, so that runs without
+    // early stopping keep their digest whatever --eval-every says.)
     if let Some(patience) = args.early_stop_patience {
         json["early_stop"] = serde_json::json!({
             "patience": patience,
@@ -123,8 +123,9 @@ pub fn train(
         lm.dtype_name(),
         lm.trainable_parameters()
     ));
+    let base_weights = lm.base_weights(args.base_quant());
     if let Some(q) = args.base_quant() {
-        let m = lm.base_weights(Some(q)).matrices;
+        let m = &base_weights.matrices;
         note(&format!(
             "base weights quantized ({}): {:.1} MiB, {:.2}x their f32 size, as {}",
             q.name(),
@@ -263,7 +264,7 @@ pub fn train(
         architecture: lm.architecture(),
         device: lm.device_name(),
         dtype: lm.dtype_name(),
-        base_weights: lm.base_weights(args.base_quant()),
+        base_weights,
         seed: args.seed,
         config_digest: digest,
         config,

@@ -107,6 +107,11 @@ pub fn fitting(t: GgmlDType, cols: usize) -> GgmlDType {
     }
 }
 
+/// A GGML type's name as our reports write it (`q8_0`, `q4k`, `f16`).
+pub fn type_name(t: GgmlDType) -> String {
+    format!("{t:?}").to_lowercase()
+}
+
 /// A block format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -117,7 +122,7 @@ pub enum Format {
 impl Format {
     pub fn name(self) -> String {
         match self {
-            Self::Ggml(t) => format!("{t:?}").to_lowercase(),
+            Self::Ggml(t) => type_name(t),
             Self::Nf4 {
                 double_quant: false,
             } => "nf4".into(),
