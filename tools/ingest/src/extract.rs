@@ -11,6 +11,7 @@
 
 use crate::format::{BINARY_SNIFF, Kind, looks_binary};
 use crate::html;
+use crate::images::ImageOpts;
 use crate::linecap::LineCap;
 use crate::template::TextSpec;
 use anyhow::{Result, anyhow};
@@ -31,6 +32,8 @@ pub struct Opts {
     pub kind: Option<Kind>,
     /// Bytes one source read whole may hold, on disk and decompressed (`--max-file-size`).
     pub max_file_size: u64,
+    /// `--extract-images DIR` [`--images-only`].
+    pub images: Option<ImageOpts>,
 }
 
 /// Why a whole file was skipped (a warning, not an error).
@@ -48,10 +51,18 @@ pub enum Skip {
     OutsideLink,
     /// Over `--max-file-size`.
     TooBig,
+    /// A PDF that needs a password.
+    Encrypted,
+    /// A PDF without a text layer (a scan).
+    NoText,
+    /// A PDF, DOCX, PPTX or image file that does not parse (or a zip bomb).
+    Corrupt,
+    /// A standalone image without `--extract-images`.
+    Image,
 }
 
 impl Skip {
-    pub const ALL: [Skip; 8] = [
+    pub const ALL: [Skip; 12] = [
         Skip::Binary,
         Skip::InvalidUtf8,
         Skip::UnknownType,
@@ -60,6 +71,10 @@ impl Skip {
         Skip::NotRegular,
         Skip::OutsideLink,
         Skip::TooBig,
+        Skip::Encrypted,
+        Skip::NoText,
+        Skip::Corrupt,
+        Skip::Image,
     ];
 
     pub fn label(self) -> &'static str {
@@ -72,7 +87,17 @@ impl Skip {
             Skip::NotRegular => "not regular",
             Skip::OutsideLink => "outside the folder",
             Skip::TooBig => "too big",
+            Skip::Encrypted => "encrypted",
+            Skip::NoText => "no text layer",
+            Skip::Corrupt => "corrupt",
+            Skip::Image => "image (see --extract-images)",
         }
+    }
+
+    /// Skips of a document the user meant to read (not a stray file of the walk): each also gets a
+    /// `--rejects` record, `{"source","skipped","error"}`.
+    pub fn is_reject(self) -> bool {
+        matches!(self, Skip::Encrypted | Skip::NoText | Skip::Corrupt)
     }
 }
 
@@ -81,6 +106,10 @@ impl Skip {
 pub struct FileOut {
     pub bytes: Vec<u8>,
     pub docs: u64,
+    /// Image records written.
+    pub images: u64,
+    /// Embedded images in formats not extracted (EMF, JBIG2, ...), or whose header does not read.
+    pub images_skipped: u64,
     pub empty: u64,
     pub skipped: Option<(Skip, String)>,
     /// Records rejected, in order: `at` is the offset in `bytes` where the output stood when the
@@ -180,16 +209,21 @@ pub fn process_streaming(source: &str, opts: &Opts, flush: Flush<'_>) -> FileOut
             docs: part.written,
             empty: ok - part.written,
             rejects: part.failures,
-            skipped: None,
+            ..FileOut::default()
         };
     }
-    let bytes = match read_whole(source, opts.max_file_size) {
+    let bytes = match read_whole(source, opts.max_file_size, !kind.is_binary()) {
         Ok(Ok(b)) => b,
         Ok(Err(skipped)) => return skipped,
         Err(e) => return unreadable(e),
     };
     let mut out = FileOut::default();
     match kind {
+        Kind::Pdf | Kind::Docx | Kind::Pptx | Kind::Image => {
+            if let Err(e) = crate::paged::convert(&mut out, shown, kind, &bytes, opts) {
+                out.fatal = Some((0, e));
+            }
+        }
         Kind::Csv { delimiter } => csv(&mut out, shown, &bytes, delimiter, opts, flush),
         _ => {
             let text = match std::str::from_utf8(&bytes) {
@@ -233,14 +267,18 @@ pub fn open_jsonl(
 /// Reads a source that is converted whole, after looking at its first bytes: a binary file is
 /// skipped having read 8 KiB, one over `max` bytes (on disk, or once decompressed) having read at
 /// most `max` bytes. A FIFO or device never gets here (the walk skips them).
-fn read_whole(source: &str, max: u64) -> Result<std::result::Result<Vec<u8>, FileOut>> {
+fn read_whole(
+    source: &str,
+    max: u64,
+    sniff: bool,
+) -> Result<std::result::Result<Vec<u8>, FileOut>> {
     use std::io::Read;
     let mut input = ftkit_core::io::open_input(source)?;
     let mut bytes = Vec::new();
     (&mut input.reader)
         .take(BINARY_SNIFF as u64)
         .read_to_end(&mut bytes)?;
-    if looks_binary(&bytes) {
+    if sniff && looks_binary(&bytes) {
         return Ok(Err(FileOut::skip(
             Skip::Binary,
             "binary: a NUL byte in the first 8 KiB",

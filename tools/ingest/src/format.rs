@@ -17,6 +17,14 @@ pub enum Kind {
     Csv { delimiter: u8 },
     /// Apache Parquet (`.parquet`): one document per row.
     Parquet,
+    /// PDF (`.pdf`): the text layer, one document per file.
+    Pdf,
+    /// Word (`.docx`): one document per file.
+    Docx,
+    /// PowerPoint (`.pptx`): one document per file, slide by slide.
+    Pptx,
+    /// An image (`.jpg .jpeg .png .webp .gif`): an image record with `--extract-images`.
+    Image,
 }
 
 impl Kind {
@@ -33,8 +41,17 @@ impl Kind {
             "csv" => Kind::Csv { delimiter: b',' },
             "tsv" => Kind::Csv { delimiter: b'\t' },
             "parquet" => Kind::Parquet,
+            "pdf" => Kind::Pdf,
+            "docx" => Kind::Docx,
+            "pptx" => Kind::Pptx,
+            e if crate::images::is_image_name(e) => Kind::Image,
             _ => return None,
         })
+    }
+
+    /// Binary formats: read whole without the NUL-byte check.
+    pub fn is_binary(self) -> bool {
+        matches!(self, Kind::Pdf | Kind::Docx | Kind::Pptx | Kind::Image)
     }
 
     /// Record sources yield one document per record and need `--text-field` or `--template`.
@@ -73,7 +90,13 @@ mod tests {
         assert_eq!(k("x.PARQUET"), Some(Kind::Parquet));
         assert_eq!(k("x.parquet.zst"), Some(Kind::Parquet));
         assert_eq!(k("x.zst"), None);
-        assert_eq!(k("x.png"), None);
+        assert_eq!(k("x.png"), Some(Kind::Image));
+        assert_eq!(k("scan.JPEG"), Some(Kind::Image));
+        assert_eq!(k("a.pdf"), Some(Kind::Pdf));
+        assert_eq!(k("a.docx"), Some(Kind::Docx));
+        assert_eq!(k("a.pptx"), Some(Kind::Pptx));
+        assert_eq!(k("a.doc"), None);
+        assert_eq!(k("x.bmp"), None);
         assert_eq!(k("Makefile"), None);
         assert!(Kind::Csv { delimiter: b',' }.has_records());
         assert!(Kind::Parquet.has_records());

@@ -7,8 +7,12 @@
 pub mod extract;
 pub mod format;
 pub mod html;
+pub mod images;
 pub mod linecap;
+pub mod office;
+pub mod paged;
 pub mod parquet;
+pub mod pdf;
 pub mod template;
 pub mod walk;
 
@@ -82,6 +86,12 @@ pub enum FormatArg {
     Tsv,
     /// Apache Parquet, a document per row.
     Parquet,
+    /// PDF: the text layer, a document per file.
+    Pdf,
+    /// Word .docx, a document per file.
+    Docx,
+    /// PowerPoint .pptx, a document per file.
+    Pptx,
 }
 
 impl FormatArg {
@@ -95,6 +105,9 @@ impl FormatArg {
             FormatArg::Csv => Some(Kind::Csv { delimiter: b',' }),
             FormatArg::Tsv => Some(Kind::Csv { delimiter: b'\t' }),
             FormatArg::Parquet => Some(Kind::Parquet),
+            FormatArg::Pdf => Some(Kind::Pdf),
+            FormatArg::Docx => Some(Kind::Docx),
+            FormatArg::Pptx => Some(Kind::Pptx),
         }
     }
 }
@@ -155,6 +168,16 @@ pub struct Args {
     #[arg(long, value_name = "TEMPLATE")]
     pub template: Option<String>,
 
+    /// Write the images that PDF, DOCX and PPTX files embed into this folder (created if needed), once
+    /// each as <sha256>.<ext>, and an image record per image on stdout after its document; standalone
+    /// images (.jpg .jpeg .png .webp .gif) in the walked folders get image records too (not copied).
+    #[arg(long, value_name = "DIR")]
+    pub extract_images: Option<std::path::PathBuf>,
+
+    /// With --extract-images: write the image records only, no document records.
+    #[arg(long, requires = "extract_images")]
+    pub images_only: bool,
+
     /// Take at most N documents from each source file, in file order.
     #[arg(long, value_name = "N")]
     pub max_records: Option<u64>,
@@ -177,6 +200,8 @@ struct Stats {
     docs: u64,
     empty: u64,
     rejected: u64,
+    images: u64,
+    images_skipped: u64,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -210,6 +235,13 @@ pub fn run(args: Args) -> Result<()> {
         .iter()
         .fold(Paths::new(), |p, f| p.input("input", f));
     args.run.outputs(inputs).check()?;
+    let images = match &args.extract_images {
+        Some(dir) => Some(images::ImageOpts {
+            dir: image_dir(dir, &args.paths)?,
+            only: args.images_only,
+        }),
+        None => None,
+    };
     // The engine holds the pool, the error policy and --rejects for every source.
     let engine = Engine::for_streams(&args.run)?;
     let opts = Opts {
@@ -218,6 +250,7 @@ pub fn run(args: Args) -> Result<()> {
         on_error: args.run.on_error,
         kind: args.format.kind(),
         max_file_size: args.max_file_size,
+        images,
     };
 
     let found = walk::collect(&args.paths, &filter)?;
@@ -309,6 +342,32 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// Creates the `--extract-images` folder; a folder inside an input folder is refused (the images
+/// would be read back as sources on the next run).
+fn image_dir(dir: &std::path::Path, inputs: &[String]) -> Result<std::path::PathBuf> {
+    use anyhow::Context;
+    std::fs::create_dir_all(dir).with_context(|| {
+        format!(
+            "{}: cannot create the --extract-images folder",
+            dir.display()
+        )
+    })?;
+    let canonical = dir.canonicalize()?;
+    for input in inputs.iter().filter(|p| *p != "-") {
+        let Ok(input) = std::path::Path::new(input).canonicalize() else {
+            continue;
+        };
+        if input.is_dir() && canonical.starts_with(&input) {
+            usage!(
+                "--extract-images {} is inside the input folder {}: its images would be read as sources",
+                dir.display(),
+                input.display()
+            );
+        }
+    }
+    Ok(dir.to_path_buf())
+}
+
 fn shown(source: &str) -> &str {
     if source == "-" { "<stdin>" } else { source }
 }
@@ -360,6 +419,14 @@ impl Writer {
             if !self.quiet {
                 warn(format!("{shown}: skipped ({message})"));
             }
+            if reason.is_reject()
+                && let Some(rejects) = self.engine.policy().rejects()
+            {
+                let record = serde_json::json!({
+                    "source": shown, "skipped": reason.label(), "error": message,
+                });
+                rejects.write_line(record.to_string().as_bytes())?;
+            }
             return Ok(());
         }
         self.stats.read += 1;
@@ -369,6 +436,8 @@ impl Writer {
         }
         self.stats.docs += file.docs;
         self.stats.empty += file.empty;
+        self.stats.images += file.images;
+        self.stats.images_skipped += file.images_skipped;
         Ok(())
     }
 }
@@ -388,6 +457,18 @@ fn summary(stats: &Stats) -> String {
         ", {}",
         plural(stats.docs, "document written", "documents written")
     ));
+    if stats.images > 0 || stats.images_skipped > 0 {
+        s.push_str(&format!(
+            ", {}",
+            plural(stats.images, "image record", "image records")
+        ));
+    }
+    if stats.images_skipped > 0 {
+        s.push_str(&format!(
+            " ({} embedded in other formats not extracted)",
+            stats.images_skipped
+        ));
+    }
     if stats.empty > 0 {
         s.push_str(&format!(
             ", {}",
