@@ -24,6 +24,9 @@ pub enum By {
 const LONG_ABOUT: &str = "\
 Reads document records ({\"id\",\"text\",...}, as ft-ingest writes them) and writes one record per chunk:
 {\"id\",\"doc_id\",\"chunk_index\",\"text\",\"start\",\"end\", ...the document's other fields}.
+A paged document (ft-ingest's PDF and PPTX records, with a \"pages\" or \"slides\" list of the
+byte offsets where each starts) gives chunks \"page\" and \"page_end\" (\"slide\", \"slide_end\"): the
+1-based pages holding the chunk's first and last byte, in place of the list.
 
 start and end are byte offsets into the document text: text == doc.text[start..end] (Python:
 doc.text.encode()[start:end].decode()). chunk_index counts from 0 within a document. The chunk id
@@ -201,8 +204,17 @@ impl Chunker {
             write_json_str(head, &doc_id);
             head.extend_from_slice(b",\"chunk_index\":");
             tail.clear();
+            let places = places(&rec);
+            let placed = |k: &str| {
+                places
+                    .iter()
+                    .any(|p| [p.list, p.first, p.last].contains(&k))
+            };
             let skip = [self.text_field.as_str(), self.id_field.as_str()];
-            for (k, v) in rec.others(&skip).filter(|(k, _)| !OWN_KEYS.contains(k)) {
+            let others = rec
+                .others(&skip)
+                .filter(|(k, _)| !OWN_KEYS.contains(k) && !placed(k));
+            for (k, v) in others {
                 tail.push(b',');
                 write_json_str(tail, k);
                 tail.push(b':');
@@ -226,10 +238,57 @@ impl Chunker {
                 out.extend_from_slice(fmt_u64(&mut num, start as u64));
                 out.extend_from_slice(b",\"end\":");
                 out.extend_from_slice(fmt_u64(&mut num, end as u64));
+                for place in &places {
+                    place.write(out, start, end);
+                }
                 out.extend_from_slice(tail);
             }
             Ok(())
         })
+    }
+}
+
+/// A paged document's `pages` (PDF) or `slides` (PPTX): byte offsets where each starts. Its chunks
+/// carry `page`/`page_end` (`slide`/`slide_end`), 1-based, instead of the list.
+struct Place<'a> {
+    list: &'a str,
+    first: &'a str,
+    last: &'a str,
+    starts: Vec<usize>,
+}
+
+fn places<'a>(rec: &RawRecord<'_>) -> Vec<Place<'a>> {
+    [
+        ("pages", "page", "page_end"),
+        ("slides", "slide", "slide_end"),
+    ]
+    .into_iter()
+    .filter_map(|(list, first, last)| {
+        let starts: Vec<usize> = serde_json::from_str(rec.get(list)?.get()).ok()?;
+        (!starts.is_empty()).then_some(Place {
+            list,
+            first,
+            last,
+            starts,
+        })
+    })
+    .collect()
+}
+
+impl Place<'_> {
+    /// The pages holding the chunk's first and last byte.
+    fn write(&self, out: &mut Vec<u8>, start: usize, end: usize) {
+        let page = |at: usize| self.starts.partition_point(|&s| s <= at).max(1) as u64;
+        let mut num = [0u8; 20];
+        for (key, at) in [
+            (self.first, start),
+            (self.last, end.saturating_sub(1).max(start)),
+        ] {
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(b"\":");
+            out.extend_from_slice(fmt_u64(&mut num, page(at)));
+        }
     }
 }
 
