@@ -35,6 +35,9 @@ pub enum Task {
     /// Free text: the reply to `messages` as is (ft-generate), not parsed as JSON; no
     /// `response_format` is sent for it.
     Generate { messages: Vec<Message> },
+    /// Free text: a description of an image, sent as a data URL (`data:image/jpeg;base64,...`) after
+    /// `prompt` in one user turn (ft-describe). Only backends that take images answer it.
+    Describe { prompt: String, data_url: String },
 }
 
 /// Requested output structure, sent as `response_format` by backends that support it.

@@ -503,7 +503,7 @@ impl Backend for Extractive {
                     "the extractive backend cannot judge".into(),
                 ));
             }
-            Task::Generate { .. } => {
+            Task::Generate { .. } | Task::Describe { .. } => {
                 return Err(CallError::Fatal(
                     "the extractive backend cannot write free text".into(),
                 ));

@@ -169,7 +169,7 @@ impl Local {
                 "judgement/weighted".into(),
                 Shape::judge_scores(MAX_RATIONALE),
             )),
-            Task::Generate { .. } => None,
+            Task::Generate { .. } | Task::Describe { .. } => None,
         }
     }
 
@@ -273,6 +273,13 @@ impl Backend for Local {
     }
 
     fn send(&self, req: &Request, _body: Option<&[u8]>) -> Result<Reply, CallError> {
+        if matches!(req.task, Task::Describe { .. }) {
+            return Err(CallError::Fatal(
+                "the local backend has no vision model: describe images through an \
+                 OpenAI-compatible endpoint (--base-url)"
+                    .into(),
+            ));
+        }
         let prompt = self.prompt(req)?;
         let constraint = match Self::shape(&req.task) {
             Some((key, shape)) => Some(self.constraint(&key, &shape)?),

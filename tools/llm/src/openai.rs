@@ -105,6 +105,9 @@ impl OpenAi {
         if let Some(obj) = body.as_object_mut() {
             p.insert_optional(obj);
         }
+        if let Task::Describe { data_url, .. } = &req.task {
+            attach_image(&mut body, data_url);
+        }
         let format = match (effective_format(p, req), &req.schema) {
             (ResponseFormat::None, _) => None,
             (ResponseFormat::JsonObject, _) | (ResponseFormat::JsonSchema, None) => {
@@ -122,10 +125,25 @@ impl OpenAi {
     }
 }
 
+/// Turns the last user turn into the content parts vision endpoints take: its text, then the image.
+fn attach_image(body: &mut Value, data_url: &str) {
+    let last_user = body
+        .get_mut("messages")
+        .and_then(Value::as_array_mut)
+        .and_then(|m| m.iter_mut().rev().find(|m| m["role"] == "user"));
+    if let Some(message) = last_user {
+        let text = message["content"].take();
+        message["content"] = json!([
+            {"type": "text", "text": text},
+            {"type": "image_url", "image_url": {"url": data_url}},
+        ]);
+    }
+}
+
 /// The response format sent: none for free text (a JSON mode would force the reply into JSON).
 fn effective_format(p: &Params, req: &Request) -> ResponseFormat {
     match req.task {
-        Task::Generate { .. } => ResponseFormat::None,
+        Task::Generate { .. } | Task::Describe { .. } => ResponseFormat::None,
         _ => p.response_format,
     }
 }

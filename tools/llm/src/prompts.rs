@@ -146,6 +146,7 @@ pub fn request(task: Task, qa_template: Option<&str>, attempt: u32) -> Request {
             )
         }
         Task::Generate { messages } => (messages.clone(), None, "completion"),
+        Task::Describe { prompt, .. } => (vec![Message::user(prompt.clone())], None, "description"),
     };
     Request {
         task,

@@ -66,6 +66,8 @@ struct State {
     per_prompt: Mutex<HashMap<u64, u32>>,
     hits: AtomicU64,
     faults: AtomicU64,
+    /// Image URLs received, in arrival order.
+    images: Mutex<Vec<String>>,
     ok: AtomicU64,
 }
 
@@ -109,6 +111,14 @@ impl TestServer {
         &self.url
     }
     /// Requests received.
+    /// The image URLs (data URLs) of the vision requests received so far.
+    pub fn image_urls(&self) -> Vec<String> {
+        match self.state.images.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
     pub fn hits(&self) -> u64 {
         self.state.hits.load(Relaxed)
     }
@@ -220,7 +230,7 @@ fn answer(req: &HttpRequest, st: &State, cfg: &ServerConfig) -> Answer {
     st.hits.fetch_add(1, Relaxed);
     let auth = &req.authorization;
     let parsed: Value = serde_json::from_str(&req.body).unwrap_or(Value::Null);
-    let prompt = parsed
+    let user_turn = parsed
         .get("messages")
         .and_then(Value::as_array)
         .and_then(|m| {
@@ -228,10 +238,30 @@ fn answer(req: &HttpRequest, st: &State, cfg: &ServerConfig) -> Answer {
                 .rev()
                 .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
         })
-        .and_then(|m| m.get("content"))
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
+        .and_then(|m| m.get("content"));
+    let prompt = match user_turn {
+        // Content parts (a vision request): the text, then a hash of each image, recorded.
+        Some(Value::Array(parts)) => {
+            let mut prompt = String::new();
+            for part in parts {
+                if let Some(text) = part.get("text").and_then(Value::as_str) {
+                    prompt.push_str(text);
+                }
+                if let Some(url) = part.pointer("/image_url/url").and_then(Value::as_str) {
+                    prompt.push_str(&format!(" [image {:016x}]", hash64(url)));
+                    match st.images.lock() {
+                        Ok(mut g) => g.push(url.to_string()),
+                        Err(p) => p.into_inner().push(url.to_string()),
+                    }
+                }
+            }
+            prompt
+        }
+        other => other
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+    };
     let h = hash64(&prompt);
     let hit = {
         let mut map = match st.per_prompt.lock() {

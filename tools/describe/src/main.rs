@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    ftkit_core::run_main("ft-describe", ft_describe::run)
+}
