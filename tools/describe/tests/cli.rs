@@ -15,7 +15,10 @@ fn args(server: &TestServer) -> Vec<String> {
 }
 
 fn dir() -> std::path::PathBuf {
-    testdata("describe", "images.jsonl").parent().unwrap().to_path_buf()
+    testdata("describe", "images.jsonl")
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn input() -> Vec<u8> {
@@ -39,14 +42,30 @@ fn images_are_described_documents_pass_and_bad_images_are_rejected() {
     assert_eq!(recs.len(), 3, "{}", out.stderr);
     // Input order: image, document (unchanged), image.
     let chart = &recs[0];
-    assert!(chart["text"].as_str().unwrap().contains("[image "), "{chart}");
+    assert!(
+        chart["text"].as_str().unwrap().contains("[image "),
+        "{chart}"
+    );
     assert_eq!(chart["source"], "report.pdf");
     assert_eq!(chart["image"]["page"], 2);
-    assert_eq!((chart["image"]["width"].clone(), chart["image"]["height"].clone()), (40.into(), 30.into()));
+    assert_eq!(
+        (
+            chart["image"]["width"].clone(),
+            chart["image"]["height"].clone()
+        ),
+        (40.into(), 30.into())
+    );
     let sha = ftkit_core::id::sha256_hex(&std::fs::read(dir().join("chart.png")).unwrap());
-    assert_eq!(chart["image"]["sha256"], Value::from(sha), "the file's hash, not the record's");
+    assert_eq!(
+        chart["image"]["sha256"],
+        Value::from(sha),
+        "the file's hash, not the record's"
+    );
     assert_eq!(chart["gen"]["sent"]["width"], 16);
-    assert_eq!(chart["id"], Value::from(ftkit_core::stable_id(&[chart["text"].as_str().unwrap()])));
+    assert_eq!(
+        chart["id"],
+        Value::from(ftkit_core::stable_id(&[chart["text"].as_str().unwrap()]))
+    );
     assert_eq!(recs[1]["text"], "A document passes through.");
     assert_eq!(recs[1]["id"], "d1");
     assert_eq!(recs[2]["image"]["slide"], 3);
@@ -56,7 +75,9 @@ fn images_are_described_documents_pass_and_bad_images_are_rejected() {
     assert_eq!(urls.len(), 2);
     for url in &urls {
         let b64 = url.strip_prefix("data:image/jpeg;base64,").unwrap();
-        let jpeg = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+        let jpeg = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
         let img = image::load_from_memory(&jpeg).unwrap();
         assert!(img.width().max(img.height()) <= 16);
     }
@@ -69,7 +90,12 @@ fn images_are_described_documents_pass_and_bad_images_are_rejected() {
     let reasons = format!("{rejected:?}");
     assert!(reasons.contains("corrupt or truncated png"), "{reasons}");
     assert!(reasons.contains("empty file"), "{reasons}");
-    assert!(out.stderr.contains("2 images described, 2 invalid images rejected"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("2 images described, 2 invalid images rejected"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -105,7 +131,11 @@ fn without_an_endpoint_it_is_a_usage_error() {
         .stdin(input())
         .run();
     assert_eq!(out.code, 2, "{}", out.stderr);
-    assert!(out.stderr.contains("no vision model named"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("no vision model named"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -115,7 +145,12 @@ fn contract() {
     let d = dir();
     let input: String = ["chart.png", "diagram.png", "chart.png"]
         .iter()
-        .map(|f| format!("{{\"kind\":\"image\",\"path\":{}}}\n", serde_json::json!(d.join(f))))
+        .map(|f| {
+            format!(
+                "{{\"kind\":\"image\",\"path\":{}}}\n",
+                serde_json::json!(d.join(f))
+            )
+        })
         .collect();
     let mut a = args(&server);
     a.push("--no-cache".into());

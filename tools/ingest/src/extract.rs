@@ -645,6 +645,7 @@ mod tests {
             on_error,
             kind: None,
             max_file_size: u64::MAX,
+            images: None,
         }
     }
 

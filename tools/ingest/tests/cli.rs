@@ -314,7 +314,7 @@ fn usage_errors_exit_2() {
         vec![TREE, "--threads", "0"],
         vec![TREE, "--max-records", "0"],
         vec![TREE, "--text-field", "a", "--template", "{b}"],
-        vec![TREE, "--format", "pdf"],
+        vec![TREE, "--format", "odt"],
     ] {
         let out = ingest().args(&args).run();
         assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
