@@ -193,7 +193,7 @@ pub fn process_streaming(source: &str, opts: &Opts, flush: Flush<'_>) -> FileOut
     if kind == Kind::Jsonl {
         let reader = match open_jsonl(source, opts) {
             Ok(r) => r,
-            Err(skipped) => return skipped,
+            Err(skipped) => return *skipped,
         };
         let (part, error) = map_part(
             shown,
@@ -251,14 +251,15 @@ pub fn process_streaming(source: &str, opts: &Opts, flush: Flush<'_>) -> FileOut
 pub fn open_jsonl(
     source: &str,
     opts: &Opts,
-) -> std::result::Result<Box<dyn BufRead + Send>, FileOut> {
-    let unreadable = |e: anyhow::Error| FileOut::skip(Skip::Unreadable, e.root_cause().to_string());
+) -> std::result::Result<Box<dyn BufRead + Send>, Box<FileOut>> {
+    let unreadable =
+        |e: anyhow::Error| Box::new(FileOut::skip(Skip::Unreadable, e.root_cause().to_string()));
     let mut input = ftkit_core::io::open_input(source).map_err(unreadable)?;
     match input.reader.fill_buf() {
-        Ok(head) if looks_binary(head) => Err(FileOut::skip(
+        Ok(head) if looks_binary(head) => Err(Box::new(FileOut::skip(
             Skip::Binary,
             "binary: a NUL byte in the first 8 KiB",
-        )),
+        ))),
         Ok(_) => Ok(Box::new(LineCap::new(input.reader, opts.max_file_size))),
         Err(e) => Err(unreadable(anyhow::Error::new(e))),
     }

@@ -401,7 +401,7 @@ impl Writer {
         let shown = shown(source);
         let reader = match extract::open_jsonl(source, opts) {
             Ok(r) => r,
-            Err(skipped) => return self.finish_file(shown, skipped),
+            Err(skipped) => return self.finish_file(shown, *skipped),
         };
         self.stats.read += 1;
         let line = extract::jsonl_line(shown, opts);

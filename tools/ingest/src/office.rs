@@ -119,16 +119,16 @@ pub fn pptx(bytes: &[u8], max: u64, want_images: bool) -> Result<Paged, Refusal>
         let xml = pkg.required(slide)?;
         let mut text = blocks(&xml, Mode::Body).map_err(corrupt)?;
         let rels = relationships(&mut pkg, slide)?;
-        if let Some(notes) = rels.iter().find(|r| r.kind.ends_with("/notesSlide")) {
-            if let Some(xml) = pkg.part(&notes.target)? {
-                let notes = blocks(&xml, Mode::Notes).map_err(corrupt)?;
-                if !notes.is_empty() {
-                    if !text.is_empty() {
-                        text.push_str("\n\n");
-                    }
-                    text.push_str("Notes: ");
-                    text.push_str(&notes);
+        if let Some(notes) = rels.iter().find(|r| r.kind.ends_with("/notesSlide"))
+            && let Some(xml) = pkg.part(&notes.target)?
+        {
+            let notes = blocks(&xml, Mode::Notes).map_err(corrupt)?;
+            if !notes.is_empty() {
+                if !text.is_empty() {
+                    text.push_str("\n\n");
                 }
+                text.push_str("Notes: ");
+                text.push_str(&notes);
             }
         }
         paged.push_page(&text);
@@ -167,14 +167,14 @@ fn relationships(pkg: &mut Package<'_>, part: &str) -> Result<Vec<Rel>, Refusal>
         match reader.read_event_into(&mut buf).map_err(corrupt)? {
             Event::Start(e) | Event::Empty(e) if e.local_name().as_ref() == "Relationship" => {
                 let (id, kind, target) = (attr(&e, "Id"), attr(&e, "Type"), attr(&e, "Target"));
-                if let (Some(id), Some(kind), Some(target)) = (id, kind, target) {
-                    if attr(&e, "TargetMode").as_deref() != Some("External") {
-                        rels.push(Rel {
-                            id,
-                            kind,
-                            target: resolve(dir, &target),
-                        });
-                    }
+                if let (Some(id), Some(kind), Some(target)) = (id, kind, target)
+                    && attr(&e, "TargetMode").as_deref() != Some("External")
+                {
+                    rels.push(Rel {
+                        id,
+                        kind,
+                        target: resolve(dir, &target),
+                    });
                 }
             }
             Event::Eof => break,
@@ -221,10 +221,9 @@ fn slide_order(pkg: &mut Package<'_>) -> Result<Vec<String>, Refusal> {
                     .find(|a| a.key.local_name().as_ref() == "id" && a.key.prefix().is_some());
                 if let Some(id) =
                     id.and_then(|a| a.normalized_value(quick_xml::XmlVersion::Implicit1_0).ok())
+                    && let Some(rel) = rels.iter().find(|r| r.id == id)
                 {
-                    if let Some(rel) = rels.iter().find(|r| r.id == id) {
-                        order.push(rel.target.clone());
-                    }
+                    order.push(rel.target.clone());
                 }
             }
             Event::Eof => break,
