@@ -80,19 +80,18 @@ fn convert_inner(bytes: &[u8], want_images: bool) -> Result<Paged, Refusal> {
     Ok(paged)
 }
 
-/// Images of each page's resources, once per page (an XObject used on several pages is listed on
-/// each; the writer keeps one file per content hash).
+/// Images of the pages' resources, each XObject once, at the first page that lists it: a logo in
+/// resources shared by every page is one image record, described once, not one per page.
 fn images(
     doc: &Document,
     pages: &std::collections::BTreeMap<u32, lopdf::ObjectId>,
 ) -> Vec<Embedded> {
     let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for (&number, &id) in pages {
         let Ok(found) = doc.get_page_images(id) else {
             continue;
         };
-        // Two resource names may point at one XObject.
-        let mut seen = std::collections::HashSet::new();
         for image in found {
             if !seen.insert(image.id) {
                 continue;

@@ -19,16 +19,19 @@ fn bin_dir() -> PathBuf {
     dir
 }
 
-/// Runs a script with the workspace's tools first on PATH and no model endpoint in the environment.
-fn script(name: &str, args: &[&Path]) -> (i32, String) {
+/// Runs a script with the workspace's tools first on PATH, no model endpoint in the environment but
+/// those of `envs`.
+fn script(name: &str, args: &[&Path], envs: &[(&str, &str)]) -> (i32, String) {
     let out = Command::new("bash")
         .arg(workspace_root().join("scripts").join(name))
         .args(args)
         .env("FTKIT_BIN", bin_dir())
         .env_remove("BASE_URL")
         .env_remove("OPENAI_BASE_URL")
+        .env_remove("VISION_BASE_URL")
         .env_remove("MODEL")
         .env_remove("OPENAI_API_KEY")
+        .envs(envs.iter().copied())
         .output()
         .unwrap();
     (
@@ -39,6 +42,122 @@ fn script(name: &str, args: &[&Path]) -> (i32, String) {
 
 fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Seeds 001 and 003: a PDF, a DOCX, a PPTX, a standalone PNG and a Chinese note become the three
+/// CLaRa files, images described by a vision endpoint (the loopback test server) and pairs written
+/// by the extractive backend; a rerun asks the endpoint nothing and rewrites the same bytes.
+#[test]
+fn clara_data_turns_documents_and_images_into_the_three_clara_files() {
+    use ftkit_llm::testing::{ServerConfig, TestServer};
+    let server = TestServer::start(ServerConfig::default()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let docs = workspace_root().join("testdata/clara-data");
+    let env = [
+        ("BACKEND", "extractive"),
+        ("VISION_BASE_URL", server.url()),
+        ("VISION_MODEL", "vision-test"),
+    ];
+    let (code, stderr) = script("clara-data", &[&docs, &out], &env);
+    assert_eq!(code, 0, "{stderr}");
+
+    // Four images (one per document, one standalone), each described once; the embedded ones
+    // written under their content hash.
+    let raw = read_jsonl(&out.join("raw_knowledge.jsonl"));
+    let described: Vec<_> = raw.iter().filter(|r| r.get("image").is_some()).collect();
+    assert_eq!(described.len(), 4, "{raw:?}");
+    assert_eq!(raw.len(), 8, "four documents and four descriptions");
+    assert!(
+        described
+            .iter()
+            .all(|r| r["text"].as_str().unwrap().contains("[image "))
+    );
+    let chart = described
+        .iter()
+        .find(|r| r["source"].as_str().unwrap().ends_with("season-report.pdf"))
+        .unwrap();
+    assert_eq!(chart["image"]["page"], 2, "{chart}");
+    let urls = server.image_urls();
+    assert_eq!(urls.len(), 4);
+    assert!(
+        urls.iter()
+            .all(|u| u.starts_with("data:image/jpeg;base64,"))
+    );
+    let mut assets: Vec<_> = std::fs::read_dir(out.join("assets"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assets.sort();
+    assert_eq!(assets.len(), 3, "{assets:?}");
+    assert!(
+        assets
+            .iter()
+            .all(|a| a.len() == 64 + 4 && a.ends_with(".png"))
+    );
+
+    // The PDF's text chunks say which page they come from; headers and footers are gone.
+    let chunks = read_jsonl(&out.join("chunks.jsonl"));
+    let pdf: Vec<_> = chunks
+        .iter()
+        .filter(|c| c["source"].as_str().unwrap().ends_with(".pdf") && c.get("image").is_none())
+        .collect();
+    assert!(!pdf.is_empty() && pdf.iter().all(|c| c["page"].as_u64().is_some()));
+    assert!(
+        pdf.iter()
+            .all(|c| !c["text"].as_str().unwrap().contains("Page 1 of 3"))
+    );
+
+    // Pretraining: pairs and a summary per chunk; questions in English and Chinese.
+    let pretrain = read_jsonl(&out.join("pretrain_data.jsonl"));
+    let instruction = read_jsonl(&out.join("instruction_data.jsonl"));
+    let e2e = read_jsonl(&out.join("end_to_end_data.jsonl"));
+    assert!(
+        pretrain
+            .iter()
+            .all(|r| r["data_type"] == "qa" && r["docs"].as_array().is_some_and(|d| !d.is_empty()))
+    );
+    let summaries = pretrain
+        .iter()
+        .filter(|r| r["question"][0] == "Summarise the document densely.")
+        .count();
+    assert_eq!(summaries, chunks.len());
+    assert_eq!(pretrain.len(), instruction.len() + summaries);
+    let cjk = |r: &serde_json::Value| {
+        r["question"][0]
+            .as_str()
+            .unwrap()
+            .chars()
+            .any(|c| ('\u{4e00}'..='\u{9fff}').contains(&c))
+    };
+    assert!(pretrain.iter().any(cjk) && !pretrain.iter().all(cjk));
+    assert!(
+        instruction.iter().all(|r| r["data_type"] == "instruction"
+            && r["output"].as_str().is_some_and(|o| !o.is_empty()))
+    );
+    assert!(e2e.iter().all(|r| r["data_type"] == "end_to_end"
+        && r["context"].as_array().is_some_and(|c| !c.is_empty())));
+    assert_eq!(e2e.len(), instruction.len());
+
+    let files = [
+        "pretrain_data.jsonl",
+        "instruction_data.jsonl",
+        "end_to_end_data.jsonl",
+    ];
+    let before: Vec<_> = files.map(|f| std::fs::read(out.join(f)).unwrap()).to_vec();
+    let hits = server.hits();
+    let (code, stderr) = script("clara-data", &[&docs, &out], &env);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(server.hits(), hits, "a rerun is served by the cache");
+    let after: Vec<_> = files.map(|f| std::fs::read(out.join(f)).unwrap()).to_vec();
+    assert!(before == after, "a rerun writes the same bytes");
 }
 
 /// Seed 002's pipeline end to end, documents to an Ollama model folder: the extractive backend (no
@@ -157,7 +276,7 @@ fn cron_example_reruns_to_the_same_bytes_and_never_overlaps() {
     let out = tmp.path().join("out");
     let docs = workspace_root().join("testdata/docs");
 
-    let (code, stderr) = script("cron-example", &[&docs, &out]);
+    let (code, stderr) = script("cron-example", &[&docs, &out], &[]);
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stderr.is_empty(),
@@ -171,7 +290,7 @@ fn cron_example_reruns_to_the_same_bytes_and_never_overlaps() {
     let first: Vec<Vec<u8>> = splits.iter().map(|p| std::fs::read(p).unwrap()).collect();
 
     // The nightly rerun: same inputs, same bytes, and the day's log gains a second run.
-    let (code, stderr) = script("cron-example", &[&docs, &out]);
+    let (code, stderr) = script("cron-example", &[&docs, &out], &[]);
     assert_eq!(code, 0, "{stderr}");
     let again: Vec<Vec<u8>> = splits.iter().map(|p| std::fs::read(p).unwrap()).collect();
     assert!(first == again, "a rerun changed the splits");
@@ -205,7 +324,7 @@ fn cron_example_reruns_to_the_same_bytes_and_never_overlaps() {
         .read_line(&mut line)
         .unwrap();
     assert_eq!(line, "locked\n");
-    let (code, stderr) = script("cron-example", &[&docs, &out]);
+    let (code, stderr) = script("cron-example", &[&docs, &out], &[]);
     holder.kill().unwrap();
     holder.wait().unwrap();
     assert_eq!(code, 75, "{stderr}");
@@ -217,7 +336,11 @@ fn cron_example_reruns_to_the_same_bytes_and_never_overlaps() {
     );
 
     // A stage that fails makes the run exit 1 and says so in last-run.json.
-    let (code, _) = script("cron-example", &[&tmp.path().join("no-such-folder"), &out]);
+    let (code, _) = script(
+        "cron-example",
+        &[&tmp.path().join("no-such-folder"), &out],
+        &[],
+    );
     assert_eq!(code, 1);
     assert_ne!(read_json(&out.join("last-run.json"))["status"], 0);
 }
