@@ -40,6 +40,7 @@
         tools = [
           "catalog-to-manifest"
           "chunk"
+          "describe"
           "fetch"
           "filter"
           "generate"
