@@ -11,7 +11,9 @@ use std::path::Path;
 const BIN: &str = env!("CARGO_BIN_EXE_ft-ingest");
 
 fn jpeg(w: u32, h: u32) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8 * 9, y as u8 * 5, 80]));
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x as u8).wrapping_mul(9), (y as u8).wrapping_mul(5), 80])
+    });
     let mut out = Vec::new();
     img.write_to(
         &mut std::io::Cursor::new(&mut out),
