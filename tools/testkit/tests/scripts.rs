@@ -151,12 +151,12 @@ fn clara_data_turns_documents_and_images_into_the_three_clara_files() {
         "instruction_data.jsonl",
         "end_to_end_data.jsonl",
     ];
-    let before: Vec<_> = files.map(|f| std::fs::read(out.join(f)).unwrap()).to_vec();
+    let before = files.map(|f| std::fs::read(out.join(f)).unwrap());
     let hits = server.hits();
     let (code, stderr) = script("clara-data", &[&docs, &out], &env);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(server.hits(), hits, "a rerun is served by the cache");
-    let after: Vec<_> = files.map(|f| std::fs::read(out.join(f)).unwrap()).to_vec();
+    let after = files.map(|f| std::fs::read(out.join(f)).unwrap());
     assert!(before == after, "a rerun writes the same bytes");
 }
 
