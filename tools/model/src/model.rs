@@ -82,6 +82,9 @@ pub struct CausalLm {
     pub(crate) layers: Vec<Layer>,
     pub(crate) norm: Tensor,
     pub(crate) lm_head: Frozen,
+    /// The output matrix's blocks for decoding ([`Self::quantize_for_inference`]); the logits
+    /// they give are re-scored exactly on `lm_head` where it matters (see `generate::cache`).
+    pub(crate) lm_head_blocks: Option<candle_core::quantized::QMatMul>,
     pub(crate) inv_freq: Tensor,
     dtype: DType,
     device: Device,
@@ -92,20 +95,50 @@ pub struct CausalLm {
 /// On the CPU, Q4_1, Q5_0 and Q5_1 are re-encoded as Q8_0: candle has SIMD dot products for Q4_0,
 /// Q8_0 and the k-quants but multiplies those three with scalar code (its CUDA kernels cover
 /// them all). Q8_0's step is 1/127 of a block's largest weight, a sixteenth of Q4_1's and under a
-/// quarter of Q5's, so the re-encoded weights stay well inside the original's error. SmolLM2 Q4_1,
-/// 2 threads (examples/bench_generate): batch-1 decoding at 26 tok/s on the Q4_1 blocks, 35 on f32,
-/// ~57 on the re-encoded Q8_0 blocks.
+/// quarter of Q5's, so the re-encoded weights stay well inside the original's error.
+///
+/// Where the CPU has AVX-512 VNNI, Q8_0 rows are also zero-padded to a multiple of 256 columns:
+/// candle then multiplies them with its repacked VNNI kernel (which takes only whole 256-column
+/// superblocks) instead of its AVX2 dot product, and the padding's zeros add nothing to the
+/// products. SmolLM2 Q4_1 (576 columns, 768 padded), 2 threads, examples/bench_generate: decoding
+/// at batch 1 ~55 tok/s unpadded and 80-110 padded, at batch 8 ~87 and ~245.
 fn fast_blocks(
     qt: candle_core::quantized::QTensor,
 ) -> Result<Option<candle_core::quantized::QTensor>> {
     use candle_core::quantized::{GgmlDType, QTensor};
-    Ok(match qt.dtype() {
-        GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => None,
-        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 if qt.device().is_cpu() => Some(
-            QTensor::quantize(&qt.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)?,
-        ),
-        _ => Some(qt),
-    })
+    let cpu = qt.device().is_cpu();
+    let pad_to = if cpu && vnni_kernels() { SUPERBLOCK } else { 1 };
+    let weights = match qt.dtype() {
+        GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => return Ok(None),
+        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 if cpu => {
+            qt.dequantize(&Device::Cpu)?
+        }
+        GgmlDType::Q8_0 if pad_to > 1 && !qt.shape().dims2()?.1.is_multiple_of(pad_to) => {
+            qt.dequantize(&Device::Cpu)?
+        }
+        _ => return Ok(Some(qt)),
+    };
+    // Re-quantizing Q8_0 values gives the same blocks: each block's largest value, so its step,
+    // is unchanged.
+    let k = weights.dims2()?.1;
+    let weights = weights.pad_with_zeros(1, 0, k.next_multiple_of(pad_to) - k)?;
+    Ok(Some(QTensor::quantize(&weights, GgmlDType::Q8_0)?))
+}
+
+/// Columns of a k-quant superblock, the unit of candle's repacked CPU kernels.
+const SUPERBLOCK: usize = 256;
+
+/// Whether candle multiplies Q8_0 blocks with its repacked AVX-512 VNNI kernel on this CPU.
+fn vnni_kernels() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Mmap safetensors files into a VarBuilder.
@@ -280,6 +313,7 @@ impl CausalLm {
             layers,
             norm,
             lm_head,
+            lm_head_blocks: None,
             inv_freq,
             dtype: vb.dtype(),
             device: vb.device().clone(),
@@ -354,37 +388,56 @@ impl CausalLm {
 
     /// Gives every linear layer whose weight is among `blocks` (HF names, rows in HF order, as
     /// [`crate::gguf::GgufFile::qtensors`] returns them) in a block format its quantized matmul for
-    /// inference ([`crate::generate`]); float-stored weights are left alone. Training is unchanged:
-    /// it never reads them. Returns the number of layers that got one. The lm_head keeps its f32
-    /// weight: on SmolLM2's Q8_0 embedding blocks (activations quantized too), 80-90 tok/s instead
-    /// of ~57, greedy decoding no longer answered "What is the capital of France?" with Paris
-    /// (ft-generate's SmolLM2 test).
+    /// inference ([`crate::generate`]), and the output matrix its blocks (the embedding's when
+    /// tied) while it keeps its dense weight; float-stored weights are left alone. Training is
+    /// unchanged: it never reads them. Returns the number of linear layers that got blocks.
+    ///
+    /// Decoding on the output blocks alone (activations rounded to 8 bits too) was fast but
+    /// not exact enough: SmolLM2 no longer answered "What is the capital of France?" with
+    /// Paris. So the logits they give are a first pass, and the leading ones are computed again
+    /// on the dense weight (`generate::cache`).
     pub fn quantize_for_inference(
         &mut self,
         blocks: Vec<(String, candle_core::quantized::QTensor)>,
     ) -> Result<usize> {
-        use candle_core::quantized::QMatMul;
+        use candle_core::quantized::{QMatMul, QTensor};
         let mut by_name: std::collections::HashMap<String, _> = blocks.into_iter().collect();
+        let checked = |name: &str, qt: QTensor, dims: (usize, usize)| -> Result<Option<QMatMul>> {
+            let Some(qt) = fast_blocks(qt).with_context(|| name.to_string())? else {
+                return Ok(None);
+            };
+            // Blocks may be zero-padded past the model's columns (`fast_blocks`).
+            let (n, k) = qt.shape().dims2()?;
+            if n != dims.0 || k < dims.1 || k > dims.1.next_multiple_of(SUPERBLOCK) {
+                bail!(
+                    "{name}: quantized weight {:?} but the model's is {dims:?}",
+                    qt.shape().dims(),
+                );
+            }
+            Ok(Some(QMatMul::from_qtensor(qt)?))
+        };
         let mut n = 0;
         for lin in self.linears_mut() {
             let Some(qt) = by_name.remove(&format!("{}.weight", lin.name)) else {
                 continue;
             };
-            let Some(qt) = fast_blocks(qt).with_context(|| lin.name.clone())? else {
-                continue;
-            };
-            let dims = lin.weight.dims2()?;
-            if qt.shape().dims() != [dims.0, dims.1] {
-                bail!(
-                    "{}: quantized weight {:?} but the model's is {dims:?}",
-                    lin.name,
-                    qt.shape().dims(),
-                );
-            }
-            lin.quantized = Some(QMatMul::from_qtensor(qt)?);
-            n += 1;
+            lin.quantized = checked(&lin.name, qt, lin.weight.dims2()?)?;
+            n += usize::from(lin.quantized.is_some());
+        }
+        let head = match by_name.remove("lm_head.weight") {
+            Some(qt) => Some(qt),
+            None if self.lm_head.is(&self.embed) => by_name.remove("model.embed_tokens.weight"),
+            None => None,
+        };
+        if let (Some(qt), Some(dense)) = (head, self.lm_head.dense()) {
+            self.lm_head_blocks = checked("lm_head", qt, dense.dims2()?)?;
         }
         Ok(n)
+    }
+
+    /// Whether decoding reads the output matrix's blocks first ([`Self::quantize_for_inference`]).
+    pub fn has_output_blocks(&self) -> bool {
+        self.lm_head_blocks.is_some()
     }
 
     pub fn device(&self) -> &Device {

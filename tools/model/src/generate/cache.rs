@@ -8,6 +8,7 @@
 //! attends to, and its token at column `c` sits at rope position `c - pad[i]`, so a row's
 //! values do not depend on the other rows (batched = one at a time, up to float rounding).
 
+use super::attend;
 use crate::frozen::Frozen;
 use crate::lora::Linear;
 use crate::model::CausalLm;
@@ -149,39 +150,135 @@ fn frozen_times(x: &Tensor, w: &Frozen) -> Result<Tensor> {
     }
 }
 
-/// Most rows multiplied by a layer's quantized blocks; more go through its f32 weight. Measured on
-/// SmolLM2 Q4_1 (blocks re-encoded as Q8_0 for candle's SIMD kernels), 2 threads
-/// (examples/bench_generate): one row (batch-1 decoding) ~57 tok/s on the blocks against 35 on
-/// f32, where reading the weights is the cost; a 64-token prefill runs at ~250 tok/s on f32 and
-/// slower on blocks (candle's CPU block kernels multiply row by row), and batch-8 decoding gained
-/// nothing reliable from them (noisy runs either way).
-const QUANTIZED_MAX_ROWS: usize = 1;
+/// Most rows multiplied by a layer's quantized blocks; more go through its f32 weight. Few rows
+/// (decoding: a row per sequence) are bound by reading the weights, so fewer bytes win; many are
+/// bound by arithmetic, where gemm on f32 catches up. SmolLM2 Q4_1 (blocks re-encoded as Q8_0
+/// and padded for candle's VNNI kernel), 2 threads, examples/bench_generate, prompt tokens/s on
+/// blocks vs f32: 64 rows ~570 vs ~270, 128 rows 492 vs 361, 256 rows 541 vs 492, 512 rows ~520
+/// vs ~600.
+const QUANTIZED_MAX_ROWS: usize = 256;
+
+/// Logits computed again on the dense output matrix after the first pass on its blocks: the
+/// leading ones, which greedy decoding, top-k/top-p and the constrained decoder look at. The rest
+/// keep the blocks' value, whose error is far below the gap to the leaders.
+const RESCORED_LOGITS: usize = 64;
+
+/// `x W^T` on blocks whose rows may be zero-padded past `x`'s columns.
+fn blocks_times(q: &candle_core::quantized::QMatMul, x: &Tensor) -> Result<Tensor> {
+    use candle_core::Module;
+    let k = x.dim(1)?;
+    let kq = match q {
+        candle_core::quantized::QMatMul::QTensor(t) => t.shape().dims2()?.1,
+        _ => k,
+    };
+    Ok(if kq > k {
+        q.forward(&x.pad_with_zeros(1, 0, kq - k)?)?
+    } else {
+        q.forward(x)?
+    })
+}
+
+/// Logits `[rows, vocab]` of final hidden states `hn` `[rows, hidden]`.
+fn output_logits(model: &CausalLm, hn: &Tensor) -> Result<Tensor> {
+    let rows = hn.dim(0)?;
+    match (&model.lm_head_blocks, model.lm_head.dense()) {
+        (Some(blocks), Some(dense)) if rows <= QUANTIZED_MAX_ROWS => {
+            let first = blocks_times(blocks, hn)?;
+            rescore_leaders(&first, hn, dense, RESCORED_LOGITS)
+        }
+        _ => frozen_times(hn, &model.lm_head),
+    }
+}
+
+/// `approx` `[rows, vocab]` with each row's `k` largest entries replaced by the exact `hn · w_i`.
+fn rescore_leaders(approx: &Tensor, hn: &Tensor, w: &Tensor, k: usize) -> Result<Tensor> {
+    let mut logits = approx.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    let dev = hn.device();
+    for (r, row) in logits.iter_mut().enumerate() {
+        let mut ids: Vec<u32> = (0..row.len() as u32).collect();
+        let k = k.min(ids.len());
+        if k == 0 {
+            continue;
+        }
+        // Descending by value; ties by id, so the chosen set never depends on the sort.
+        let by_value =
+            |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
+        ids.select_nth_unstable_by(k - 1, by_value);
+        ids.truncate(k);
+        let rows = w.index_select(&Tensor::new(ids.as_slice(), dev)?, 0)?;
+        let exact = rows.matmul(&hn.narrow(0, r, 1)?.t()?)?.flatten_all()?;
+        for (&i, v) in ids
+            .iter()
+            .zip(exact.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+        {
+            row[i as usize] = v;
+        }
+    }
+    let (n, vocab) = (logits.len(), logits.first().map_or(0, Vec::len));
+    Ok(Tensor::from_vec(logits.concat(), (n, vocab), dev)?)
+}
 
 /// `x W^T (+ b) (+ scale · (x A^T) B^T)` without autograd. The one place the inference path
 /// touches a base weight, so a quantized weight (`candle_core::quantized::QMatMul`) plugs in
 /// here.
 fn infer_linear(lin: &Linear, x: &Tensor) -> Result<Tensor> {
+    let [y] = infer_linears([lin], x)?;
+    Ok(y)
+}
+
+/// [`infer_linear`] of several layers that read the same input (q/k/v, gate/up). Where all
+/// multiply by blocks of one format, candle rounds the input to 8 bits once and runs the products
+/// in one parallel region: at batch 8 the rounding alone was ~18% of a step when each layer did
+/// it (perf, SmolLM2).
+fn infer_linears<const N: usize>(lins: [&Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
+    use candle_core::quantized::{QMatMul, QTensor};
     let (rows, k) = (x.elem_count() / x.dim(D::Minus1)?, x.dim(D::Minus1)?);
     let x2 = x.reshape((rows, k))?;
-    let mut y = match &lin.quantized {
-        Some(q) if rows <= QUANTIZED_MAX_ROWS => candle_core::Module::forward(q, &x2)?,
-        _ => frozen_times(&x2, &lin.weight)?,
-    };
-    if let Some(b) = &lin.bias {
-        y = y.broadcast_add(b)?;
+    let blocks: Vec<&QTensor> = lins
+        .iter()
+        .filter_map(|l| match &l.quantized {
+            Some(QMatMul::QTensor(t)) if rows <= QUANTIZED_MAX_ROWS => Some(t.as_ref()),
+            _ => None,
+        })
+        .collect();
+    let mut fused = None;
+    if N > 1 && blocks.len() == N {
+        let kq = blocks[0].shape().dims2()?.1;
+        if blocks
+            .iter()
+            .all(|t| t.shape().dims2().is_ok_and(|(_, c)| c == kq))
+            && kq >= k
+        {
+            let xp = x2.pad_with_zeros(1, 0, kq - k)?.contiguous()?;
+            fused = QTensor::gemv_fused_shared_lhs(&blocks, &xp)?;
+        }
     }
-    if let Some(l) = &lin.lora {
-        let dt = x.dtype();
-        let a = l.a.as_tensor().detach().to_dtype(dt)?;
-        let b = l.b.as_tensor().detach().to_dtype(dt)?;
-        let d = x2.matmul(&a.t()?)?.matmul(&b.t()?)?;
-        y = (y + (d * l.scale)?)?;
+    let mut fused = fused.map(Vec::into_iter);
+    let mut out = Vec::with_capacity(N);
+    for lin in lins {
+        let mut y = match (fused.as_mut().and_then(Iterator::next), &lin.quantized) {
+            (Some(y), _) => y,
+            (None, Some(q)) if rows <= QUANTIZED_MAX_ROWS => blocks_times(q, &x2)?,
+            (None, _) => frozen_times(&x2, &lin.weight)?,
+        };
+        if let Some(b) = &lin.bias {
+            y = y.broadcast_add(b)?;
+        }
+        if let Some(l) = &lin.lora {
+            let dt = x.dtype();
+            let a = l.a.as_tensor().detach().to_dtype(dt)?;
+            let b = l.b.as_tensor().detach().to_dtype(dt)?;
+            let d = x2.matmul(&a.t()?)?.matmul(&b.t()?)?;
+            y = (y + (d * l.scale)?)?;
+        }
+        let mut dims = x.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = y.dim(1)?;
+        }
+        out.push(y.reshape(dims)?);
     }
-    let mut dims = x.dims().to_vec();
-    if let Some(last) = dims.last_mut() {
-        *last = y.dim(1)?;
-    }
-    Ok(y.reshape(dims)?)
+    out.try_into()
+        .map_err(|_| anyhow::anyhow!("infer_linears: output count"))
 }
 
 impl CausalLm {
@@ -213,7 +310,13 @@ impl CausalLm {
         let freqs = pos.broadcast_mul(&self.inv_freq)?;
         let cos = freqs.cos()?.to_dtype(dtype)?.contiguous()?;
         let sin = freqs.sin()?.to_dtype(dtype)?.contiguous()?;
-        let mask = cache.mask(s, dtype, &dev)?;
+        // One fused pass on the CPU in F32 (attend.rs), candle's ops elsewhere.
+        let fused = crate::fused::supported(&self.inv_freq) && dtype == DType::F32;
+        let mask = if fused {
+            None
+        } else {
+            Some(cache.mask(s, dtype, &dev)?)
+        };
         let scale = 1.0 / (hd as f64).sqrt();
         let eps = c.rms_norm_eps as f32;
         let t = cache.len + s;
@@ -221,37 +324,85 @@ impl CausalLm {
         let mut x = self.embed(&input_ids.detach())?;
         for (li, l) in self.layers.iter().enumerate() {
             let hn = candle_nn::ops::rms_norm(&x.contiguous()?, &l.input_norm, eps)?;
-            let heads = |lin: &Linear, n: usize| -> Result<Tensor> {
-                Ok(infer_linear(lin, &hn)?
-                    .reshape((b, s, n, hd))?
-                    .transpose(1, 2)?
-                    .contiguous()?)
+            let heads = |y: Tensor, n: usize| -> Result<Tensor> {
+                Ok(y.reshape((b, s, n, hd))?.transpose(1, 2)?.contiguous()?)
             };
-            let q = candle_nn::rotary_emb::rope(&heads(&l.q, nh)?, &cos, &sin)?;
-            let k = candle_nn::rotary_emb::rope(&heads(&l.k, nkv)?, &cos, &sin)?;
-            let v = heads(&l.v, nkv)?;
+            let [q, k, v] = infer_linears([&l.q, &l.k, &l.v], &hn)?;
+            let q = candle_nn::rotary_emb::rope(&heads(q, nh)?, &cos, &sin)?;
+            let k = candle_nn::rotary_emb::rope(&heads(k, nkv)?, &cos, &sin)?;
+            let v = heads(v, nkv)?;
             let (k, v) = cache.append(li, &k, &v)?;
-            // Grouped-query attention without repeating k/v: the n_rep query heads that share
-            // a kv head become extra query rows of that head.
-            let q = q.reshape((b, nkv, n_rep * s, hd))?;
-            let att = (q.matmul(&k.t()?)? * scale)?
-                .reshape((b, nkv, n_rep, s, t))?
-                .broadcast_add(&mask)?;
-            let att = candle_nn::ops::softmax_last_dim(&att)?.reshape((b, nkv, n_rep * s, t))?;
-            let y = att
-                .matmul(&v)?
-                .reshape((b, nh, s, hd))?
-                .transpose(1, 2)?
-                .reshape((b, s, nh * hd))?;
+            let y = match &mask {
+                None => {
+                    let shape = attend::Shape {
+                        b,
+                        s,
+                        len: cache.len,
+                        nh,
+                        nkv,
+                        hd,
+                    };
+                    attend::cached_attention(&q, &k, &v, &cache.pad, &shape, scale as f32)?
+                }
+                Some(mask) => {
+                    // Grouped-query attention without repeating k/v: the n_rep query heads
+                    // that share a kv head become extra query rows of that head.
+                    let q = q.reshape((b, nkv, n_rep * s, hd))?;
+                    let att = (q.matmul(&k.t()?)? * scale)?
+                        .reshape((b, nkv, n_rep, s, t))?
+                        .broadcast_add(mask)?;
+                    let att =
+                        candle_nn::ops::softmax_last_dim(&att)?.reshape((b, nkv, n_rep * s, t))?;
+                    att.matmul(&v)?
+                        .reshape((b, nh, s, hd))?
+                        .transpose(1, 2)?
+                        .reshape((b, s, nh * hd))?
+                }
+            };
             x = (x + infer_linear(&l.o, &y)?)?;
             let hn = candle_nn::ops::rms_norm(&x.contiguous()?, &l.post_norm, eps)?;
-            let g = infer_linear(&l.gate, &hn)?.apply(&c.hidden_act)?;
-            let u = infer_linear(&l.up, &hn)?;
+            let [g, u] = infer_linears([&l.gate, &l.up], &hn)?;
+            let g = g.apply(&c.hidden_act)?;
             x = (x + infer_linear(&l.down, &(g * u)?)?)?;
         }
         cache.advance(s);
         let last = x.narrow(1, s - 1, 1)?.squeeze(1)?.contiguous()?;
         let hn = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
-        Ok(frozen_times(&hn, &self.lm_head)?.to_dtype(DType::F32)?)
+        Ok(output_logits(self, &hn)?.to_dtype(DType::F32)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The k leaders of each row get the exact product; every other entry keeps the first pass.
+    #[test]
+    fn rescoring_replaces_each_rows_leaders_with_exact_logits() -> Result<()> {
+        let dev = Device::Cpu;
+        let (vocab, hidden) = (40, 8);
+        let w = Tensor::randn(0f32, 1.0, (vocab, hidden), &dev)?;
+        let hn = Tensor::randn(0f32, 1.0, (2, hidden), &dev)?;
+        let exact = hn.matmul(&w.t()?)?;
+        // A first pass off by a per-entry offset, small against the logits' spread.
+        let noise: Vec<f32> = (0..2 * vocab)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) * 1e-3)
+            .collect();
+        let approx = (&exact + Tensor::from_vec(noise, (2, vocab), &dev)?)?;
+        let out = rescore_leaders(&approx, &hn, &w, 5)?.to_vec2::<f32>()?;
+        let (exact, approx) = (exact.to_vec2::<f32>()?, approx.to_vec2::<f32>()?);
+        for r in 0..2 {
+            let mut order: Vec<usize> = (0..vocab).collect();
+            order.sort_by(|&a, &b| approx[r][b].total_cmp(&approx[r][a]));
+            for (rank, &i) in order.iter().enumerate() {
+                let want = if rank < 5 { exact[r][i] } else { approx[r][i] };
+                assert!((out[r][i] - want).abs() < 1e-5, "row {r} rank {rank}");
+            }
+            assert_ne!(
+                approx[r][order[0]], exact[r][order[0]],
+                "the noise changed the leader"
+            );
+        }
+        Ok(())
     }
 }

@@ -23,6 +23,7 @@
 //! not depend on the batch either, as long as the logits agree to the last bit (batching can
 //! change float rounding, so a draw that falls on a probability boundary may differ).
 
+mod attend;
 pub mod cache;
 pub mod sampling;
 

@@ -1,0 +1,137 @@
+//! Attention of new query columns over a [`super::cache::KvCache`] as one CPU F32 pass.
+//!
+//! The composed formulation costs about ten candle ops a layer (reshapes, a mask add, two
+//! batched matmuls that candle runs as one gemm call per head group, the softmax, the transpose
+//! back), each a fresh buffer: at batch 8 they were most of a decoding step's time outside the
+//! weight products, all on one thread. Here each (row, key/value head) pair is one work item
+//! on candle's CPU pool (the one its quantized products use), with two single-threaded gemm
+//! calls and the softmax rows in between, written straight into the `[b, s, heads·hd]` layout
+//! the output projection reads.
+
+use crate::fused::{CpuF32, softmax_row};
+use crate::matmul::{Mat, MatMut, Threads, gemm};
+use anyhow::{Result, bail};
+use candle_core::{Storage, Tensor};
+use std::sync::OnceLock;
+
+/// Shapes of one call: `s` new columns after `len` cached ones, `t = len + s`.
+pub(crate) struct Shape {
+    pub b: usize,
+    pub s: usize,
+    pub len: usize,
+    pub nh: usize,
+    pub nkv: usize,
+    pub hd: usize,
+}
+
+/// `q` `[b, nh, s, hd]` (rotated, contiguous); `k`, `v` the cache's buffers
+/// `[b, nkv, capacity, hd]` whose first `len + s` columns are filled; `pad[i]` the left padding
+/// of row `i`. Returns `[b, s, nh·hd]`. A real column sees the real columns up to itself; a
+/// padding column only itself, as in [`super::cache::KvCache`]'s mask.
+pub(crate) fn cached_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    pad: &[usize],
+    sh: &Shape,
+    scale: f32,
+) -> Result<Tensor> {
+    let Shape {
+        b,
+        s,
+        len,
+        nh,
+        nkv,
+        hd,
+    } = *sh;
+    let t = len + s;
+    let n_rep = nh / nkv;
+    if q.dims() != [b, nh, s, hd] || pad.len() != b || nh % nkv != 0 {
+        bail!(
+            "cached attention: q {:?} for {b} rows, {nh} heads",
+            q.dims()
+        );
+    }
+    let q_data = CpuF32::new(q);
+    let q_data = q_data.slice("cached attention q")?;
+    let (kg, kl) = k.storage_and_layout();
+    let (vg, vl) = v.storage_and_layout();
+    let (Storage::Cpu(ks), Storage::Cpu(vs)) = (&*kg, &*vg) else {
+        bail!("cached attention: the cache is not on the CPU");
+    };
+    let (k_all, v_all) = (ks.as_slice::<f32>()?, vs.as_slice::<f32>()?);
+    let (kst, vst) = (kl.stride(), vl.stride());
+    if k.dims()[..2] != [b, nkv] || kst[2..] != [hd, 1] || vst != kst || k.dims() != v.dims() {
+        bail!("cached attention: cache {:?} {:?}", k.dims(), kst);
+    }
+    let rows = n_rep * s;
+    let items: Vec<OnceLock<Result<Vec<f32>>>> = (0..b * nkv).map(|_| OnceLock::new()).collect();
+    let one = |item: usize| -> Result<Vec<f32>> {
+        let (bi, g) = (item / nkv, item % nkv);
+        let q_off = (bi * nh + g * n_rep) * s * hd;
+        let qm = Mat::dense(&q_data[q_off..q_off + rows * hd], rows, hd);
+        let k_off = kl.start_offset() + bi * kst[0] + g * kst[1];
+        let v_off = vl.start_offset() + bi * vst[0] + g * vst[1];
+        let km = Mat::dense(&k_all[k_off..k_off + t * hd], t, hd);
+        let vm = Mat::dense(&v_all[v_off..v_off + t * hd], t, hd);
+        let mut scores = vec![0f32; rows * t];
+        gemm(
+            MatMut::dense(&mut scores, rows, t),
+            false,
+            qm,
+            km.t(),
+            1.0,
+            Threads::Single,
+        )?;
+        let mut probs = vec![0f32; rows * t];
+        let mut mask = vec![0f32; t];
+        for r in 0..rows {
+            let col = len + r % s;
+            for (key, m) in mask.iter_mut().enumerate() {
+                let seen = (key >= pad[bi] && key <= col) || key == col;
+                *m = if seen { 0.0 } else { f32::NEG_INFINITY };
+            }
+            let row = r * t..(r + 1) * t;
+            softmax_row(
+                &scores[row.clone()],
+                &mut probs[row],
+                scale,
+                Some(&mask),
+                col + 1,
+            );
+        }
+        let mut out = vec![0f32; rows * hd];
+        gemm(
+            MatMut::dense(&mut out, rows, hd),
+            false,
+            Mat::dense(&probs, rows, t),
+            vm,
+            1.0,
+            Threads::Single,
+        )?;
+        Ok(out)
+    };
+    candle_core::utils::barrier_pool().execute_chunked(items.len(), |range| {
+        for item in range {
+            let _ = items[item].set(one(item));
+        }
+    });
+    // [b, s, nh·hd]: head h = g·n_rep + j of row bi, column i comes from item (bi, g) row j·s + i.
+    let mut y = vec![0f32; b * s * nh * hd];
+    for (item, cell) in items.into_iter().enumerate() {
+        let out = match cell.into_inner() {
+            Some(r) => r?,
+            None => bail!("cached attention: item {item} did not run"),
+        };
+        let (bi, g) = (item / nkv, item % nkv);
+        for j in 0..n_rep {
+            let h = g * n_rep + j;
+            for i in 0..s {
+                let src = (j * s + i) * hd;
+                let dst = ((bi * s + i) * nh + h) * hd;
+                y[dst..dst + hd].copy_from_slice(&out[src..src + hd]);
+            }
+        }
+    }
+    Ok(Tensor::from_vec(y, (b, s, nh * hd), q.device())?)
+}
