@@ -38,15 +38,18 @@ fn main() -> Result<()> {
         .parse()?;
     let dev = device::open_device(spec_dev, &mut |m| eprintln!("bench_generate: {m}"))?;
     let dir = tempfile::tempdir()?;
-    let (model, tok, name) = match std::env::var("FT_MODEL") {
-        Ok(spec) => {
-            let mut lm = Pretrained::load(&spec, &Default::default(), DType::F32, &dev)?;
+    let spec = std::env::var("FT_MODEL").ok();
+    let load = |spec: &str| Pretrained::load(spec, &Default::default(), DType::F32, &dev);
+    let mut on_blocks = false;
+    let (model, tok, name) = match &spec {
+        Some(spec) => {
+            let mut lm = load(spec)?;
             if std::env::var_os("FT_DEQUANTIZED").is_none() {
-                lm.quantize_for_inference()?;
+                on_blocks = lm.quantize_for_inference()? > 0;
             }
-            (lm.model, lm.tokenizer, spec)
+            (lm.model, lm.tokenizer, spec.clone())
         }
-        Err(_) => random_smollm2_shape(dir.path(), &dev)?,
+        None => random_smollm2_shape(dir.path(), &dev)?,
     };
     let g = Generator::new(&model, &tok, Vec::new());
     let opts = GenOptions {
@@ -107,9 +110,45 @@ fn main() -> Result<()> {
         }
         if b == batches.iter().copied().max().unwrap_or(b) {
             writeln!(out, "prompts: {prompts:?}")?;
+            if let (true, Some(spec)) = (on_blocks, &spec) {
+                let exact = load(spec)?;
+                let (same, all) =
+                    teacher_forced_agreement(&model, &exact.model, &tok, &prompts, &opts)?;
+                writeln!(
+                    out,
+                    "next tokens on blocks = on f32 weights, both fed the f32 greedy text: {same} of {all}"
+                )?;
+            }
         }
     }
     Ok(())
+}
+
+/// How often the model on blocks predicts the token that the f32 model chose greedily, both
+/// reading the f32 continuation (teacher forcing): unlike free-running agreement, one near tie
+/// cannot send the two texts apart for the rest of the run. Returns (agreeing, compared).
+fn teacher_forced_agreement(
+    blocks: &CausalLm,
+    exact: &CausalLm,
+    tok: &Tokenizer,
+    prompts: &[Vec<u32>],
+    opts: &GenOptions,
+) -> Result<(usize, usize)> {
+    let dev = blocks.device().clone();
+    let argmax = |logits: &Tensor| -> Result<u32> { Ok(logits.argmax(1)?.to_vec1::<u32>()?[0]) };
+    let reference = Generator::new(exact, tok, Vec::new()).generate(prompts, opts, None)?;
+    let (mut same, mut all) = (0, 0);
+    for (prompt, want) in prompts.iter().zip(&reference) {
+        let mut cache = KvCache::new(blocks, vec![0], prompt.len() + want.tokens.len())?;
+        let input = Tensor::new(prompt.as_slice(), &dev)?.unsqueeze(0)?;
+        let mut logits = blocks.forward_cached(&input, &mut cache)?;
+        for &t in &want.tokens {
+            same += usize::from(argmax(&logits)? == t);
+            all += 1;
+            logits = blocks.forward_cached(&Tensor::new(&[[t]], &dev)?, &mut cache)?;
+        }
+    }
+    Ok((same, all))
 }
 
 /// A random model of SmolLM2-135M's shape, written to `dir`.
