@@ -221,7 +221,7 @@ fn rescore_leaders(approx: &Tensor, hn: &Tensor, w: &Tensor, k: usize) -> Result
 fn leaders(row: &[f32], k: usize) -> Vec<u32> {
     let mut top: Vec<(f32, u32)> = Vec::with_capacity(k + 1);
     for (i, &v) in row.iter().enumerate() {
-        if k == 0 || v.is_nan() || (top.len() == k && !(v > top[k - 1].0)) {
+        if k == 0 || v.is_nan() || (top.len() == k && v <= top[k - 1].0) {
             continue;
         }
         let at = top.partition_point(|&(t, _)| t >= v);
