@@ -9,7 +9,9 @@
 //! in F32 like the CPU. Prints one line per batch size: prompt tokens/s (the prefill alone)
 //! and decode tokens/s (all generated tokens of the batch over the time after the prefill), and
 //! the first prompt's greedy tokens (`tokens: ...`) and the largest batch's prompts (`prompts:`,
-//! JSON) for a cross-check with other runtimes.
+//! JSON) for a cross-check with other runtimes. `FT_AGREEMENT=1` instead loads the model a second
+//! time on f32 weights and prints how often the next token on the blocks equals f32's when both
+//! read the f32 greedy continuation of the largest batch's prompts.
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
@@ -63,20 +65,36 @@ fn main() -> Result<()> {
         .map_err(anyhow::Error::msg)?
         .get_ids()
         .to_vec();
+    let prompts_of = |b: usize| -> Vec<Vec<u32>> {
+        (0..b)
+            .map(|r| {
+                (0..prompt_len)
+                    .map(|i| text_ids[(r * 13 + i) % text_ids.len()])
+                    .collect()
+            })
+            .collect()
+    };
     let mut out = std::io::stderr().lock();
+    if std::env::var_os("FT_AGREEMENT").is_some() {
+        let (true, Some(spec)) = (on_blocks, &spec) else {
+            anyhow::bail!("FT_AGREEMENT needs FT_MODEL naming a GGUF with blocks");
+        };
+        let exact = load(spec)?;
+        let prompts = prompts_of(batches.iter().copied().max().unwrap_or(1));
+        let (same, all) = teacher_forced_agreement(&model, &exact.model, &tok, &prompts, &opts)?;
+        writeln!(
+            out,
+            "next tokens on blocks = on f32 weights, both fed the f32 greedy text: {same} of {all}"
+        )?;
+        return Ok(());
+    }
     writeln!(
         out,
         "{name}, f32, {dev:?}, {} threads, prompt {prompt_len}, new {new_tokens}",
         rayon::current_num_threads()
     )?;
     for &b in &batches {
-        let prompts: Vec<Vec<u32>> = (0..b)
-            .map(|r| {
-                (0..prompt_len)
-                    .map(|i| text_ids[(r * 13 + i) % text_ids.len()])
-                    .collect()
-            })
-            .collect();
+        let prompts = prompts_of(b);
         // Warm-up (allocator, kernels), then the prefill alone, then the whole generation.
         g.generate(
             &prompts[..1],
@@ -110,15 +128,6 @@ fn main() -> Result<()> {
         }
         if b == batches.iter().copied().max().unwrap_or(b) {
             writeln!(out, "prompts: {prompts:?}")?;
-            if let (true, Some(spec)) = (on_blocks, &spec) {
-                let exact = load(spec)?;
-                let (same, all) =
-                    teacher_forced_agreement(&model, &exact.model, &tok, &prompts, &opts)?;
-                writeln!(
-                    out,
-                    "next tokens on blocks = on f32 weights, both fed the f32 greedy text: {same} of {all}"
-                )?;
-            }
         }
     }
     Ok(())
