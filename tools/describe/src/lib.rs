@@ -9,10 +9,10 @@ pub mod picture;
 
 use anyhow::{Result, anyhow, bail};
 use clap::Parser;
-use ftkit_core::cli::{CommonArgs, OnError, warn};
+use ftkit_core::cli::CommonArgs;
 use ftkit_core::io::Output;
 use ftkit_core::{ObjectWriter, RawRecord, stable_id, usage};
-use ftkit_llm::driver::{Driver, End, Outcome};
+use ftkit_llm::driver::{Driver, Outcome};
 use ftkit_llm::{BackendKind, CallError, Client, LlmArgs, Task, prompts};
 use picture::Bounds;
 use std::path::PathBuf;
@@ -157,57 +157,28 @@ pub fn run(mut args: Args) -> Result<()> {
         workers: args.llm.concurrency,
         tool: "ft-describe",
     };
-    let (summary, end) = driver.run(
+    let run = driver.run(
         &mut out,
         prepare,
         |item: Item| work(&client, &counts, &prompt, bounds, item),
         |()| {},
         || client.budget_exhausted(),
     )?;
+    let summary = run.0;
+    // Invalid images are rejects by their own fault: they never fail the run.
     let invalid = counts.invalid.load(Relaxed);
-    let report = |out_done: bool| {
-        if !args.common.run.quiet || !out_done {
-            warn(format!(
-                "{} records: {} images described, {} invalid images rejected, {} failed, {} documents passed \
-                 through; {}",
-                summary.records - summary.bad_lines,
-                counts.described.load(Relaxed),
-                invalid,
-                summary.failed - invalid,
-                counts.passed.load(Relaxed),
-                client.summary()
-            ));
-        }
-    };
-    let budget_hit = matches!(end, End::Budget);
-    match end {
-        End::BadLine(e) => return Err(e),
-        End::Fatal(msg) => {
-            report(false);
-            return Err(anyhow!(msg));
-        }
-        End::Budget | End::Complete => {}
-    }
-    out.finish()?;
-    report(true);
-    if budget_hit || summary.not_started > 0 {
-        warn(format!(
-            "budget reached: {} images not described; the output holds everything done (rerun with a \
-             larger budget: answered images replay from the cache)",
-            summary.not_started
-        ));
-    }
     let failed = summary.failed - invalid;
-    if failed > 0 && args.common.run.on_error == OnError::Fail {
-        bail!(
-            "{failed} images failed at the endpoint (kept in --rejects when given; use --on-error skip \
-             to exit 0)"
-        );
-    }
-    if summary.bad_lines > 0 {
-        warn(format!("{} bad input lines skipped", summary.bad_lines));
-    }
-    Ok(())
+    driver.close(out, run, "records", failed, || {
+        format!(
+            "{} records: {} images described, {} invalid images rejected, {failed} failed, {} documents \
+             passed through; {}",
+            summary.records - summary.bad_lines,
+            counts.described.load(Relaxed),
+            invalid,
+            counts.passed.load(Relaxed),
+            client.summary()
+        )
+    })
 }
 
 fn prepare(line: &str) -> Result<Item> {

@@ -5,13 +5,13 @@
 //! [`ftkit_llm::Client`] (cache, limits, retries, budget) and [`Driver`] (order, `--rejects`, resume)
 //! as ft-qa-synth. The record comes out whole, plus `completion`, `gen_id` and `gen`.
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::Result;
 use clap::{Parser, ValueEnum};
 use ftkit_core::chat::{Format, Message, prompt_messages};
-use ftkit_core::cli::{CommonArgs, OnError, warn};
+use ftkit_core::cli::CommonArgs;
 use ftkit_core::io::Output;
 use ftkit_core::{ObjectWriter, RawRecord, stable_id, usage};
-use ftkit_llm::driver::{Driver, End, Outcome};
+use ftkit_llm::driver::{Driver, Outcome};
 use ftkit_llm::{BackendKind, CallError, Client, LlmArgs, Task, prompts};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -118,54 +118,24 @@ pub fn run(args: Args) -> Result<()> {
         workers: args.llm.concurrency,
         tool: "ft-generate",
     };
-    let (summary, end) = driver.run(
+    let run = driver.run(
         &mut out,
         prepare,
         |item: Item| work(&client, &counts, item),
         |()| {},
         || client.budget_exhausted(),
     )?;
-    let report = |out_done: bool| {
-        if !args.common.run.quiet || !out_done {
-            warn(format!(
-                "{} prompts: {} completions ({} cut at --max-tokens), {} rejected; {}",
-                summary.records - summary.bad_lines,
-                counts.completions.load(Relaxed),
-                counts.truncated.load(Relaxed),
-                summary.failed,
-                client.summary()
-            ));
-        }
-    };
-    let budget_hit = matches!(end, End::Budget);
-    match end {
-        End::BadLine(e) => return Err(e),
-        End::Fatal(msg) => {
-            report(false);
-            return Err(anyhow!(msg));
-        }
-        End::Budget | End::Complete => {}
-    }
-    out.finish()?;
-    report(true);
-    if budget_hit || summary.not_started > 0 {
-        warn(format!(
-            "budget reached: stopped after reading {} prompts, {} of them not processed; the output holds \
-             everything done (rerun with a larger budget: answered requests replay from the cache)",
+    let (summary, failed) = (run.0, run.0.failed);
+    driver.close(out, run, "prompts", failed, || {
+        format!(
+            "{} prompts: {} completions ({} cut at --max-tokens), {} rejected; {}",
             summary.records - summary.bad_lines,
-            summary.not_started
-        ));
-    }
-    if summary.failed > 0 && args.common.run.on_error == OnError::Fail {
-        bail!(
-            "{} prompts failed (kept in --rejects when given; use --on-error skip to exit 0)",
-            summary.failed
-        );
-    }
-    if summary.bad_lines > 0 {
-        warn(format!("{} bad input lines skipped", summary.bad_lines));
-    }
-    Ok(())
+            counts.completions.load(Relaxed),
+            counts.truncated.load(Relaxed),
+            summary.failed,
+            client.summary()
+        )
+    })
 }
 
 fn prepare(line: &str) -> Result<Item> {

@@ -71,6 +71,52 @@ struct Job<J> {
 }
 
 impl Driver<'_> {
+    /// Ends a run of [`Self::run`] the same way in every tool. A bad input line returns its
+    /// error; a fatal backend error prints the tool's `report` (the counts so far) and returns.
+    /// Otherwise the output is committed, `report` printed unless `--quiet`, a spent budget
+    /// said, `failed` items make the run fail under `--on-error fail` (a tool may count fewer
+    /// than the rejects, e.g. inputs refused by their own fault), and skipped bad lines counted.
+    /// `items` names the inputs, plural ("prompts", "chunks").
+    pub fn close(
+        &self,
+        out: ftkit_core::io::Output,
+        (summary, end): (RunSummary, End),
+        items: &str,
+        failed: u64,
+        report: impl Fn() -> String,
+    ) -> Result<()> {
+        let budget_hit = matches!(end, End::Budget);
+        match end {
+            End::BadLine(e) => return Err(e),
+            End::Fatal(msg) => {
+                warn(report());
+                return Err(anyhow!(msg));
+            }
+            End::Budget | End::Complete => {}
+        }
+        out.finish()?;
+        if !self.common.run.quiet {
+            warn(report());
+        }
+        if budget_hit || summary.not_started > 0 {
+            warn(format!(
+                "budget reached: stopped after reading {} {items}, {} of them not processed; the output \
+                 holds everything done (rerun with a larger budget: answered requests replay from the cache)",
+                summary.records - summary.bad_lines,
+                summary.not_started
+            ));
+        }
+        if failed > 0 && self.common.run.on_error == ftkit_core::cli::OnError::Fail {
+            anyhow::bail!(
+                "{failed} {items} failed (kept in --rejects when given; use --on-error skip to exit 0)"
+            );
+        }
+        if summary.bad_lines > 0 {
+            warn(format!("{} bad input lines skipped", summary.bad_lines));
+        }
+        Ok(())
+    }
+
     /// Runs the pool. `prepare` parses a line into a job (its error goes through --on-error);
     /// `work` runs on a worker thread; `done` sees each finished item's meta in input order;
     /// `stop` is polled before each new item (budget). The `--rejects` file of `common` is created

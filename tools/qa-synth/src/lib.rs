@@ -4,13 +4,13 @@
 //! `--concurrency` at a time through [`ftkit_llm::Client`] (cache, limits, retries, budget) and records
 //! come out in input order. Record format: see [`Args`]'s long help and the README.
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use clap::Parser;
-use ftkit_core::cli::{CommonArgs, OnError, warn};
+use ftkit_core::cli::{CommonArgs, warn};
 use ftkit_core::io::Output;
 use ftkit_core::{ObjectWriter, RawRecord, stable_id, usage};
 use ftkit_llm::client::Answer;
-use ftkit_llm::driver::{Driver, End, Outcome};
+use ftkit_llm::driver::{Driver, Outcome};
 use ftkit_llm::{Backend, CallError, Client, Failure, LlmArgs, Task, lang, parse, prompts};
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -213,55 +213,25 @@ pub fn run(args: Args) -> Result<()> {
         workers: args.llm.concurrency,
         tool: "ft-qa-synth",
     };
-    let (summary, end) = driver.run(
+    let run = driver.run(
         &mut out,
         prepare,
         |chunk: Chunk| work(&client, &settings, &counts, chunk),
         |()| {},
         || client.budget_exhausted(),
     )?;
-    let report = |out_done: bool| {
-        if !args.common.run.quiet || !out_done {
-            warn(format!(
-                "{} chunks: {} QA records, {} summaries, {} chunks without pairs, {} rejected; {}",
-                summary.records - summary.bad_lines,
-                counts.qa.load(Relaxed),
-                counts.summaries.load(Relaxed),
-                counts.empty.load(Relaxed),
-                summary.failed,
-                client.summary()
-            ));
-        }
-    };
-    let budget_hit = matches!(end, End::Budget);
-    match end {
-        End::BadLine(e) => return Err(e),
-        End::Fatal(msg) => {
-            report(false);
-            return Err(anyhow!(msg));
-        }
-        End::Budget | End::Complete => {}
-    }
-    out.finish()?;
-    report(true);
-    if budget_hit || summary.not_started > 0 {
-        warn(format!(
-            "budget reached: stopped after reading {} chunks, {} of them not processed; the output holds \
-             everything done (rerun with a larger budget: answered requests replay from the cache)",
+    let (summary, failed) = (run.0, run.0.failed);
+    driver.close(out, run, "chunks", failed, || {
+        format!(
+            "{} chunks: {} QA records, {} summaries, {} chunks without pairs, {} rejected; {}",
             summary.records - summary.bad_lines,
-            summary.not_started
-        ));
-    }
-    if summary.failed > 0 && args.common.run.on_error == OnError::Fail {
-        bail!(
-            "{} chunks failed (kept in --rejects when given; use --on-error skip to exit 0)",
-            summary.failed
-        );
-    }
-    if summary.bad_lines > 0 {
-        warn(format!("{} bad input lines skipped", summary.bad_lines));
-    }
-    Ok(())
+            counts.qa.load(Relaxed),
+            counts.summaries.load(Relaxed),
+            counts.empty.load(Relaxed),
+            summary.failed,
+            client.summary()
+        )
+    })
 }
 
 fn prepare(line: &str) -> Result<Chunk> {
