@@ -113,7 +113,7 @@ fn fast_blocks(
         GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 if cpu => {
             qt.dequantize(&Device::Cpu)?
         }
-        GgmlDType::Q8_0 if pad_to > 1 && !qt.shape().dims2()?.1.is_multiple_of(pad_to) => {
+        GgmlDType::Q8_0 if pad_to > 1 && vnni_would_take(qt.shape().dims2()?) => {
             qt.dequantize(&Device::Cpu)?
         }
         _ => return Ok(Some(qt)),
@@ -127,6 +127,12 @@ fn fast_blocks(
 
 /// Columns of a k-quant superblock, the unit of candle's repacked CPU kernels.
 const SUPERBLOCK: usize = 256;
+
+/// Whether padding a `(rows, cols)` Q8_0 matrix brings it to candle's VNNI kernel: its columns
+/// are no whole superblocks yet, and its rows fill the kernel's 16-row tiles.
+fn vnni_would_take((rows, cols): (usize, usize)) -> bool {
+    !cols.is_multiple_of(SUPERBLOCK) && rows.is_multiple_of(16)
+}
 
 /// Whether candle multiplies Q8_0 blocks with its repacked AVX-512 VNNI kernel on this CPU.
 fn vnni_kernels() -> bool {

@@ -215,9 +215,8 @@ fn rescore_leaders(approx: &Tensor, hn: &Tensor, w: &Tensor, k: usize) -> Result
 }
 
 /// Ids of the `k` largest values in descending order, ties to the smaller id, NaN never (the
-/// sampler refuses a row holding one): one pass that
-/// keeps a sorted list of the leaders so far (a few hundred inserts for 64 of 49152, against
-/// a full selection's shuffling of every id).
+/// sampler refuses a row holding one). One pass keeping a sorted list of the leaders so far: a
+/// few hundred inserts for 64 of 49152, where a full selection shuffles every id.
 fn leaders(row: &[f32], k: usize) -> Vec<u32> {
     let mut top: Vec<(f32, u32)> = Vec::with_capacity(k + 1);
     for (i, &v) in row.iter().enumerate() {
