@@ -8,6 +8,7 @@
 //! calls and the softmax rows in between, written straight into the `[b, s, heads·hd]` layout
 //! the output projection reads.
 
+use super::cache::sees;
 use crate::fused::{CpuF32, softmax_row};
 use crate::matmul::{Mat, MatMut, Threads, gemm};
 use anyhow::{Result, bail};
@@ -88,8 +89,11 @@ pub(crate) fn cached_attention(
         for r in 0..rows {
             let col = len + r % s;
             for (key, m) in mask.iter_mut().enumerate() {
-                let seen = (key >= pad[bi] && key <= col) || key == col;
-                *m = if seen { 0.0 } else { f32::NEG_INFINITY };
+                *m = if sees(pad[bi], col, key) {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                };
             }
             let row = r * t..(r + 1) * t;
             softmax_row(

@@ -120,13 +120,22 @@ impl KvCache {
         for &p in &self.pad {
             for q in self.len..self.len + s {
                 for k in 0..t {
-                    let seen = (k >= p && k <= q) || k == q;
-                    m.push(if seen { 0f32 } else { f32::NEG_INFINITY });
+                    m.push(if sees(p, q, k) {
+                        0f32
+                    } else {
+                        f32::NEG_INFINITY
+                    });
                 }
             }
         }
         Ok(Tensor::from_vec(m, (self.pad.len(), 1, 1, s, t), device)?.to_dtype(dtype)?)
     }
+}
+
+/// Whether the query at column `query` of a row with `pad` padding columns sees the key at
+/// column `key`: a real column sees the real columns up to itself; a padding column only itself.
+pub(super) fn sees(pad: usize, query: usize, key: usize) -> bool {
+    (key >= pad && key <= query) || key == query
 }
 
 /// `x W^T` for `x` `[rows, k]`, `W` `[n, k]`. A few rows (batched decoding): `(W x^T)^T`
