@@ -116,6 +116,7 @@ pub mod rng;
 pub mod runtime;
 pub mod source;
 pub mod tensors;
+pub mod vnni;
 
 pub use chat::{ChatMessage, ChatTemplate, EncodedChat, TokenizerConfig, encode_chat};
 pub use config::{Arch, ModelConfig};

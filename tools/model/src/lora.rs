@@ -113,7 +113,7 @@ pub struct Linear {
     pub use_fused_op: bool,
     /// The weight's quantized blocks as the GGUF stores them, for inference only
     /// ([`crate::CausalLm::quantize_for_inference`]); training never reads them.
-    pub quantized: Option<candle_core::quantized::QMatMul>,
+    pub quantized: Option<crate::model::InferBlocks>,
 }
 
 /// Per-call options of a forward pass.

@@ -84,11 +84,42 @@ pub struct CausalLm {
     pub(crate) lm_head: Frozen,
     /// The output matrix's blocks for decoding ([`Self::quantize_for_inference`]); the logits
     /// they give are re-scored exactly on `lm_head` where it matters (see `generate::cache`).
-    pub(crate) lm_head_blocks: Option<candle_core::quantized::QMatMul>,
+    pub(crate) lm_head_blocks: Option<InferBlocks>,
     pub(crate) inv_freq: Tensor,
     dtype: DType,
     device: Device,
     fused: bool,
+}
+
+/// A weight's blocks for decoding ([`CausalLm::quantize_for_inference`]).
+#[derive(Debug, Clone)]
+pub enum InferBlocks {
+    /// Q8_0 in the tiles of the AVX-512 VNNI products ([`crate::vnni`]).
+    Tiles(std::sync::Arc<crate::vnni::PackedQ8>),
+    /// candle's quantized matmul: its CUDA kernels, other CPUs, the k-quants.
+    Candle(candle_core::quantized::QMatMul),
+}
+
+impl InferBlocks {
+    /// `x W^T` for `x` `[rows, k]`.
+    pub fn times(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Tiles(w) => {
+                let [y] = crate::vnni::tensor_products([w.as_ref()], x)?;
+                Ok(y)
+            }
+            Self::Candle(q) => Ok(candle_core::Module::forward(q, x)?),
+        }
+    }
+
+    /// The block format multiplied by, `None` for candle's float fallbacks.
+    pub fn format(&self) -> Option<candle_core::quantized::GgmlDType> {
+        match self {
+            Self::Tiles(_) => Some(candle_core::quantized::GgmlDType::Q8_0),
+            Self::Candle(candle_core::quantized::QMatMul::QTensor(t)) => Some(t.dtype()),
+            Self::Candle(_) => None,
+        }
+    }
 }
 
 /// The blocks inference multiplies by: `None` for float-stored weights (the f32 copy is as good).
@@ -97,54 +128,25 @@ pub struct CausalLm {
 /// them all). Q8_0's step is 1/127 of a block's largest weight, a sixteenth of Q4_1's and under a
 /// quarter of Q5's, so the re-encoded weights stay well inside the original's error.
 ///
-/// Where the CPU has AVX-512 VNNI, Q8_0 rows are also zero-padded to a multiple of 256 columns:
-/// candle then multiplies them with its repacked VNNI kernel (which takes only whole 256-column
-/// superblocks) instead of its AVX2 dot product, and the padding's zeros add nothing to the
-/// products. SmolLM2 Q4_1 (576 columns, 768 padded), 2 threads, examples/bench_generate: decoding
-/// at batch 1 ~55 tok/s unpadded and 80-110 padded, at batch 8 ~87 and ~245.
-fn fast_blocks(
-    qt: candle_core::quantized::QTensor,
-) -> Result<Option<candle_core::quantized::QTensor>> {
-    use candle_core::quantized::{GgmlDType, QTensor};
+/// Where the CPU has AVX-512 VNNI, Q8_0 matrices go to [`crate::vnni`]'s tiles. SmolLM2 Q4_1, 2
+/// threads, examples/bench_generate 64 64, decode tok/s at batch 1 and 8: candle's VNNI kernel
+/// (rows zero-padded to 768 columns) 93-118 and 275-287, the tiles 143-150 and 364-384.
+fn inference_blocks(qt: candle_core::quantized::QTensor) -> Result<Option<InferBlocks>> {
+    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
     let cpu = qt.device().is_cpu();
-    let pad_to = if cpu && vnni_kernels() { SUPERBLOCK } else { 1 };
-    let weights = match qt.dtype() {
+    let qt = match qt.dtype() {
         GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => return Ok(None),
         GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 if cpu => {
-            qt.dequantize(&Device::Cpu)?
+            QTensor::quantize(&qt.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)?
         }
-        GgmlDType::Q8_0 if pad_to > 1 && vnni_would_take(qt.shape().dims2()?) => {
-            qt.dequantize(&Device::Cpu)?
-        }
-        _ => return Ok(Some(qt)),
+        _ => qt,
     };
-    // Re-quantizing Q8_0 values gives the same blocks: each block's largest value, so its step,
-    // is unchanged.
-    let k = weights.dims2()?.1;
-    let weights = weights.pad_with_zeros(1, 0, k.next_multiple_of(pad_to) - k)?;
-    Ok(Some(QTensor::quantize(&weights, GgmlDType::Q8_0)?))
-}
-
-/// Columns of a k-quant superblock, the unit of candle's repacked CPU kernels.
-const SUPERBLOCK: usize = 256;
-
-/// Whether padding a `(rows, cols)` Q8_0 matrix brings it to candle's VNNI kernel: its columns
-/// are no whole superblocks yet, and its rows fill the kernel's 16-row tiles.
-fn vnni_would_take((rows, cols): (usize, usize)) -> bool {
-    !cols.is_multiple_of(SUPERBLOCK) && rows.is_multiple_of(16)
-}
-
-/// Whether candle multiplies Q8_0 blocks with its repacked AVX-512 VNNI kernel on this CPU.
-fn vnni_kernels() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512vnni")
+    let (n, k) = qt.shape().dims2()?;
+    if cpu && qt.dtype() == GgmlDType::Q8_0 && crate::vnni::available() && crate::vnni::fits(n, k) {
+        let tiles = crate::vnni::PackedQ8::from_q8_0(&qt.data()?, n, k)?;
+        return Ok(Some(InferBlocks::Tiles(std::sync::Arc::new(tiles))));
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    Ok(Some(InferBlocks::Candle(QMatMul::from_qtensor(qt)?)))
 }
 
 /// Mmap safetensors files into a VarBuilder.
@@ -406,21 +408,16 @@ impl CausalLm {
         &mut self,
         blocks: Vec<(String, candle_core::quantized::QTensor)>,
     ) -> Result<usize> {
-        use candle_core::quantized::{QMatMul, QTensor};
+        use candle_core::quantized::QTensor;
         let mut by_name: std::collections::HashMap<String, _> = blocks.into_iter().collect();
-        let checked = |name: &str, qt: QTensor, dims: (usize, usize)| -> Result<Option<QMatMul>> {
-            let Some(qt) = fast_blocks(qt).with_context(|| name.to_string())? else {
-                return Ok(None);
-            };
-            // Blocks may be zero-padded past the model's columns (`fast_blocks`).
-            let (n, k) = qt.shape().dims2()?;
-            if n != dims.0 || k < dims.1 || k > dims.1.next_multiple_of(SUPERBLOCK) {
+        let checked = |name: &str, qt: QTensor, dims: (usize, usize)| -> Result<_> {
+            if qt.shape().dims2()? != dims {
                 bail!(
                     "{name}: quantized weight {:?} but the model's is {dims:?}",
                     qt.shape().dims(),
                 );
             }
-            Ok(Some(QMatMul::from_qtensor(qt)?))
+            inference_blocks(qt).with_context(|| name.to_string())
         };
         let mut n = 0;
         for lin in self.linears_mut() {

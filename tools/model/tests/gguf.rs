@@ -162,11 +162,11 @@ fn tiny_qwen2_q8_0_gguf_gives_the_dequantized_safetensors_logits() -> Result<()>
     Ok(())
 }
 
-/// A GGUF's quantized blocks in the inference path: single rows (the decoding step) go through
-/// candle's quantized matmul, which quantizes the activations too, so the logits stay within that
-/// error of the dequantized weights' (and differ from them: the path ran); a prefill of many rows
-/// uses the f32 weights and is unchanged. Q4_1 has no SIMD kernel in candle: its blocks
-/// are re-encoded as Q8_0, which stays within Q4_1's own error.
+/// A GGUF's quantized blocks in the inference path: the prefill and the decoding step multiply by
+/// them (candle's quantized matmul, or the VNNI tiles for Q8_0 where the CPU has them), which
+/// round the activations too, so the logits stay within that error of the dequantized weights'
+/// (and differ from them: the path ran). Q4_1 has no SIMD kernel in candle: its blocks are
+/// re-encoded as Q8_0, which stays within Q4_1's own error.
 #[test]
 fn quantized_blocks_decode_within_their_error_of_the_dequantized_weights() -> Result<()> {
     use ftkit_model::Pretrained;
@@ -189,9 +189,9 @@ fn quantized_blocks_decode_within_their_error_of_the_dequantized_weights() -> Re
             layers,
             "every linear layer"
         );
-        let inference_type = match &quant.model.linears().next().context("a layer")?.quantized {
-            Some(candle_core::quantized::QMatMul::QTensor(qt)) => qt.dtype(),
-            other => anyhow::bail!("{qtype:?}: not blocks: {other:?}"),
+        let blocks = &quant.model.linears().next().context("a layer")?.quantized;
+        let Some(inference_type) = blocks.as_ref().and_then(|b| b.format()) else {
+            anyhow::bail!("{qtype:?}: not blocks: {blocks:?}");
         };
         let want = match qtype {
             GgmlDType::Q4_1 => GgmlDType::Q8_0,

@@ -11,7 +11,7 @@
 use super::attend;
 use crate::frozen::Frozen;
 use crate::lora::Linear;
-use crate::model::CausalLm;
+use crate::model::{CausalLm, InferBlocks};
 use anyhow::{Context, Result, bail};
 use candle_core::{D, DType, Device, Tensor};
 
@@ -159,42 +159,34 @@ fn frozen_times(x: &Tensor, w: &Frozen) -> Result<Tensor> {
     }
 }
 
-/// Most rows multiplied by a layer's quantized blocks; more go through its f32 weight. Few rows
+/// Most rows multiplied by candle's quantized blocks; more go through the f32 weight. Few rows
 /// (decoding: a row per sequence) are bound by reading the weights, so fewer bytes win; many are
-/// bound by arithmetic, where gemm on f32 catches up. SmolLM2 Q4_1 (blocks re-encoded as Q8_0
-/// and padded for candle's VNNI kernel), 2 threads, examples/bench_generate, prompt tokens/s on
-/// blocks vs f32: 64 rows ~570 vs ~270, 128 rows 492 vs 361, 256 rows 541 vs 492, 512 rows ~520
-/// vs ~600. Accuracy is not the limit: fed the f32 model's greedy text, the next token on blocks
-/// matched f32's 487 of 512 times with 64-token prompts prefilled on blocks, 482 with them on
-/// f32 (the activations are rounded to 8 bits either way while decoding).
+/// bound by arithmetic, where gemm on f32 caught up: SmolLM2 Q4_1 (blocks re-encoded as Q8_0 and
+/// padded for candle's VNNI kernel, as before [`crate::vnni`]), 2 threads,
+/// examples/bench_generate, prompt tokens/s on blocks vs f32: 64 rows ~570 vs ~270, 256 rows 541
+/// vs 492, 512 rows ~520 vs ~600. The VNNI tiles take any number of rows: 512 rows ~1200 vs
+/// ~620, 1024 rows (prompts of 256) 800-1000 vs ~580. Accuracy is not the limit: fed the f32
+/// model's greedy text, the next token on blocks matched f32's 487 of 512 times with 64-token
+/// prompts prefilled on blocks, 482 with them on f32 (the activations are rounded to 8 bits
+/// either way while decoding).
 const QUANTIZED_MAX_ROWS: usize = 256;
+
+/// Whether `rows` rows are multiplied by `q` rather than by the f32 weight.
+fn on_blocks(q: &InferBlocks, rows: usize) -> bool {
+    matches!(q, InferBlocks::Tiles(_)) || rows <= QUANTIZED_MAX_ROWS
+}
 
 /// Logits computed again on the dense output matrix after the first pass on its blocks: the
 /// leading ones, which greedy decoding, top-k/top-p and the constrained decoder look at. The rest
 /// keep the blocks' value, whose error is far below the gap to the leaders.
 const RESCORED_LOGITS: usize = 64;
 
-/// `x W^T` on blocks whose rows may be zero-padded past `x`'s columns.
-fn blocks_times(q: &candle_core::quantized::QMatMul, x: &Tensor) -> Result<Tensor> {
-    use candle_core::Module;
-    let k = x.dim(1)?;
-    let kq = match q {
-        candle_core::quantized::QMatMul::QTensor(t) => t.shape().dims2()?.1,
-        _ => k,
-    };
-    Ok(if kq > k {
-        q.forward(&x.pad_with_zeros(1, 0, kq - k)?)?
-    } else {
-        q.forward(x)?
-    })
-}
-
 /// Logits `[rows, vocab]` of final hidden states `hn` `[rows, hidden]`.
 fn output_logits(model: &CausalLm, hn: &Tensor) -> Result<Tensor> {
     let rows = hn.dim(0)?;
     match (&model.lm_head_blocks, model.lm_head.dense()) {
-        (Some(blocks), Some(dense)) if rows <= QUANTIZED_MAX_ROWS => {
-            let first = blocks_times(blocks, hn)?;
+        (Some(blocks), Some(dense)) if on_blocks(blocks, rows) => {
+            let first = blocks.times(hn)?;
             rescore_leaders(&first, hn, dense, RESCORED_LOGITS)
         }
         _ => frozen_times(hn, &model.lm_head),
@@ -247,39 +239,16 @@ fn infer_linear(lin: &Linear, x: &Tensor) -> Result<Tensor> {
     Ok(y)
 }
 
-/// [`infer_linear`] of several layers that read the same input (q/k/v, gate/up). Where all
-/// multiply by blocks of one format, candle rounds the input to 8 bits once and runs the products
-/// in one parallel region: at batch 8 the rounding alone was ~18% of a step when each layer did
-/// it (perf, SmolLM2).
+/// [`infer_linear`] of several layers that read the same input (q/k/v, gate/up).
 fn infer_linears<const N: usize>(lins: [&Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
-    use candle_core::quantized::{QMatMul, QTensor};
     let (rows, k) = (x.elem_count() / x.dim(D::Minus1)?, x.dim(D::Minus1)?);
     let x2 = x.reshape((rows, k))?;
-    let blocks: Vec<&QTensor> = lins
-        .iter()
-        .filter_map(|l| match &l.quantized {
-            Some(QMatMul::QTensor(t)) if rows <= QUANTIZED_MAX_ROWS => Some(t.as_ref()),
-            _ => None,
-        })
-        .collect();
-    let mut fused = None;
-    if N > 1 && blocks.len() == N {
-        let kq = blocks[0].shape().dims2()?.1;
-        if blocks
-            .iter()
-            .all(|t| t.shape().dims2().is_ok_and(|(_, c)| c == kq))
-            && kq >= k
-        {
-            let xp = x2.pad_with_zeros(1, 0, kq - k)?.contiguous()?;
-            fused = QTensor::gemv_fused_shared_lhs(&blocks, &xp)?;
-        }
-    }
-    let mut fused = fused.map(Vec::into_iter);
+    let mut shared = shared_blocks_times(lins, &x2)?.map(|ys| ys.into_iter());
     let mut out = Vec::with_capacity(N);
     for lin in lins {
-        let mut y = match (fused.as_mut().and_then(Iterator::next), &lin.quantized) {
+        let mut y = match (shared.as_mut().and_then(Iterator::next), &lin.quantized) {
             (Some(y), _) => y,
-            (None, Some(q)) if rows <= QUANTIZED_MAX_ROWS => blocks_times(q, &x2)?,
+            (None, Some(q)) if on_blocks(q, rows) => q.times(&x2)?,
             (None, _) => frozen_times(&x2, &lin.weight)?,
         };
         if let Some(b) = &lin.bias {
@@ -300,6 +269,42 @@ fn infer_linears<const N: usize>(lins: [&Linear; N], x: &Tensor) -> Result<[Tens
     }
     out.try_into()
         .map_err(|_| anyhow::anyhow!("infer_linears: output count"))
+}
+
+/// `x W_i^T` for the blocks of several layers in one call, where all have blocks of one kind:
+/// the input is rounded to 8 bits once and the products share one parallel region (at batch 8
+/// the rounding alone was ~18% of a step when each layer did it: perf, SmolLM2). `None` where
+/// they do not.
+fn shared_blocks_times<const N: usize>(
+    lins: [&Linear; N],
+    x: &Tensor,
+) -> Result<Option<[Tensor; N]>> {
+    use candle_core::quantized::{QMatMul, QTensor};
+    if N < 2 {
+        return Ok(None);
+    }
+    let tiles: Vec<_> = lins
+        .iter()
+        .filter_map(|l| match &l.quantized {
+            Some(InferBlocks::Tiles(w)) => Some(w.as_ref()),
+            _ => None,
+        })
+        .collect();
+    if let Ok(tiles) = tiles.try_into() {
+        return Ok(Some(crate::vnni::tensor_products(tiles, x)?));
+    }
+    let ggml: Vec<&QTensor> = lins
+        .iter()
+        .filter_map(|l| match &l.quantized {
+            Some(InferBlocks::Candle(QMatMul::QTensor(t))) => Some(t.as_ref()),
+            _ => None,
+        })
+        .collect();
+    if ggml.len() < N || x.dim(0)? > QUANTIZED_MAX_ROWS {
+        return Ok(None);
+    }
+    let ys = QTensor::gemv_fused_shared_lhs(&ggml, &x.contiguous()?)?;
+    Ok(ys.and_then(|ys| ys.try_into().ok()))
 }
 
 impl CausalLm {

@@ -1,0 +1,379 @@
+//! Q8_0 weights times f32 rows on AVX-512 VNNI: the products of CPU decoding.
+//!
+//! Why not candle's VNNI kernel (`quantized::repack_x86`): it takes only rows of whole
+//! 256-column superblocks (SmolLM2's 576 columns had to be zero-padded to 768, a third more
+//! work and bytes), shares a weight tile among at most four input rows (batch 8 read every
+//! tile twice), converts a block's scales per input row, and rounds the input to 8 bits with
+//! scalar code (~10% of a batch-8 step in perf). Here a tile is 16 weight rows × 32 columns,
+//! the Q8_0 block itself, so any multiple of 32 columns fits; up to eight input rows share each
+//! tile read; and the input is rounded per 32-value block (finer than candle's 256) by a vector
+//! loop.
+//!
+//! `vpdpbusd` multiplies unsigned by signed bytes, so the weights are stored offset by +128 and
+//! each input block's `128 · Σ q` is subtracted from its integer sum (candle does the same).
+
+#![allow(unsafe_code)]
+
+use anyhow::{Result, bail};
+use candle_core::{DType, Tensor};
+
+/// Weight rows per tile: one 512-bit register of i32 sums.
+const ROWS: usize = 16;
+/// Columns per tile: a Q8_0 block.
+const COLS: usize = 32;
+/// Tiles ahead of the one in use whose cache lines are requested: the hardware prefetcher alone
+/// left the loads waiting (a probe's time was the sum of streaming and arithmetic).
+const PREFETCH_TILES: usize = 4;
+/// Input rows that share a tile read (registers: 2 integer sums and 1 f32 sum per row).
+const MAX_ROWS_PER_PASS: usize = 8;
+
+/// 16 weight rows × 32 columns: `qs[g][r][j]` = column `4g + j` of row `r`, plus 128.
+#[repr(C, align(64))]
+#[derive(Clone)]
+struct Tile {
+    qs: [u8; COLS * ROWS],
+    d: [f32; ROWS],
+}
+
+/// A `[n, k]` Q8_0 matrix in tiles: strip `s` (rows `16s..16s+16`) is `tiles[s·kb..(s+1)·kb]`.
+pub struct PackedQ8 {
+    n: usize,
+    k: usize,
+    tiles: Vec<Tile>,
+}
+
+impl std::fmt::Debug for PackedQ8 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedQ8({}x{})", self.n, self.k)
+    }
+}
+
+/// Whether this CPU has the instructions the products use.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether a `[n, k]` matrix fits the tiles.
+pub fn fits(n: usize, k: usize) -> bool {
+    n > 0 && k > 0 && n.is_multiple_of(ROWS) && k.is_multiple_of(COLS)
+}
+
+/// Bytes of one GGUF Q8_0 block: an f16 scale, then 32 signed values.
+const Q8_0_BLOCK_BYTES: usize = 2 + COLS;
+
+impl PackedQ8 {
+    /// Tiles from a `[n, k]` matrix of Q8_0 blocks as GGUF stores them (row-major).
+    pub fn from_q8_0(raw: &[u8], n: usize, k: usize) -> Result<Self> {
+        if !fits(n, k) {
+            bail!("Q8_0 tiles: a [{n}, {k}] matrix is not in whole 16×32 tiles");
+        }
+        let kb = k / COLS;
+        if raw.len() != n * kb * Q8_0_BLOCK_BYTES {
+            bail!(
+                "Q8_0 tiles: {} bytes for a [{n}, {k}] matrix, not {}",
+                raw.len(),
+                n * kb * Q8_0_BLOCK_BYTES
+            );
+        }
+        let blank = Tile {
+            qs: [0; COLS * ROWS],
+            d: [0.0; ROWS],
+        };
+        let mut tiles = vec![blank; n / ROWS * kb];
+        for (i, tile) in tiles.iter_mut().enumerate() {
+            let (strip, b) = (i / kb, i % kb);
+            for r in 0..ROWS {
+                let at = ((strip * ROWS + r) * kb + b) * Q8_0_BLOCK_BYTES;
+                let block = &raw[at..at + Q8_0_BLOCK_BYTES];
+                tile.d[r] = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+                for (c, &q) in block[2..].iter().enumerate() {
+                    let (g, j) = (c / 4, c % 4);
+                    tile.qs[(g * ROWS + r) * 4 + j] = (q as i8 as i16 + 128) as u8;
+                }
+            }
+        }
+        Ok(Self { n, k, tiles })
+    }
+
+    /// `(rows, columns)` of the matrix.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+}
+
+/// Input rows rounded to 8 bits per 32-value block: the values four to a word (the unit
+/// `vpdpbusd` broadcasts), and per block its step `d` and `128 · Σ q` for the weights' offset.
+struct Quantized {
+    k: usize,
+    words: Vec<i32>,
+    blocks: Vec<(f32, i32)>,
+}
+
+/// `x W_i^T` for each matrix `W_i` (all `[n_i, k]`) and the `[m, k]` row-major `x`: the input
+/// is rounded once, and all products share one parallel region on candle's CPU pool (the one
+/// its own quantized products and [`crate::generate`]'s attention use). Returns `[m, n_i]`
+/// row-major outputs. Each output comes from one tile strip's loop, so the values do not depend
+/// on the thread count.
+pub fn products(ws: &[&PackedQ8], x: &[f32], m: usize) -> Result<Vec<Vec<f32>>> {
+    let Some(k) = ws.first().map(|w| w.k) else {
+        return Ok(Vec::new());
+    };
+    if ws.iter().any(|w| w.k != k) || x.len() != m * k {
+        bail!(
+            "Q8_0 products: input {}x{k} for matrices {ws:?}",
+            x.len() / k.max(1)
+        );
+    }
+    if !available() {
+        bail!("Q8_0 products need AVX-512 VNNI");
+    }
+    let a = quantize(x, m, k);
+    let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.n]).collect();
+    // Work items are strips, numbered through the matrices in order.
+    let mut first = Vec::with_capacity(ws.len());
+    let mut total = 0;
+    for w in ws {
+        first.push(total);
+        total += w.n / ROWS;
+    }
+    let dsts: Vec<SendPtr> = outs.iter_mut().map(|o| SendPtr(o.as_mut_ptr())).collect();
+    candle_core::utils::barrier_pool().execute_chunked(total, |items| {
+        for item in items {
+            let wi = first.partition_point(|&f| f <= item) - 1;
+            let (w, strip) = (ws[wi], item - first[wi]);
+            let kb = k / COLS;
+            let tiles = &w.tiles[strip * kb..(strip + 1) * kb];
+            // SAFETY: strip `strip` writes only columns 16·strip.. of each output row, so work
+            // items never touch the same values; `outs` outlives the region.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                strip_times(tiles, &a, m, dsts[wi].0.add(strip * ROWS), w.n)
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = (tiles, &a, &dsts);
+        }
+    });
+    Ok(outs)
+}
+
+/// [`products`] on a `[rows, k]` tensor (any float dtype, on the CPU): `[rows, n_i]` tensors
+/// in `x`'s dtype.
+pub fn tensor_products<const N: usize>(ws: [&PackedQ8; N], x: &Tensor) -> Result<[Tensor; N]> {
+    let (rows, _) = x.dims2()?;
+    let xs = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    let ys = products(&ws, &xs, rows)?
+        .into_iter()
+        .zip(ws)
+        .map(|(y, w)| Ok(Tensor::from_vec(y, (rows, w.n), x.device())?.to_dtype(x.dtype())?))
+        .collect::<Result<Vec<_>>>()?;
+    ys.try_into()
+        .map_err(|_| anyhow::anyhow!("Q8_0 products: output count"))
+}
+
+/// An output pointer handed to the pool's threads, which write disjoint parts of it.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: see the use in `products`: each work item writes its own columns.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// Rows of `x` rounded per 32-value block to `d · q`, `q` in -127..=127, `d` = largest |value| / 127.
+fn quantize(x: &[f32], m: usize, k: usize) -> Quantized {
+    let mut a = Quantized {
+        k,
+        words: vec![0; m * k / 4],
+        blocks: vec![(0.0, 0); m * k / COLS],
+    };
+    for ((block, words), out) in x
+        .chunks_exact(COLS)
+        .zip(a.words.chunks_exact_mut(COLS / 4))
+        .zip(&mut a.blocks)
+    {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: `products` checked the CPU; both slices hold 32 values.
+            *out = unsafe { quantize_block(block, words) };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (block, words, out);
+    }
+    a
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn quantize_block(x: &[f32], qs: &mut [i32]) -> (f32, i32) {
+    use std::arch::x86_64::*;
+    debug_assert!(x.len() == COLS && qs.len() == COLS / 4);
+    let v0 = unsafe { _mm512_loadu_ps(x.as_ptr()) };
+    let v1 = unsafe { _mm512_loadu_ps(x.as_ptr().add(16)) };
+    let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+    let scale = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+    // Round to nearest (MXCSR's default), as the float product's error bound assumes.
+    let q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, _mm512_set1_ps(scale)));
+    let q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(scale)));
+    unsafe {
+        _mm_storeu_si128(qs.as_mut_ptr().cast(), _mm512_cvtsepi32_epi8(q0));
+        _mm_storeu_si128(qs.as_mut_ptr().add(4).cast(), _mm512_cvtsepi32_epi8(q1));
+    }
+    let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+    (amax / 127.0, 128 * sum)
+}
+
+/// One strip (16 weight rows) times all `m` input rows, `MAX_ROWS_PER_PASS` at a time; row `r`'s
+/// 16 outputs go to `dst[r·ld..]`.
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW/VNNI; `dst` is valid for rows `0..m` of `ld` values from it, 16 each.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn strip_times(tiles: &[Tile], a: &Quantized, m: usize, dst: *mut f32, ld: usize) {
+    let mut r0 = 0;
+    while r0 < m {
+        let rows = (m - r0).min(MAX_ROWS_PER_PASS);
+        // SAFETY: as the caller's; rows r0..r0+rows exist.
+        unsafe {
+            match rows {
+                8 => pass::<8>(tiles, a, r0, dst, ld),
+                7 => pass::<7>(tiles, a, r0, dst, ld),
+                6 => pass::<6>(tiles, a, r0, dst, ld),
+                5 => pass::<5>(tiles, a, r0, dst, ld),
+                4 => pass::<4>(tiles, a, r0, dst, ld),
+                3 => pass::<3>(tiles, a, r0, dst, ld),
+                2 => pass::<2>(tiles, a, r0, dst, ld),
+                _ => pass::<1>(tiles, a, r0, dst, ld),
+            }
+        }
+        r0 += rows;
+    }
+}
+
+/// Input rows `r0..r0 + M` times one strip.
+///
+/// # Safety
+/// As [`strip_times`], for rows `r0..r0 + M`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+unsafe fn pass<const M: usize>(tiles: &[Tile], a: &Quantized, r0: usize, dst: *mut f32, ld: usize) {
+    use std::arch::x86_64::*;
+    let kb = tiles.len();
+    let mut acc = [_mm512_setzero_ps(); M];
+    for (b, tile) in tiles.iter().enumerate() {
+        let ahead = (tile as *const Tile)
+            .wrapping_add(PREFETCH_TILES)
+            .cast::<i8>();
+        for line in 0..size_of::<Tile>() / 64 {
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line * 64));
+        }
+        // Two integer sums per row (even and odd column groups) where few rows leave the
+        // `vpdpbusd` latency chain exposed; one where eight rows would spill registers.
+        let chains = if M < 4 { 2 } else { 1 };
+        let mut sums = [[_mm512_setzero_si512(); M]; 2];
+        for g in 0..COLS / 4 {
+            // SAFETY: a tile holds 8 groups of 64 bytes, 64-aligned.
+            let w = unsafe { _mm512_load_si512(tile.qs.as_ptr().add(g * 64).cast()) };
+            let sum = &mut sums[g % chains];
+            for (i, sum) in sum.iter_mut().enumerate() {
+                // SAFETY: rows r0..r0 + M of k values exist (the caller's), b < k / 32, g < 8.
+                let x = unsafe { *a.words.get_unchecked(((r0 + i) * a.k + b * COLS) / 4 + g) };
+                *sum = _mm512_dpbusd_epi32(*sum, w, _mm512_set1_epi32(x));
+            }
+        }
+        let [even, odd] = sums;
+        let dw = unsafe { _mm512_load_ps(tile.d.as_ptr()) };
+        for i in 0..M {
+            // SAFETY: as above: block b of row r0 + i.
+            let (d, offset) = unsafe { *a.blocks.get_unchecked((r0 + i) * kb + b) };
+            let sum =
+                _mm512_sub_epi32(_mm512_add_epi32(even[i], odd[i]), _mm512_set1_epi32(offset));
+            let step = _mm512_mul_ps(dw, _mm512_set1_ps(d));
+            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), step, acc[i]);
+        }
+    }
+    for (i, v) in acc.iter().enumerate() {
+        // SAFETY: the caller's: row r0 + i has 16 values at dst + (r0 + i)·ld.
+        unsafe { _mm512_storeu_ps(dst.add((r0 + i) * ld), *v) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use candle_core::quantized::{GgmlDType, QTensor};
+
+    /// The products equal the dequantized weights times the input rounded the same way, for
+    /// every row count a pass handles (1..8, then 8 + a remainder) and several matrices at once.
+    #[test]
+    fn products_match_dequantized_weights() -> Result<()> {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+            return Ok(());
+        }
+        let dev = Device::Cpu;
+        let (k, ns) = (96, [32usize, 48]);
+        let wave = |len: usize, f: f32| (0..len).map(move |i| ((i as f32) * f).sin() * 0.8);
+        let mats = ns
+            .iter()
+            .enumerate()
+            .map(|(j, &n)| {
+                let w = Tensor::from_iter(wave(n * k, 0.37 + j as f32), &dev)?.reshape((n, k))?;
+                let q = QTensor::quantize(&w, GgmlDType::Q8_0)?;
+                let packed = PackedQ8::from_q8_0(&q.data()?, n, k)?;
+                Ok((packed, q.dequantize(&dev)?.to_vec2::<f32>()?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for m in [1, 2, 3, 5, 8, 11] {
+            let x: Vec<f32> = wave(m * k, 0.11).map(|v| v * 3.0 - 0.5).collect();
+            // The reference rounds the input exactly as `quantize` does.
+            let a = quantize(&x, m, k);
+            let qs: Vec<i8> = a
+                .words
+                .iter()
+                .flat_map(|w| w.to_le_bytes())
+                .map(|b| b as i8)
+                .collect();
+            let xr: Vec<f32> = qs
+                .iter()
+                .enumerate()
+                .map(|(i, &q)| q as f32 * a.blocks[i / COLS].0)
+                .collect();
+            let ws: Vec<&PackedQ8> = mats.iter().map(|(p, _)| p).collect();
+            let outs = products(&ws, &x, m)?;
+            for ((_, w), out) in mats.iter().zip(&outs) {
+                for r in 0..m {
+                    for (o, wrow) in w.iter().enumerate() {
+                        let want: f32 = (0..k).map(|c| xr[r * k + c] * wrow[c]).sum();
+                        let got = out[r * w.len() + o];
+                        assert!(
+                            (got - want).abs() < 1e-4,
+                            "m {m} row {r} out {o}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+            // Rounding to 8 bits per block stays within half a step of each value.
+            for (i, (&q, &v)) in qs.iter().zip(&x).enumerate() {
+                let d = a.blocks[i / COLS].0;
+                assert!((q as f32 * d - v).abs() <= d * 0.5 + 1e-6);
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn shapes_outside_whole_tiles_are_refused() {
+        assert!(!fits(24, 64) && !fits(32, 48) && fits(32, 64));
+        assert!(PackedQ8::from_q8_0(&[0; 34], 16, 32).is_err());
+    }
+}
