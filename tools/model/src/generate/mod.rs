@@ -318,8 +318,8 @@ impl<'a> Generator<'a> {
         loop {
             let rows: Vec<Vec<f32>> = logits.to_vec2()?;
             let mut next = Vec::with_capacity(active.len());
-            for (r, &i) in active.iter().enumerate() {
-                let token = self.step(i, rows[r].clone(), opts, &mut seqs[i], processor)?;
+            for (row, &i) in rows.into_iter().zip(&active) {
+                let token = self.step(i, row, opts, &mut seqs[i], processor)?;
                 next.push(token);
             }
             let keep: Vec<usize> = (0..active.len())
