@@ -218,6 +218,11 @@ unsafe fn quantize_block(x: &[f32], qs: &mut [i32]) -> (f32, i32) {
     let v0 = unsafe { _mm512_loadu_ps(x.as_ptr()) };
     let v1 = unsafe { _mm512_loadu_ps(x.as_ptr().add(16)) };
     let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+    // NaN or infinity anywhere: a NaN step, so the products say so instead of rounding it away.
+    let zero = _mm512_setzero_ps();
+    if _mm512_reduce_add_ps(_mm512_fmadd_ps(v0, zero, _mm512_mul_ps(v1, zero))).is_nan() {
+        return (f32::NAN, 0);
+    }
     let scale = if amax > 0.0 { 127.0 / amax } else { 0.0 };
     // Round to nearest (MXCSR's default), as the float product's error bound assumes.
     let q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, _mm512_set1_ps(scale)));
@@ -368,6 +373,27 @@ mod tests {
                 let d = a.blocks[i / COLS].0;
                 assert!((q as f32 * d - v).abs() <= d * 0.5 + 1e-6);
             }
+        }
+        Ok(())
+    }
+
+    /// A NaN or an infinity in the input makes its rows' outputs NaN, not a rounded value.
+    #[test]
+    fn non_finite_inputs_give_nan() -> Result<()> {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+            return Ok(());
+        }
+        let (n, k) = (16, 64);
+        let w = candle_core::Tensor::ones((n, k), candle_core::DType::F32, &Device::Cpu)?;
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0)?;
+        let packed = PackedQ8::from_q8_0(&q.data()?, n, k)?;
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut x = vec![0.5f32; 2 * k];
+            x[k + 40] = bad;
+            let out = &products(&[&packed], &x, 2)?[0];
+            assert!(out[..n].iter().all(|v| (v - 32.0).abs() < 0.1), "{out:?}");
+            assert!(out[n..].iter().all(|v| v.is_nan()), "{bad}: {out:?}");
         }
         Ok(())
     }
