@@ -429,11 +429,15 @@ fn local_backend_completes_every_shape_and_applies_an_adapter() {
 }
 
 /// The real SmolLM2 (scripts/fetch-smollm2): greedy, it knows the capital of France; a stop string
-/// cuts the completion before it.
+/// cuts the completion before it. "Answer in one word" because the bare question is a near tie for
+/// the first token ("The" 0.08 logits ahead of "L" on f32 weights), which rounding the activations
+/// to 8 bits flips on some kernels; with it "The" leads by ~1.5 on f32, candle's blocks and the
+/// VNNI tiles alike.
 #[test]
 fn smollm2_answers_and_stops_at_a_stop_string() {
     let model = ftkit_testkit::smollm2();
-    let prompt = br#"{"prompt":"What is the capital of France?","qa_id":"q"}"#.to_vec();
+    let prompt =
+        br#"{"prompt":"What is the capital of France? Answer in one word.","qa_id":"q"}"#.to_vec();
     let run = |extra: &[&str]| {
         Run::new(BIN)
             .args([
