@@ -8,12 +8,17 @@
 //! calls and the softmax rows in between, written straight into the `[b, s, heads·hd]` layout
 //! the output projection reads.
 
+use super::attend_avx512;
 use super::cache::sees;
 use crate::fused::{CpuF32, softmax_row};
 use crate::matmul::{Mat, MatMut, Threads, gemm};
 use anyhow::{Result, bail};
 use candle_core::{Storage, Tensor};
 use std::sync::OnceLock;
+
+/// New columns up to which the products skip gemm ([`attend_avx512`]): decoding's one a step.
+/// Prefill's hundreds of query rows are gemm's ground.
+const SIMD_MAX_COLUMNS: usize = 4;
 
 /// Shapes of one call: `s` new columns after `len` cached ones, `t = len + s`.
 pub(crate) struct Shape {
@@ -66,24 +71,28 @@ pub(crate) fn cached_attention(
         bail!("cached attention: cache {:?} {:?}", k.dims(), kst);
     }
     let rows = n_rep * s;
+    let simd = s <= SIMD_MAX_COLUMNS && attend_avx512::supported(hd);
     let items: Vec<OnceLock<Result<Vec<f32>>>> = (0..b * nkv).map(|_| OnceLock::new()).collect();
     let one = |item: usize| -> Result<Vec<f32>> {
         let (bi, g) = (item / nkv, item % nkv);
         let q_off = (bi * nh + g * n_rep) * s * hd;
-        let qm = Mat::dense(&q_data[q_off..q_off + rows * hd], rows, hd);
+        let qs = &q_data[q_off..q_off + rows * hd];
         let k_off = kl.start_offset() + bi * kst[0] + g * kst[1];
         let v_off = vl.start_offset() + bi * vst[0] + g * vst[1];
-        let km = Mat::dense(&k_all[k_off..k_off + t * hd], t, hd);
-        let vm = Mat::dense(&v_all[v_off..v_off + t * hd], t, hd);
+        let (ks, vs) = (&k_all[k_off..k_off + t * hd], &v_all[v_off..v_off + t * hd]);
         let mut scores = vec![0f32; rows * t];
-        gemm(
-            MatMut::dense(&mut scores, rows, t),
-            false,
-            qm,
-            km.t(),
-            1.0,
-            Threads::Single,
-        )?;
+        if simd {
+            attend_avx512::scores(qs, ks, hd, &mut scores);
+        } else {
+            gemm(
+                MatMut::dense(&mut scores, rows, t),
+                false,
+                Mat::dense(qs, rows, hd),
+                Mat::dense(ks, t, hd).t(),
+                1.0,
+                Threads::Single,
+            )?;
+        }
         let mut probs = vec![0f32; rows * t];
         let mut mask = vec![0f32; t];
         for r in 0..rows {
@@ -105,14 +114,18 @@ pub(crate) fn cached_attention(
             );
         }
         let mut out = vec![0f32; rows * hd];
-        gemm(
-            MatMut::dense(&mut out, rows, hd),
-            false,
-            Mat::dense(&probs, rows, t),
-            vm,
-            1.0,
-            Threads::Single,
-        )?;
+        if simd {
+            attend_avx512::weighted_values(&probs, vs, hd, &mut out);
+        } else {
+            gemm(
+                MatMut::dense(&mut out, rows, hd),
+                false,
+                Mat::dense(&probs, rows, t),
+                Mat::dense(vs, t, hd),
+                1.0,
+                Threads::Single,
+            )?;
+        }
         Ok(out)
     };
     candle_core::utils::barrier_pool().execute_chunked(items.len(), |range| {

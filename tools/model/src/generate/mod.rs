@@ -24,6 +24,7 @@
 //! change float rounding, so a draw that falls on a probability boundary may differ).
 
 mod attend;
+mod attend_avx512;
 pub mod cache;
 pub mod sampling;
 

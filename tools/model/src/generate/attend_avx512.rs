@@ -1,0 +1,204 @@
+//! The two products of decoding attention for one (row, key/value head) item with AVX-512:
+//! a few query rows against up to a few thousand cached keys.
+//!
+//! Why not gemm (as prefill does): with 3 query rows per item (SmolLM2's 9 heads over 3 KV
+//! heads) its packing and dispatch cost more than the arithmetic; at batch 8 the attention was
+//! ~20% of a decoding step in perf, 720 items of two calls each. Here the keys are read in place:
+//! each score is a dot product kept as a vector of 16 partial sums, and 16 keys' vectors are
+//! summed across lanes together (45 shuffles and adds for 16 scores); the values are added up
+//! row-major, a broadcast weight times each value row.
+
+#![allow(unsafe_code)]
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// Floats per register.
+const LANES: usize = 16;
+
+/// Whether [`scores`] and [`weighted_values`] run for heads of `hd` values on this CPU.
+pub(super) fn supported(hd: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        matches!(hd, 16 | 32 | 64 | 128) && std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = hd;
+        false
+    }
+}
+
+/// `out[r·t + j] = q_r · k_j` for the `rows` rows of `q` (`[rows, hd]`) and the `t` rows of `k`
+/// (`[t, hd]`), all row-major. Panics unless [`supported`]`(hd)` and the lengths fit.
+pub(super) fn scores(q: &[f32], k: &[f32], hd: usize, out: &mut [f32]) {
+    let (rows, t) = (q.len() / hd, k.len() / hd);
+    assert!(supported(hd) && q.len() == rows * hd && k.len() == t * hd && out.len() == rows * t);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `supported` checked the CPU; the lengths were checked above.
+    unsafe {
+        match hd {
+            16 => scores_simd::<1>(q, k, out),
+            32 => scores_simd::<2>(q, k, out),
+            64 => scores_simd::<4>(q, k, out),
+            _ => scores_simd::<8>(q, k, out),
+        }
+    }
+}
+
+/// `out[r] = Σ_j p[r·t + j] · v_j` for `p` `[rows, t]` and `v` `[t, hd]`, row-major; `out`
+/// `[rows, hd]`. Panics unless [`supported`]`(hd)` and the lengths fit.
+pub(super) fn weighted_values(p: &[f32], v: &[f32], hd: usize, out: &mut [f32]) {
+    let t = v.len() / hd;
+    let rows = out.len() / hd;
+    assert!(supported(hd) && v.len() == t * hd && out.len() == rows * hd && p.len() == rows * t);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as in `scores`.
+    unsafe {
+        match hd {
+            16 => weighted_simd::<1, 16>(p, v, out),
+            32 => weighted_simd::<2, 8>(p, v, out),
+            64 => weighted_simd::<4, 4>(p, v, out),
+            _ => weighted_simd::<8, 2>(p, v, out),
+        }
+    }
+}
+
+/// [`scores`] for `hd = 16·C`.
+///
+/// # Safety
+/// AVX-512F; the lengths as [`scores`] checks them.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn scores_simd<const C: usize>(q: &[f32], k: &[f32], out: &mut [f32]) {
+    let hd = C * LANES;
+    let (rows, t) = (q.len() / hd, k.len() / hd);
+    for r in 0..rows {
+        // SAFETY: row r has hd values.
+        let qr: [__m512; C] =
+            std::array::from_fn(|c| unsafe { _mm512_loadu_ps(q.as_ptr().add(r * hd + c * LANES)) });
+        let dst = &mut out[r * t..(r + 1) * t];
+        for j0 in (0..t).step_by(LANES) {
+            let n = (t - j0).min(LANES);
+            let mut partial = [_mm512_setzero_ps(); LANES];
+            for (j, acc) in partial.iter_mut().enumerate().take(n) {
+                let key = k[(j0 + j) * hd..].as_ptr();
+                for (c, qc) in qr.iter().enumerate() {
+                    // SAFETY: key j0 + j < t has hd values.
+                    let kc = unsafe { _mm512_loadu_ps(key.add(c * LANES)) };
+                    *acc = _mm512_fmadd_ps(*qc, kc, *acc);
+                }
+            }
+            let sums = sum_lanes(partial);
+            let mask: __mmask16 = if n == LANES { !0 } else { (1 << n) - 1 };
+            // SAFETY: the mask writes only the n scores of keys j0..j0 + n.
+            unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr().add(j0), mask, sums) };
+        }
+    }
+}
+
+/// The lane sums of 16 vectors as one vector (`out[j]` = Σ lanes of `v[j]`), in a fixed order.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn sum_lanes(v: [__m512; LANES]) -> __m512 {
+    // Pairs of vectors: within each 128-bit lane, [a0+a2, b0+b2, a1+a3, b1+b3].
+    let pairs: [__m512; 8] = std::array::from_fn(|i| {
+        let (a, b) = (v[2 * i], v[2 * i + 1]);
+        _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b))
+    });
+    // Fours: each 128-bit lane holds one partial sum of each of four vectors, in order.
+    let fours: [__m512; 4] = std::array::from_fn(|i| {
+        let (a, b) = (
+            _mm512_castps_pd(pairs[2 * i]),
+            _mm512_castps_pd(pairs[2 * i + 1]),
+        );
+        _mm512_add_ps(
+            _mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+            _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)),
+        )
+    });
+    // Then 128-bit lanes of two such vectors added pairwise, twice.
+    let join = |a: __m512, b: __m512| {
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
+        )
+    };
+    let eights = [join(fours[0], fours[1]), join(fours[2], fours[3])];
+    join(eights[0], eights[1])
+}
+
+/// [`weighted_values`] for `hd = 16·C`, `G` rows at a time.
+///
+/// # Safety
+/// AVX-512F; the lengths as [`weighted_values`] checks them.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn weighted_simd<const C: usize, const G: usize>(p: &[f32], v: &[f32], out: &mut [f32]) {
+    let hd = C * LANES;
+    let t = v.len() / hd;
+    let rows = out.len() / hd;
+    for r0 in (0..rows).step_by(G) {
+        let g = (rows - r0).min(G);
+        let mut acc = [[_mm512_setzero_ps(); C]; G];
+        for j in 0..t {
+            // SAFETY: value row j < t has hd values.
+            let vj: [__m512; C] = std::array::from_fn(|c| unsafe {
+                _mm512_loadu_ps(v.as_ptr().add(j * hd + c * LANES))
+            });
+            for (i, acc) in acc.iter_mut().enumerate().take(g) {
+                let w = _mm512_set1_ps(p[(r0 + i) * t + j]);
+                for (a, vc) in acc.iter_mut().zip(&vj) {
+                    *a = _mm512_fmadd_ps(w, *vc, *a);
+                }
+            }
+        }
+        for (i, acc) in acc.iter().enumerate().take(g) {
+            for (c, a) in acc.iter().enumerate() {
+                // SAFETY: row r0 + i < rows of out has hd values.
+                unsafe { _mm512_storeu_ps(out.as_mut_ptr().add((r0 + i) * hd + c * LANES), *a) };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both products equal the plain loops for every head size, row count and a key count that
+    /// is not a multiple of 16 (and one under 16).
+    #[test]
+    fn products_equal_plain_loops() {
+        for hd in [16, 32, 64, 128] {
+            if !supported(hd) {
+                eprintln!("skipped: no AVX-512");
+                return;
+            }
+            for (rows, t) in [(1, 5), (3, 37), (6, 48), (9, 130)] {
+                let wave = |n: usize, f: f32| -> Vec<f32> {
+                    (0..n).map(|i| ((i as f32) * f).sin()).collect()
+                };
+                let (q, k, p) = (
+                    wave(rows * hd, 0.37),
+                    wave(t * hd, 0.11),
+                    wave(rows * t, 0.7),
+                );
+                let mut s = vec![0f32; rows * t];
+                scores(&q, &k, hd, &mut s);
+                let mut o = vec![0f32; rows * hd];
+                weighted_values(&p, &k, hd, &mut o);
+                for r in 0..rows {
+                    for j in 0..t {
+                        let want: f32 = (0..hd).map(|c| q[r * hd + c] * k[j * hd + c]).sum();
+                        assert!((s[r * t + j] - want).abs() < 1e-4, "hd {hd} score {r},{j}");
+                    }
+                    for c in 0..hd {
+                        let want: f32 = (0..t).map(|j| p[r * t + j] * k[j * hd + c]).sum();
+                        assert!((o[r * hd + c] - want).abs() < 1e-4, "hd {hd} value {r},{c}");
+                    }
+                }
+            }
+        }
+    }
+}
