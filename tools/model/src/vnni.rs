@@ -112,7 +112,7 @@ impl PackedQ8 {
 }
 
 /// Input rows rounded to 8 bits per 32-value block: the values four to a word (the unit
-/// `vpdpbusd` broadcasts), and per block its step `d` and `128 · Σ q` for the weights' offset.
+/// `vpdpbusd` broadcasts), and per block its step `d` and `-128 · Σ q` for the weights' offset.
 struct Quantized {
     k: usize,
     words: Vec<i32>,
@@ -232,7 +232,7 @@ unsafe fn quantize_block(x: &[f32], qs: &mut [i32]) -> (f32, i32) {
         _mm_storeu_si128(qs.as_mut_ptr().add(4).cast(), _mm512_cvtsepi32_epi8(q1));
     }
     let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
-    (amax / 127.0, 128 * sum)
+    (amax / 127.0, -128 * sum)
 }
 
 /// One strip (16 weight rows) times all `m` input rows, `MAX_ROWS_PER_PASS` at a time; row `r`'s
@@ -290,7 +290,7 @@ unsafe fn pass<const M: usize>(tiles: &[Tile], a: &Quantized, r0: usize, dst: *m
         for (i, sum) in sums[0].iter_mut().enumerate() {
             // SAFETY: as below: block b of row r0 + i.
             let offset = unsafe { a.blocks.get_unchecked((r0 + i) * kb + b).1 };
-            *sum = _mm512_set1_epi32(-offset);
+            *sum = _mm512_set1_epi32(offset);
         }
         for g in 0..COLS / 4 {
             // SAFETY: a tile holds 8 groups of 64 bytes, 64-aligned.

@@ -9,7 +9,7 @@
 //! the output projection reads.
 
 use super::attend_avx512;
-use super::cache::sees;
+use super::cache::visible;
 use crate::fused::{CpuF32, softmax_row};
 use crate::matmul::{Mat, MatMut, Threads, gemm};
 use anyhow::{Result, bail};
@@ -93,25 +93,16 @@ pub(crate) fn cached_attention(
                 Threads::Single,
             )?;
         }
+        // The keys a row does not see keep weight 0.
         let mut probs = vec![0f32; rows * t];
-        let mut mask = vec![0f32; t];
         for r in 0..rows {
-            let col = len + r % s;
-            for (key, m) in mask.iter_mut().enumerate() {
-                *m = if sees(pad[bi], col, key) {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                };
+            let keys = visible(pad[bi], len + r % s);
+            let (x, y) = (&scores[r * t..][keys.clone()], &mut probs[r * t..][keys]);
+            if simd {
+                attend_avx512::softmax(x, y, scale);
+            } else {
+                softmax_row(x, y, scale, None, x.len());
             }
-            let row = r * t..(r + 1) * t;
-            softmax_row(
-                &scores[row.clone()],
-                &mut probs[row],
-                scale,
-                Some(&mask),
-                col + 1,
-            );
         }
         let mut out = vec![0f32; rows * hd];
         if simd {

@@ -135,9 +135,15 @@ impl KvCache {
 }
 
 /// Whether the query at column `query` of a row with `pad` padding columns sees the key at
-/// column `key`: a real column sees the real columns up to itself; a padding column only itself.
-pub(super) fn sees(pad: usize, query: usize, key: usize) -> bool {
-    (key >= pad && key <= query) || key == query
+/// column `key`: see [`visible`].
+fn sees(pad: usize, query: usize, key: usize) -> bool {
+    visible(pad, query).contains(&key)
+}
+
+/// The key columns that the query at column `query` of a row with `pad` padding columns sees:
+/// a real column the real columns up to itself; a padding column only itself.
+pub(super) fn visible(pad: usize, query: usize) -> std::ops::Range<usize> {
+    pad.min(query)..query + 1
 }
 
 /// `x W^T` for `x` `[rows, k]`, `W` `[n, k]`. A few rows (batched decoding): `(W x^T)^T`
