@@ -8,15 +8,15 @@
 //! calls and the softmax rows in between, written straight into the `[b, s, heads·hd]` layout
 //! the output projection reads.
 
-use super::attend_avx512;
 use super::cache::visible;
+use super::simd;
 use crate::fused::{CpuF32, softmax_row};
 use crate::matmul::{Mat, MatMut, Threads, gemm};
 use anyhow::{Result, bail};
 use candle_core::{Storage, Tensor};
 use std::sync::OnceLock;
 
-/// New columns up to which the products skip gemm ([`attend_avx512`]): decoding's one a step.
+/// New columns up to which the products skip gemm ([`simd`]): decoding's one a step.
 /// Prefill's hundreds of query rows are gemm's ground.
 const SIMD_MAX_COLUMNS: usize = 4;
 
@@ -71,7 +71,7 @@ pub(crate) fn cached_attention(
         bail!("cached attention: cache {:?} {:?}", k.dims(), kst);
     }
     let rows = n_rep * s;
-    let simd = s <= SIMD_MAX_COLUMNS && attend_avx512::supported(hd);
+    let direct = s <= SIMD_MAX_COLUMNS && simd::supported(hd);
     let items: Vec<OnceLock<Result<Vec<f32>>>> = (0..b * nkv).map(|_| OnceLock::new()).collect();
     let one = |item: usize| -> Result<Vec<f32>> {
         let (bi, g) = (item / nkv, item % nkv);
@@ -81,8 +81,8 @@ pub(crate) fn cached_attention(
         let v_off = vl.start_offset() + bi * vst[0] + g * vst[1];
         let (ks, vs) = (&k_all[k_off..k_off + t * hd], &v_all[v_off..v_off + t * hd]);
         let mut scores = vec![0f32; rows * t];
-        if simd {
-            attend_avx512::scores(qs, ks, hd, &mut scores);
+        if direct {
+            simd::scores(qs, ks, hd, &mut scores);
         } else {
             gemm(
                 MatMut::dense(&mut scores, rows, t),
@@ -98,15 +98,15 @@ pub(crate) fn cached_attention(
         for r in 0..rows {
             let keys = visible(pad[bi], len + r % s);
             let (x, y) = (&scores[r * t..][keys.clone()], &mut probs[r * t..][keys]);
-            if simd {
-                attend_avx512::softmax(x, y, scale);
+            if direct {
+                simd::softmax(x, y, scale);
             } else {
                 softmax_row(x, y, scale, None, x.len());
             }
         }
         let mut out = vec![0f32; rows * hd];
-        if simd {
-            attend_avx512::weighted_values(&probs, vs, hd, &mut out);
+        if direct {
+            simd::weighted_values(&probs, vs, hd, &mut out);
         } else {
             gemm(
                 MatMut::dense(&mut out, rows, hd),

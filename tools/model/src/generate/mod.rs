@@ -24,9 +24,9 @@
 //! change float rounding, so a draw that falls on a probability boundary may differ).
 
 mod attend;
-mod attend_avx512;
 pub mod cache;
 pub mod sampling;
+mod simd;
 
 pub use cache::KvCache;
 pub use sampling::{Sampling, find_stop};
