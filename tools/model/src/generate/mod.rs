@@ -370,15 +370,23 @@ impl<'a> Generator<'a> {
         if self.eos.contains(&token) {
             seq.eos = true;
             seq.finish = Some(FinishReason::Eos);
-            return Ok(token);
+        } else {
+            seq.tokens.push(token);
+            // The text so far only where a stop string may end it: decoding every step costs
+            // the whole sequence each time.
+            if !opts.stop.is_empty() {
+                seq.text = self.decode(&seq.tokens, opts.skip_special_tokens)?;
+                if let Some(at) = find_stop(&seq.text, &opts.stop) {
+                    seq.text.truncate(at);
+                    seq.finish = Some(FinishReason::Stop);
+                }
+            }
+            if seq.finish.is_none() && seq.tokens.len() >= opts.max_new_tokens {
+                seq.finish = Some(FinishReason::Length);
+            }
         }
-        seq.tokens.push(token);
-        seq.text = self.decode(&seq.tokens, opts.skip_special_tokens)?;
-        if let Some(at) = find_stop(&seq.text, &opts.stop) {
-            seq.text.truncate(at);
-            seq.finish = Some(FinishReason::Stop);
-        } else if seq.tokens.len() >= opts.max_new_tokens {
-            seq.finish = Some(FinishReason::Length);
+        if seq.finish.is_some() && opts.stop.is_empty() {
+            seq.text = self.decode(&seq.tokens, opts.skip_special_tokens)?;
         }
         Ok(token)
     }
