@@ -57,10 +57,10 @@ pub(super) fn weighted_values(p: &[f32], v: &[f32], hd: usize, out: &mut [f32]) 
     // SAFETY: as in `scores`.
     unsafe {
         match hd {
-            16 => weighted_simd::<1, 16>(p, v, out),
-            32 => weighted_simd::<2, 8>(p, v, out),
-            64 => weighted_simd::<4, 4>(p, v, out),
-            _ => weighted_simd::<8, 2>(p, v, out),
+            16 => weighted_rows::<1>(p, v, out),
+            32 => weighted_rows::<2>(p, v, out),
+            64 => weighted_rows::<4>(p, v, out),
+            _ => weighted_rows::<8>(p, v, out),
         }
     }
 }
@@ -200,28 +200,54 @@ unsafe fn silu_gate_simd(g: &[f32], u: &[f32], out: &mut [f32]) {
 unsafe fn scores_simd<const C: usize>(q: &[f32], k: &[f32], out: &mut [f32]) {
     let hd = C * LANES;
     let (rows, t) = (q.len() / hd, k.len() / hd);
-    for r in 0..rows {
-        // SAFETY: row r has hd values.
-        let qr: [__m512; C] =
-            std::array::from_fn(|c| unsafe { _mm512_loadu_ps(q.as_ptr().add(r * hd + c * LANES)) });
-        let dst = &mut out[r * t..(r + 1) * t];
-        for j0 in (0..t).step_by(LANES) {
-            let n = (t - j0).min(LANES);
-            let mut partial = [_mm512_setzero_ps(); LANES];
-            for (j, acc) in partial.iter_mut().enumerate().take(n) {
-                let key = k[(j0 + j) * hd..].as_ptr();
-                for (c, qc) in qr.iter().enumerate() {
-                    // SAFETY: key j0 + j < t has hd values.
-                    let kc = unsafe { _mm512_loadu_ps(key.add(c * LANES)) };
-                    *acc = _mm512_fmadd_ps(*qc, kc, *acc);
-                }
-            }
-            let sums = sum_lanes(partial);
-            let mask: __mmask16 = if n == LANES { !0 } else { (1 << n) - 1 };
-            // SAFETY: the mask writes only the n scores of keys j0..j0 + n.
-            unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr().add(j0), mask, sums) };
+    // Keys outside, rows inside: a block of 16 keys comes from memory once and from L1 for the
+    // other rows.
+    for j0 in (0..t).step_by(LANES) {
+        let n = (t - j0).min(LANES);
+        // A last block of fewer keys is copied after zeros so that every block has 16.
+        let mut tail: [[__m512; C]; LANES];
+        let keys = if n == LANES {
+            k[j0 * hd..].as_ptr()
+        } else {
+            tail = [[_mm512_setzero_ps(); C]; LANES];
+            let base = tail.as_mut_ptr().cast::<f32>();
+            // SAFETY: keys j0..t are n·hd values of k; `tail` holds 16·hd.
+            unsafe { std::ptr::copy_nonoverlapping(k.as_ptr().add(j0 * hd), base, n * hd) };
+            base.cast_const()
+        };
+        for r in 0..rows {
+            // SAFETY: row r has hd values.
+            let qr: [__m512; C] = std::array::from_fn(|c| unsafe {
+                _mm512_loadu_ps(q.as_ptr().add(r * hd + c * LANES))
+            });
+            // SAFETY: `keys` holds 16 keys of hd values.
+            let sums = unsafe { block_scores::<C>(&qr, keys) };
+            // SAFETY: the mask writes only the n scores of keys j0..j0 + n of row r.
+            unsafe {
+                _mm512_mask_storeu_ps(out.as_mut_ptr().add(r * t + j0), chunk_mask(j0, t), sums)
+            };
         }
     }
+}
+
+/// The scores of one query row `q` against 16 consecutive keys of `16·C` values at `keys`.
+///
+/// # Safety
+/// AVX-512F; `keys` valid for 16·16·C values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn block_scores<const C: usize>(q: &[__m512; C], keys: *const f32) -> __m512 {
+    let partial: [__m512; LANES] = std::array::from_fn(|j| {
+        let mut acc = _mm512_setzero_ps();
+        for (c, qc) in q.iter().enumerate() {
+            // SAFETY: the caller's: key j < 16 has 16·C values.
+            let kc = unsafe { _mm512_loadu_ps(keys.add((j * C + c) * LANES)) };
+            acc = _mm512_fmadd_ps(*qc, kc, acc);
+        }
+        acc
+    });
+    sum_lanes(partial)
 }
 
 /// The lane sums of 16 vectors as one vector (`out[j]` = Σ lanes of `v[j]`), in a fixed order.
@@ -255,36 +281,64 @@ fn sum_lanes(v: [__m512; LANES]) -> __m512 {
     join(eights[0], eights[1])
 }
 
-/// [`weighted_values`] for `hd = 16·C`, `G` rows at a time.
+/// [`weighted_values`] for `hd = 16·C`: up to four rows at a time, as many as keep the sums and
+/// a value row in registers.
 ///
 /// # Safety
 /// AVX-512F; the lengths as [`weighted_values`] checks them.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn weighted_simd<const C: usize, const G: usize>(p: &[f32], v: &[f32], out: &mut [f32]) {
-    let hd = C * LANES;
-    let t = v.len() / hd;
-    let rows = out.len() / hd;
-    for r0 in (0..rows).step_by(G) {
-        let g = (rows - r0).min(G);
-        let mut acc = [[_mm512_setzero_ps(); C]; G];
-        for j in 0..t {
-            // SAFETY: value row j < t has hd values.
-            let vj: [__m512; C] = std::array::from_fn(|c| unsafe {
-                _mm512_loadu_ps(v.as_ptr().add(j * hd + c * LANES))
-            });
-            for (i, acc) in acc.iter_mut().enumerate().take(g) {
-                let w = _mm512_set1_ps(p[(r0 + i) * t + j]);
-                for (a, vc) in acc.iter_mut().zip(&vj) {
-                    *a = _mm512_fmadd_ps(w, *vc, *a);
-                }
+unsafe fn weighted_rows<const C: usize>(p: &[f32], v: &[f32], out: &mut [f32]) {
+    let rows = out.len() / (C * LANES);
+    let most = (LANES / C).clamp(1, 4);
+    let mut r0 = 0;
+    while r0 < rows {
+        let g = (rows - r0).min(most);
+        // SAFETY: the caller's, for rows r0..r0 + g.
+        unsafe {
+            match g {
+                4 => weighted_simd::<C, 4>(p, v, out, r0),
+                3 => weighted_simd::<C, 3>(p, v, out, r0),
+                2 => weighted_simd::<C, 2>(p, v, out, r0),
+                _ => weighted_simd::<C, 1>(p, v, out, r0),
             }
         }
-        for (i, acc) in acc.iter().enumerate().take(g) {
-            for (c, a) in acc.iter().enumerate() {
-                // SAFETY: row r0 + i < rows of out has hd values.
-                unsafe { _mm512_storeu_ps(out.as_mut_ptr().add((r0 + i) * hd + c * LANES), *a) };
+        r0 += g;
+    }
+}
+
+/// Rows `r0..r0 + G` of [`weighted_values`] for `hd = 16·C`: fixed counts, so the sums stay in
+/// registers.
+///
+/// # Safety
+/// AVX-512F; the lengths as [`weighted_values`] checks them, and rows `r0..r0 + G` exist.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn weighted_simd<const C: usize, const G: usize>(
+    p: &[f32],
+    v: &[f32],
+    out: &mut [f32],
+    r0: usize,
+) {
+    let hd = C * LANES;
+    let t = v.len() / hd;
+    let mut acc = [[_mm512_setzero_ps(); C]; G];
+    for j in 0..t {
+        // SAFETY: value row j < t has hd values.
+        let vj: [__m512; C] =
+            std::array::from_fn(|c| unsafe { _mm512_loadu_ps(v.as_ptr().add(j * hd + c * LANES)) });
+        for (i, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: row r0 + i < rows of p has t weights.
+            let w = _mm512_set1_ps(unsafe { *p.get_unchecked((r0 + i) * t + j) });
+            for (a, vc) in acc.iter_mut().zip(&vj) {
+                *a = _mm512_fmadd_ps(w, *vc, *a);
             }
+        }
+    }
+    for (i, acc) in acc.iter().enumerate() {
+        for (c, a) in acc.iter().enumerate() {
+            // SAFETY: row r0 + i < rows of out has hd values.
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add((r0 + i) * hd + c * LANES), *a) };
         }
     }
 }
