@@ -2,7 +2,7 @@
 //! our seeded [`Rng`]; and finding stop strings in decoded text.
 
 use crate::rng::Rng;
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 /// Sampling settings of one generation call.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -72,18 +72,38 @@ impl Sampling {
 
     /// Pick a token from `logits` (one row; entries of disallowed tokens already `-inf`).
     pub fn pick(&self, logits: &[f32], rng: &mut Rng) -> Result<u32> {
-        if logits.iter().any(|v| v.is_nan()) {
-            bail!("the model produced NaN logits");
+        // The maximum (16 running lanes), then its first position: loops without early exits or
+        // carried indices, which the compiler vectorizes. Serial work of every decoding step and
+        // row: 2.4% of a batch-8 run in perf as one scalar loop.
+        const LANES: usize = 16;
+        let (mut lanes, mut nan) = ([f32::NEG_INFINITY; LANES], false);
+        let blocks = logits.chunks_exact(LANES);
+        for &v in blocks.remainder() {
+            nan |= v.is_nan();
+            lanes[0] = if v > lanes[0] { v } else { lanes[0] };
         }
-        let mut best: Option<(usize, f32)> = None;
-        for (i, &v) in logits.iter().enumerate() {
-            if v > f32::NEG_INFINITY && best.is_none_or(|(_, b)| v > b) {
-                best = Some((i, v));
+        for block in blocks {
+            for (m, &v) in lanes.iter_mut().zip(block) {
+                nan |= v.is_nan();
+                *m = if v > *m { v } else { *m };
             }
         }
-        let Some((argmax, _)) = best else {
+        let max = lanes.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        if nan {
+            bail!("the model produced NaN logits");
+        }
+        if max == f32::NEG_INFINITY {
             bail!("no token is allowed at this step");
-        };
+        }
+        const BLOCK: usize = 64;
+        let argmax = logits
+            .chunks(BLOCK)
+            .position(|c| c.iter().fold(false, |hit, &v| hit | (v == max)))
+            .and_then(|b| {
+                let at = b * BLOCK;
+                logits[at..].iter().position(|&v| v == max).map(|i| at + i)
+            })
+            .context("the largest logit vanished")?;
         if self.is_greedy() {
             return Ok(argmax as u32);
         }
@@ -155,6 +175,18 @@ mod tests {
         );
         assert!(s.pick(&[f32::NEG_INFINITY; 3], &mut rng).is_err());
         assert!(s.pick(&[0.0, f32::NAN], &mut rng).is_err());
+        // Rows longer than the 16 lanes and 64-value blocks, with a remainder: the first of tied
+        // maxima anywhere, a NaN anywhere refused.
+        for len in [17, 100, 1000] {
+            for at in [0, len / 3, len - 1] {
+                let mut row: Vec<f32> = (0..len).map(|i| (i as f32 * 0.3).sin()).collect();
+                row[at] = 2.0;
+                row[len - 1 - (len - 1 - at) / 2] = 2.0;
+                assert_eq!(s.pick(&row, &mut rng)?, at as u32, "{len} {at}");
+                row[(at + 7) % len] = f32::NAN;
+                assert!(s.pick(&row, &mut rng).is_err(), "{len} {at}");
+            }
+        }
         Ok(())
     }
 
