@@ -27,6 +27,9 @@ const COLS: usize = 32;
 const PREFETCH_TILES: usize = 16;
 /// Input rows that share a tile read (registers: an integer and an f32 sum per row).
 const MAX_ROWS_PER_PASS: usize = 8;
+/// Integer sums per row at most ([`pass`]), and the registers they may take in all.
+const MAX_CHAINS: usize = 4;
+const CHAINS_REGISTERS: usize = 16;
 
 /// 16 weight rows × 32 columns: `qs[g][r][j]` = column `4g + j` of row `r`, plus 128.
 #[repr(C, align(64))]
@@ -281,12 +284,14 @@ unsafe fn pass<const M: usize>(tiles: &[Tile], a: &Quantized, r0: usize, dst: *m
         for line in 0..size_of::<Tile>() / 64 {
             _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line * 64));
         }
-        // Two integer sums per row (even and odd column groups) where few rows leave the
-        // `vpdpbusd` latency chain exposed; one where eight rows would spill registers.
-        let chains = if M < 4 { 2 } else { 1 };
+        // Several integer sums per row (column groups g, g + chains, ...), so that a row's
+        // `vpdpbusd`s are not one chain of 8 dependent instructions: out-of-order execution did
+        // not hide that latency even across 8 rows (examples/bench_vnni, weights in cache, 8
+        // rows: 50 µs with one chain, 31 with two). As many as the registers hold.
+        let chains = (CHAINS_REGISTERS / M).clamp(1, MAX_CHAINS);
         // The first chain starts at minus the input block's offset term, which saves a
         // subtraction per row and tile.
-        let mut sums = [[_mm512_setzero_si512(); M]; 2];
+        let mut sums = [[_mm512_setzero_si512(); M]; MAX_CHAINS];
         for (i, sum) in sums[0].iter_mut().enumerate() {
             // SAFETY: as below: block b of row r0 + i.
             let offset = unsafe { a.blocks.get_unchecked((r0 + i) * kb + b).1 };
@@ -302,16 +307,13 @@ unsafe fn pass<const M: usize>(tiles: &[Tile], a: &Quantized, r0: usize, dst: *m
                 *sum = _mm512_dpbusd_epi32(*sum, w, _mm512_set1_epi32(x));
             }
         }
-        let [even, odd] = sums;
         let dw = unsafe { _mm512_load_ps(tile.d.as_ptr()) };
         for i in 0..M {
             // SAFETY: as above: block b of row r0 + i.
             let d = unsafe { a.blocks.get_unchecked((r0 + i) * kb + b).0 };
-            let sum = if chains == 2 {
-                _mm512_add_epi32(even[i], odd[i])
-            } else {
-                even[i]
-            };
+            let sum = sums[1..chains]
+                .iter()
+                .fold(sums[0][i], |s, c| _mm512_add_epi32(s, c[i]));
             let step = _mm512_mul_ps(dw, _mm512_set1_ps(d));
             acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), step, acc[i]);
         }
