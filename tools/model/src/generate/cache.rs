@@ -259,14 +259,28 @@ fn rescore_leaders(approx: &Tensor, hn: &Tensor, w: &Tensor, k: usize) -> Result
 /// sampler refuses a row holding one). One pass keeping a sorted list of the leaders so far: a
 /// few hundred inserts for 64 of 49152, where a full selection shuffles every id.
 fn leaders(row: &[f32], k: usize) -> Vec<u32> {
+    const BLOCK: usize = 16;
     let mut top: Vec<(f32, u32)> = Vec::with_capacity(k + 1);
-    for (i, &v) in row.iter().enumerate() {
-        if k == 0 || v.is_nan() || (top.len() == k && v <= top[k - 1].0) {
+    if k == 0 {
+        return Vec::new();
+    }
+    for (b, block) in row.chunks(BLOCK).enumerate() {
+        // Once the list is full most blocks hold no leader: one vectorized maximum skips them
+        // (the scan was 2.3% of a batch-8 run in perf, per row a compare per logit).
+        let most = block
+            .iter()
+            .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+        if top.len() == k && most <= top[k - 1].0 {
             continue;
         }
-        let at = top.partition_point(|&(t, _)| t >= v);
-        top.insert(at, (v, i as u32));
-        top.truncate(k);
+        for (j, &v) in block.iter().enumerate() {
+            if v.is_nan() || (top.len() == k && v <= top[k - 1].0) {
+                continue;
+            }
+            let at = top.partition_point(|&(t, _)| t >= v);
+            top.insert(at, (v, (b * BLOCK + j) as u32));
+            top.truncate(k);
+        }
     }
     top.into_iter().map(|(_, i)| i).collect()
 }
