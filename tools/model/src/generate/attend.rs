@@ -13,7 +13,8 @@ use super::simd;
 use crate::fused::{CpuF32, softmax_row};
 use crate::matmul::{Mat, MatMut, Threads, gemm};
 use anyhow::{Result, bail};
-use candle_core::{Storage, Tensor};
+use candle_core::{DType, Storage, Tensor};
+use half::f16;
 use std::sync::OnceLock;
 
 /// New columns up to which the products skip gemm ([`simd`]): decoding's one a step.
@@ -65,63 +66,50 @@ pub(crate) fn cached_attention(
     let (Storage::Cpu(ks), Storage::Cpu(vs)) = (&*kg, &*vg) else {
         bail!("cached attention: the cache is not on the CPU");
     };
-    let (k_all, v_all) = (ks.as_slice::<f32>()?, vs.as_slice::<f32>()?);
+    // f32 or f16 (see KvCache::new).
+    let (k32, v32, k16, v16) = match k.dtype() {
+        DType::F16 => (
+            &[][..],
+            &[][..],
+            ks.as_slice::<f16>()?,
+            vs.as_slice::<f16>()?,
+        ),
+        _ => (
+            ks.as_slice::<f32>()?,
+            vs.as_slice::<f32>()?,
+            &[][..],
+            &[][..],
+        ),
+    };
     let (kst, vst) = (kl.stride(), vl.stride());
     if k.dims()[..2] != [b, nkv] || kst[2..] != [hd, 1] || vst != kst || k.dims() != v.dims() {
         bail!("cached attention: cache {:?} {:?}", k.dims(), kst);
     }
     let rows = n_rep * s;
-    let direct = s <= SIMD_MAX_COLUMNS && simd::supported(hd);
+    let item = Item {
+        s,
+        len,
+        hd,
+        scale,
+        direct: s <= SIMD_MAX_COLUMNS && simd::supported(hd),
+    };
     let items: Vec<OnceLock<Result<Vec<f32>>>> = (0..b * nkv).map(|_| OnceLock::new()).collect();
-    let one = |item: usize| -> Result<Vec<f32>> {
-        let (bi, g) = (item / nkv, item % nkv);
+    let one = |it: usize| -> Result<Vec<f32>> {
+        let (bi, g) = (it / nkv, it % nkv);
         let q_off = (bi * nh + g * n_rep) * s * hd;
         let qs = &q_data[q_off..q_off + rows * hd];
         let k_off = kl.start_offset() + bi * kst[0] + g * kst[1];
         let v_off = vl.start_offset() + bi * vst[0] + g * vst[1];
-        let (ks, vs) = (&k_all[k_off..k_off + t * hd], &v_all[v_off..v_off + t * hd]);
-        let mut scores = vec![0f32; rows * t];
-        if direct {
-            simd::scores(qs, ks, hd, &mut scores);
+        let (kr, vr) = (k_off..k_off + t * hd, v_off..v_off + t * hd);
+        if k16.is_empty() {
+            item.attend(qs, &k32[kr], &v32[vr], pad[bi])
         } else {
-            gemm(
-                MatMut::dense(&mut scores, rows, t),
-                false,
-                Mat::dense(qs, rows, hd),
-                Mat::dense(ks, t, hd).t(),
-                1.0,
-                Threads::Single,
-            )?;
+            item.attend(qs, &k16[kr], &v16[vr], pad[bi])
         }
-        // The keys a row does not see keep weight 0.
-        let mut probs = vec![0f32; rows * t];
-        for r in 0..rows {
-            let keys = visible(pad[bi], len + r % s);
-            let (x, y) = (&scores[r * t..][keys.clone()], &mut probs[r * t..][keys]);
-            if direct {
-                simd::softmax(x, y, scale);
-            } else {
-                softmax_row(x, y, scale, None, x.len());
-            }
-        }
-        let mut out = vec![0f32; rows * hd];
-        if direct {
-            simd::weighted_values(&probs, vs, hd, &mut out);
-        } else {
-            gemm(
-                MatMut::dense(&mut out, rows, hd),
-                false,
-                Mat::dense(&probs, rows, t),
-                Mat::dense(vs, t, hd),
-                1.0,
-                Threads::Single,
-            )?;
-        }
-        Ok(out)
     };
     candle_core::utils::barrier_pool().execute_chunked(items.len(), |range| {
-        for item in range {
-            let _ = items[item].set(one(item));
+        for it in range {
+            let _ = items[it].set(one(it));
         }
     });
     // [b, s, nh·hd]: head h = g·n_rep + j of row bi, column i comes from item (bi, g) row j·s + i.
@@ -142,4 +130,73 @@ pub(crate) fn cached_attention(
         }
     }
     Ok(Tensor::from_vec(y, (b, s, nh * hd), q.device())?)
+}
+
+/// The shapes and choices shared by one call's (row, key/value head) items.
+struct Item {
+    s: usize,
+    len: usize,
+    hd: usize,
+    scale: f32,
+    /// The AVX-512 kernels rather than gemm.
+    direct: bool,
+}
+
+impl Item {
+    /// `n_rep · s` query rows `qs` over the `t = len + s` cached keys `ks` and values `vs` of a
+    /// row with `pad` padding columns: `[n_rep · s, hd]`.
+    fn attend<T: simd::CacheValue>(
+        &self,
+        qs: &[f32],
+        ks: &[T],
+        vs: &[T],
+        pad: usize,
+    ) -> Result<Vec<f32>> {
+        let Item {
+            s,
+            len,
+            hd,
+            scale,
+            direct,
+        } = *self;
+        let (t, rows) = (len + s, qs.len() / hd);
+        let mut scores = vec![0f32; rows * t];
+        // gemm reads f32: an f16 cache's item converted once (prefill only).
+        let dense = (!direct).then(|| (T::as_f32(ks), T::as_f32(vs)));
+        match &dense {
+            None => simd::scores(qs, ks, hd, &mut scores),
+            Some((kf, _)) => gemm(
+                MatMut::dense(&mut scores, rows, t),
+                false,
+                Mat::dense(qs, rows, hd),
+                Mat::dense(kf, t, hd).t(),
+                1.0,
+                Threads::Single,
+            )?,
+        }
+        // The keys a row does not see keep weight 0.
+        let mut probs = vec![0f32; rows * t];
+        for r in 0..rows {
+            let keys = visible(pad, len + r % s);
+            let (x, y) = (&scores[r * t..][keys.clone()], &mut probs[r * t..][keys]);
+            if direct {
+                simd::softmax(x, y, scale);
+            } else {
+                softmax_row(x, y, scale, None, x.len());
+            }
+        }
+        let mut out = vec![0f32; rows * hd];
+        match &dense {
+            None => simd::weighted_values(&probs, vs, hd, &mut out),
+            Some((_, vf)) => gemm(
+                MatMut::dense(&mut out, rows, hd),
+                false,
+                Mat::dense(&probs, rows, t),
+                Mat::dense(vf, t, hd),
+                1.0,
+                Threads::Single,
+            )?,
+        }
+        Ok(out)
+    }
 }

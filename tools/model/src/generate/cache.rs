@@ -24,7 +24,8 @@ use std::sync::OnceLock;
 /// trick is the same (`slice_set` into a preallocated buffer, `narrow` to read).
 #[derive(Debug, Clone)]
 pub struct KvCache {
-    /// Per layer, `[b, kv_heads, capacity, head_dim]` keys and values.
+    /// Per layer, `[b, kv_heads, capacity, head_dim]` keys and values (f16 or the model's dtype,
+    /// see [`Self::new`]).
     layers: Vec<(Tensor, Tensor)>,
     /// Columns filled so far (padding included).
     len: usize,
@@ -39,7 +40,18 @@ impl KvCache {
     pub fn new(model: &CausalLm, pad: Vec<usize>, capacity: usize) -> Result<Self> {
         let c = &model.config;
         let shape = (pad.len(), c.num_key_value_heads, capacity, c.head_dim);
-        let zeros = || Tensor::zeros(shape, model.dtype(), model.device());
+        // Keys and values in f16 where the layers multiply by blocks on the CPU (their inputs
+        // rounded to 8 bits err far more; llama.cpp's default cache is f16 too) and the AVX-512
+        // attention reads them: at batch 8 the f32 cache was a fifth of a step's bytes.
+        let dtype = if fused_attention(model)
+            && simd::supported(c.head_dim)
+            && model.layers.iter().any(|l| l.q.quantized.is_some())
+        {
+            DType::F16
+        } else {
+            model.dtype()
+        };
+        let zeros = || Tensor::zeros(shape, dtype, model.device());
         let layers = (0..c.num_hidden_layers)
             .map(|_| Ok((zeros()?, zeros()?)))
             .collect::<Result<Vec<_>>>()?;
@@ -93,8 +105,8 @@ impl KvCache {
             .layers
             .get(layer)
             .with_context(|| format!("kv cache has no layer {layer}"))?;
-        kc.slice_set(&k.contiguous()?, 2, self.len)?;
-        vc.slice_set(&v.contiguous()?, 2, self.len)?;
+        kc.slice_set(&k.to_dtype(kc.dtype())?.contiguous()?, 2, self.len)?;
+        vc.slice_set(&v.to_dtype(vc.dtype())?.contiguous()?, 2, self.len)?;
         Ok((
             kc.narrow(2, 0, self.len + s)?,
             vc.narrow(2, 0, self.len + s)?,
@@ -403,6 +415,12 @@ fn gated(g: &Tensor, u: &Tensor, act: candle_nn::Activation) -> Result<Tensor> {
     Ok(Tensor::from_vec(out, g.dims(), g.device())?)
 }
 
+/// Whether [`CausalLm::forward_cached`] attends in one fused pass (attend.rs): on the CPU in F32;
+/// candle's ops elsewhere.
+fn fused_attention(model: &CausalLm) -> bool {
+    crate::fused::supported(&model.inv_freq) && model.dtype() == DType::F32
+}
+
 impl CausalLm {
     /// Run the next columns `input_ids` (`[b, s]`, u32; padding columns first when the cache
     /// is empty) through the model, appending their keys and values to `cache`. Returns the
@@ -432,8 +450,7 @@ impl CausalLm {
         let freqs = pos.broadcast_mul(&self.inv_freq)?;
         let cos = freqs.cos()?.to_dtype(dtype)?.contiguous()?;
         let sin = freqs.sin()?.to_dtype(dtype)?.contiguous()?;
-        // One fused pass on the CPU in F32 (attend.rs), candle's ops elsewhere.
-        let fused = crate::fused::supported(&self.inv_freq) && dtype == DType::F32;
+        let fused = fused_attention(self);
         let mask = if fused {
             None
         } else {

@@ -17,6 +17,51 @@ use std::arch::x86_64::*;
 /// Floats per register.
 const LANES: usize = 16;
 
+/// Head sizes up to which the kernels run.
+const MAX_HEAD: usize = 128;
+
+/// A value type of the KV cache: f32, or f16 where the weights are blocks (see
+/// [`super::cache::KvCache`]).
+pub(super) trait CacheValue: Copy + Default + Into<f32> {
+    /// The values as f32, for gemm (prefill).
+    fn as_f32(values: &[Self]) -> std::borrow::Cow<'_, [f32]> {
+        values
+            .iter()
+            .map(|&v| v.into())
+            .collect::<Vec<f32>>()
+            .into()
+    }
+
+    /// 16 values from `p` as f32.
+    ///
+    /// # Safety
+    /// AVX-512F; `p` valid for 16 values.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load(p: *const Self) -> __m512;
+}
+
+impl CacheValue for f32 {
+    fn as_f32(values: &[Self]) -> std::borrow::Cow<'_, [f32]> {
+        values.into()
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load(p: *const Self) -> __m512 {
+        // SAFETY: the caller's.
+        unsafe { _mm512_loadu_ps(p) }
+    }
+}
+
+impl CacheValue for half::f16 {
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load(p: *const Self) -> __m512 {
+        // SAFETY: the caller's (`vcvtph2ps` on 512 bits is AVX-512F).
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
+    }
+}
+
 /// Whether [`scores`] and [`weighted_values`] run for heads of `hd` values on this CPU.
 pub(super) fn supported(hd: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -32,24 +77,24 @@ pub(super) fn supported(hd: usize) -> bool {
 
 /// `out[r·t + j] = q_r · k_j` for the `rows` rows of `q` (`[rows, hd]`) and the `t` rows of `k`
 /// (`[t, hd]`), all row-major. Panics unless [`supported`]`(hd)` and the lengths fit.
-pub(super) fn scores(q: &[f32], k: &[f32], hd: usize, out: &mut [f32]) {
+pub(super) fn scores<T: CacheValue>(q: &[f32], k: &[T], hd: usize, out: &mut [f32]) {
     let (rows, t) = (q.len() / hd, k.len() / hd);
     assert!(supported(hd) && q.len() == rows * hd && k.len() == t * hd && out.len() == rows * t);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `supported` checked the CPU; the lengths were checked above.
     unsafe {
         match hd {
-            16 => scores_simd::<1>(q, k, out),
-            32 => scores_simd::<2>(q, k, out),
-            64 => scores_simd::<4>(q, k, out),
-            _ => scores_simd::<8>(q, k, out),
+            16 => scores_simd::<T, 1>(q, k, out),
+            32 => scores_simd::<T, 2>(q, k, out),
+            64 => scores_simd::<T, 4>(q, k, out),
+            _ => scores_simd::<T, 8>(q, k, out),
         }
     }
 }
 
 /// `out[r] = Σ_j p[r·t + j] · v_j` for `p` `[rows, t]` and `v` `[t, hd]`, row-major; `out`
 /// `[rows, hd]`. Panics unless [`supported`]`(hd)` and the lengths fit.
-pub(super) fn weighted_values(p: &[f32], v: &[f32], hd: usize, out: &mut [f32]) {
+pub(super) fn weighted_values<T: CacheValue>(p: &[f32], v: &[T], hd: usize, out: &mut [f32]) {
     let t = v.len() / hd;
     let rows = out.len() / hd;
     assert!(supported(hd) && v.len() == t * hd && out.len() == rows * hd && p.len() == rows * t);
@@ -57,10 +102,10 @@ pub(super) fn weighted_values(p: &[f32], v: &[f32], hd: usize, out: &mut [f32]) 
     // SAFETY: as in `scores`.
     unsafe {
         match hd {
-            16 => weighted_rows::<1>(p, v, out),
-            32 => weighted_rows::<2>(p, v, out),
-            64 => weighted_rows::<4>(p, v, out),
-            _ => weighted_rows::<8>(p, v, out),
+            16 => weighted_rows::<T, 1>(p, v, out),
+            32 => weighted_rows::<T, 2>(p, v, out),
+            64 => weighted_rows::<T, 4>(p, v, out),
+            _ => weighted_rows::<T, 8>(p, v, out),
         }
     }
 }
@@ -197,7 +242,7 @@ unsafe fn silu_gate_simd(g: &[f32], u: &[f32], out: &mut [f32]) {
 /// AVX-512F; the lengths as [`scores`] checks them.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn scores_simd<const C: usize>(q: &[f32], k: &[f32], out: &mut [f32]) {
+unsafe fn scores_simd<T: CacheValue, const C: usize>(q: &[f32], k: &[T], out: &mut [f32]) {
     let hd = C * LANES;
     let (rows, t) = (q.len() / hd, k.len() / hd);
     // Keys outside, rows inside: a block of 16 keys comes from memory once and from L1 for the
@@ -205,12 +250,12 @@ unsafe fn scores_simd<const C: usize>(q: &[f32], k: &[f32], out: &mut [f32]) {
     for j0 in (0..t).step_by(LANES) {
         let n = (t - j0).min(LANES);
         // A last block of fewer keys is copied after zeros so that every block has 16.
-        let mut tail: [[__m512; C]; LANES];
+        let mut tail: [T; LANES * MAX_HEAD];
         let keys = if n == LANES {
             k[j0 * hd..].as_ptr()
         } else {
-            tail = [[_mm512_setzero_ps(); C]; LANES];
-            let base = tail.as_mut_ptr().cast::<f32>();
+            tail = [T::default(); LANES * MAX_HEAD];
+            let base = tail.as_mut_ptr();
             // SAFETY: keys j0..t are n·hd values of k; `tail` holds 16·hd.
             unsafe { std::ptr::copy_nonoverlapping(k.as_ptr().add(j0 * hd), base, n * hd) };
             base.cast_const()
@@ -221,7 +266,7 @@ unsafe fn scores_simd<const C: usize>(q: &[f32], k: &[f32], out: &mut [f32]) {
                 _mm512_loadu_ps(q.as_ptr().add(r * hd + c * LANES))
             });
             // SAFETY: `keys` holds 16 keys of hd values.
-            let sums = unsafe { block_scores::<C>(&qr, keys) };
+            let sums = unsafe { block_scores::<T, C>(&qr, keys) };
             // SAFETY: the mask writes only the n scores of keys j0..j0 + n of row r.
             unsafe {
                 _mm512_mask_storeu_ps(out.as_mut_ptr().add(r * t + j0), chunk_mask(j0, t), sums)
@@ -237,12 +282,12 @@ unsafe fn scores_simd<const C: usize>(q: &[f32], k: &[f32], out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn block_scores<const C: usize>(q: &[__m512; C], keys: *const f32) -> __m512 {
+unsafe fn block_scores<T: CacheValue, const C: usize>(q: &[__m512; C], keys: *const T) -> __m512 {
     let partial: [__m512; LANES] = std::array::from_fn(|j| {
         let mut acc = _mm512_setzero_ps();
         for (c, qc) in q.iter().enumerate() {
             // SAFETY: the caller's: key j < 16 has 16·C values.
-            let kc = unsafe { _mm512_loadu_ps(keys.add((j * C + c) * LANES)) };
+            let kc = unsafe { T::load(keys.add((j * C + c) * LANES)) };
             acc = _mm512_fmadd_ps(*qc, kc, acc);
         }
         acc
@@ -288,7 +333,7 @@ fn sum_lanes(v: [__m512; LANES]) -> __m512 {
 /// AVX-512F; the lengths as [`weighted_values`] checks them.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn weighted_rows<const C: usize>(p: &[f32], v: &[f32], out: &mut [f32]) {
+unsafe fn weighted_rows<T: CacheValue, const C: usize>(p: &[f32], v: &[T], out: &mut [f32]) {
     let rows = out.len() / (C * LANES);
     let most = (LANES / C).clamp(1, 4);
     let mut r0 = 0;
@@ -297,10 +342,10 @@ unsafe fn weighted_rows<const C: usize>(p: &[f32], v: &[f32], out: &mut [f32]) {
         // SAFETY: the caller's, for rows r0..r0 + g.
         unsafe {
             match g {
-                4 => weighted_simd::<C, 4>(p, v, out, r0),
-                3 => weighted_simd::<C, 3>(p, v, out, r0),
-                2 => weighted_simd::<C, 2>(p, v, out, r0),
-                _ => weighted_simd::<C, 1>(p, v, out, r0),
+                4 => weighted_simd::<T, C, 4>(p, v, out, r0),
+                3 => weighted_simd::<T, C, 3>(p, v, out, r0),
+                2 => weighted_simd::<T, C, 2>(p, v, out, r0),
+                _ => weighted_simd::<T, C, 1>(p, v, out, r0),
             }
         }
         r0 += g;
@@ -314,9 +359,9 @@ unsafe fn weighted_rows<const C: usize>(p: &[f32], v: &[f32], out: &mut [f32]) {
 /// AVX-512F; the lengths as [`weighted_values`] checks them, and rows `r0..r0 + G` exist.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn weighted_simd<const C: usize, const G: usize>(
+unsafe fn weighted_simd<T: CacheValue, const C: usize, const G: usize>(
     p: &[f32],
-    v: &[f32],
+    v: &[T],
     out: &mut [f32],
     r0: usize,
 ) {
@@ -326,7 +371,7 @@ unsafe fn weighted_simd<const C: usize, const G: usize>(
     for j in 0..t {
         // SAFETY: value row j < t has hd values.
         let vj: [__m512; C] =
-            std::array::from_fn(|c| unsafe { _mm512_loadu_ps(v.as_ptr().add(j * hd + c * LANES)) });
+            std::array::from_fn(|c| unsafe { T::load(v.as_ptr().add(j * hd + c * LANES)) });
         for (i, acc) in acc.iter_mut().enumerate() {
             // SAFETY: row r0 + i < rows of p has t weights.
             let w = _mm512_set1_ps(unsafe { *p.get_unchecked((r0 + i) * t + j) });
@@ -348,7 +393,7 @@ mod tests {
     use super::*;
 
     /// Both products equal the plain loops for every head size, row count and a key count that
-    /// is not a multiple of 16 (and one under 16).
+    /// is not a multiple of 16 (and one under 16), on f32 and f16 caches.
     #[test]
     fn products_equal_plain_loops() {
         for hd in [16, 32, 64, 128] {
@@ -365,20 +410,28 @@ mod tests {
                     wave(t * hd, 0.11),
                     wave(rows * t, 0.7),
                 );
-                let mut s = vec![0f32; rows * t];
-                scores(&q, &k, hd, &mut s);
-                let mut o = vec![0f32; rows * hd];
-                weighted_values(&p, &k, hd, &mut o);
-                for r in 0..rows {
-                    for j in 0..t {
-                        let want: f32 = (0..hd).map(|c| q[r * hd + c] * k[j * hd + c]).sum();
-                        assert!((s[r * t + j] - want).abs() < 1e-4, "hd {hd} score {r},{j}");
-                    }
-                    for c in 0..hd {
-                        let want: f32 = (0..t).map(|j| p[r * t + j] * k[j * hd + c]).sum();
-                        assert!((o[r * hd + c] - want).abs() < 1e-4, "hd {hd} value {r},{c}");
-                    }
-                }
+                check(&q, &k, &p, hd, rows, t);
+                // The f16 cache: the same sums of the values it holds.
+                let k16: Vec<half::f16> = k.iter().map(|&v| half::f16::from_f32(v)).collect();
+                check(&q, &k16, &p, hd, rows, t);
+            }
+        }
+    }
+
+    fn check<T: CacheValue>(q: &[f32], k: &[T], p: &[f32], hd: usize, rows: usize, t: usize) {
+        let mut s = vec![0f32; rows * t];
+        scores(q, k, hd, &mut s);
+        let mut o = vec![0f32; rows * hd];
+        weighted_values(p, k, hd, &mut o);
+        let k: Vec<f32> = k.iter().map(|&v| v.into()).collect();
+        for r in 0..rows {
+            for j in 0..t {
+                let want: f32 = (0..hd).map(|c| q[r * hd + c] * k[j * hd + c]).sum();
+                assert!((s[r * t + j] - want).abs() < 1e-4, "hd {hd} score {r},{j}");
+            }
+            for c in 0..hd {
+                let want: f32 = (0..t).map(|j| p[r * t + j] * k[j * hd + c]).sum();
+                assert!((o[r * hd + c] - want).abs() < 1e-4, "hd {hd} value {r},{c}");
             }
         }
     }
