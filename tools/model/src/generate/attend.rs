@@ -4,9 +4,10 @@
 //! batched matmuls that candle runs as one gemm call per head group, the softmax, the transpose
 //! back), each a fresh buffer: at batch 8 they were most of a decoding step's time outside the
 //! weight products, all on one thread. Here each (row, key/value head) pair is one work item
-//! on candle's CPU pool (the one its quantized products use), with two single-threaded gemm
-//! calls and the softmax rows in between, written straight into the `[b, s, heads·hd]` layout
-//! the output projection reads.
+//! on candle's CPU pool (the one its quantized products use), with two products (the AVX-512
+//! kernels of [`super::simd`] for decoding's few new columns, single-threaded gemm calls for
+//! prefill) and the softmax rows in between, written straight into the `[b, s, heads·hd]`
+//! layout the output projection reads.
 
 use super::cache::visible;
 use super::simd;
@@ -31,7 +32,7 @@ pub(crate) struct Shape {
     pub hd: usize,
 }
 
-/// `q` `[b, nh, s, hd]` (rotated, contiguous); `k`, `v` the cache's buffers
+/// `q` `[b, nh, s, hd]` (rotated, contiguous); `k`, `v` the cache's buffers (f32 or f16)
 /// `[b, nkv, capacity, hd]` whose first `len + s` columns are filled; `pad[i]` the left padding
 /// of row `i`. Returns `[b, s, nh·hd]`. A real column sees the real columns up to itself; a
 /// padding column only itself, as in [`super::cache::KvCache`]'s mask.

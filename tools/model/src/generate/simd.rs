@@ -1,5 +1,5 @@
 //! AVX-512 kernels of decoding on the CPU in F32: the two products of attention for one (row,
-//! key/value head) item, its softmax, and the MLP's SiLU gate.
+//! key/value head) item over an f32 or f16 KV cache, its softmax, and the MLP's SiLU gate.
 //!
 //! Why not gemm for attention (as prefill does): with 3 query rows per item (SmolLM2's 9 heads
 //! over 3 KV heads) its packing and dispatch cost more than the arithmetic; at batch 8 the
@@ -17,7 +17,7 @@ use std::arch::x86_64::*;
 /// Floats per register.
 const LANES: usize = 16;
 
-/// Head sizes up to which the kernels run.
+/// The largest head size the kernels take ([`supported`]).
 const MAX_HEAD: usize = 128;
 
 /// A value type of the KV cache: f32, or f16 where the weights are blocks (see
@@ -113,8 +113,8 @@ pub(super) fn weighted_values<T: CacheValue>(p: &[f32], v: &[T], hd: usize, out:
 /// `y = softmax(scale · x)` for one row of scores (`x` and `y` the same length, ≥ 1), the
 /// exponential by a polynomial on 16 lanes (Cephes' `expf`), within 1e-6 relative of
 /// [`crate::fused::softmax_row`], whose libm call per value was ~5% of a batch-8 step (perf,
-/// SmolLM2). A row whose scores are
-/// all -inf gets weights 0, as there. Panics unless [`supported`] for some size.
+/// SmolLM2). A row whose scores are all -inf gets weights 0, as there. Panics unless
+/// [`supported`] for some size.
 pub(super) fn softmax(x: &[f32], y: &mut [f32], scale: f32) {
     assert!(x.len() == y.len() && !x.is_empty() && supported(16));
     #[cfg(target_arch = "x86_64")]
