@@ -67,20 +67,9 @@ pub(crate) fn cached_attention(
     let (Storage::Cpu(ks), Storage::Cpu(vs)) = (&*kg, &*vg) else {
         bail!("cached attention: the cache is not on the CPU");
     };
-    // f32 or f16 (see KvCache::new).
-    let (k32, v32, k16, v16) = match k.dtype() {
-        DType::F16 => (
-            &[][..],
-            &[][..],
-            ks.as_slice::<f16>()?,
-            vs.as_slice::<f16>()?,
-        ),
-        _ => (
-            ks.as_slice::<f32>()?,
-            vs.as_slice::<f32>()?,
-            &[][..],
-            &[][..],
-        ),
+    let cache = match k.dtype() {
+        DType::F16 => Cached::F16(ks.as_slice::<f16>()?, vs.as_slice::<f16>()?),
+        _ => Cached::F32(ks.as_slice::<f32>()?, vs.as_slice::<f32>()?),
     };
     let (kst, vst) = (kl.stride(), vl.stride());
     if k.dims()[..2] != [b, nkv] || kst[2..] != [hd, 1] || vst != kst || k.dims() != v.dims() {
@@ -102,10 +91,9 @@ pub(crate) fn cached_attention(
         let k_off = kl.start_offset() + bi * kst[0] + g * kst[1];
         let v_off = vl.start_offset() + bi * vst[0] + g * vst[1];
         let (kr, vr) = (k_off..k_off + t * hd, v_off..v_off + t * hd);
-        if k16.is_empty() {
-            item.attend(qs, &k32[kr], &v32[vr], pad[bi])
-        } else {
-            item.attend(qs, &k16[kr], &v16[vr], pad[bi])
+        match cache {
+            Cached::F32(k, v) => item.attend(qs, &k[kr], &v[vr], pad[bi]),
+            Cached::F16(k, v) => item.attend(qs, &k[kr], &v[vr], pad[bi]),
         }
     };
     candle_core::utils::barrier_pool().execute_chunked(items.len(), |range| {
@@ -131,6 +119,13 @@ pub(crate) fn cached_attention(
         }
     }
     Ok(Tensor::from_vec(y, (b, s, nh * hd), q.device())?)
+}
+
+/// The cache's keys and values, f32 or f16 (see [`super::cache::KvCache::new`]).
+#[derive(Clone, Copy)]
+enum Cached<'a> {
+    F32(&'a [f32], &'a [f32]),
+    F16(&'a [f16], &'a [f16]),
 }
 
 /// The shapes and choices shared by one call's (row, key/value head) items.

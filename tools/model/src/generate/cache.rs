@@ -388,6 +388,7 @@ fn gated(g: &Tensor, u: &Tensor, act: candle_nn::Activation) -> Result<Tensor> {
     let (g, u) = (g.contiguous()?, u.contiguous()?);
     let (gv, uv) = (CpuF32::new(&g), CpuF32::new(&u));
     let (gs, us) = (gv.slice("gated g")?, uv.slice("gated u")?);
+    let vector = simd::supported(16);
     let parts: Vec<OnceLock<Vec<f32>>> = (0..gs.len().div_ceil(CHUNK))
         .map(|_| OnceLock::new())
         .collect();
@@ -395,7 +396,7 @@ fn gated(g: &Tensor, u: &Tensor, act: candle_nn::Activation) -> Result<Tensor> {
         for p in range {
             let span = p * CHUNK..((p + 1) * CHUNK).min(gs.len());
             let (g, u) = (&gs[span.clone()], &us[span]);
-            let out = if simd::supported(16) {
+            let out = if vector {
                 let mut out = vec![0f32; g.len()];
                 simd::silu_gate(g, u, &mut out);
                 out
