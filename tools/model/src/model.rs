@@ -112,6 +112,20 @@ impl InferBlocks {
         }
     }
 
+    /// [`Self::times`] as an F32 row-major vector in host memory (the tiles' own output).
+    pub fn times_host(&self, x: &Tensor) -> Result<Vec<f32>> {
+        match self {
+            Self::Tiles(w) => crate::vnni::host_products(&[w.as_ref()], x)?
+                .pop()
+                .context("Q8_0 products: no output"),
+            Self::Candle(_) => Ok(self
+                .times(x)?
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1()?),
+        }
+    }
+
     /// The block format multiplied by, `None` for candle's float fallbacks.
     pub fn format(&self) -> Option<candle_core::quantized::GgmlDType> {
         match self {

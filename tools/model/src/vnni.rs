@@ -179,15 +179,21 @@ pub fn products(ws: &[&PackedQ8], x: &[f32], m: usize) -> Result<Vec<Vec<f32>>> 
 /// [`products`] on a `[rows, k]` tensor (any float dtype, on the CPU): `[rows, n_i]` tensors
 /// in `x`'s dtype.
 pub fn tensor_products<const N: usize>(ws: [&PackedQ8; N], x: &Tensor) -> Result<[Tensor; N]> {
-    let (rows, _) = x.dims2()?;
-    let xs = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-    let ys = products(&ws, &xs, rows)?
+    let rows = x.dim(0)?;
+    let ys = host_products(&ws, x)?
         .into_iter()
         .zip(ws)
         .map(|(y, w)| Ok(Tensor::from_vec(y, (rows, w.n), x.device())?.to_dtype(x.dtype())?))
         .collect::<Result<Vec<_>>>()?;
     ys.try_into()
         .map_err(|_| anyhow::anyhow!("Q8_0 products: output count"))
+}
+
+/// [`products`] on a `[rows, k]` tensor, the outputs left as F32 row-major vectors.
+pub fn host_products(ws: &[&PackedQ8], x: &Tensor) -> Result<Vec<Vec<f32>>> {
+    let (rows, _) = x.dims2()?;
+    let xs = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    products(ws, &xs, rows)
 }
 
 /// An output pointer handed to the pool's threads, which write disjoint parts of it.
@@ -229,8 +235,9 @@ unsafe fn quantize_block(x: &[f32], qs: &mut [i32]) -> (f32, i32) {
     let v1 = unsafe { _mm512_loadu_ps(x.as_ptr().add(16)) };
     let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
     // NaN or infinity anywhere: a NaN step, so the products say so instead of rounding it away.
-    let zero = _mm512_setzero_ps();
-    if _mm512_reduce_add_ps(_mm512_fmadd_ps(v0, zero, _mm512_mul_ps(v1, zero))).is_nan() {
+    // (A lane pair compares unordered where either is NaN; `vmaxps` may drop a NaN, not an
+    // infinity.)
+    if _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v0, v1) != 0 || amax == f32::INFINITY {
         return (f32::NAN, 0);
     }
     let scale = if amax > 0.0 { 127.0 / amax } else { 0.0 };

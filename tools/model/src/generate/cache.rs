@@ -201,28 +201,31 @@ fn on_blocks(q: &InferBlocks, rows: usize) -> bool {
 /// keep the blocks' value, whose error is far below the gap to the leaders.
 const RESCORED_LOGITS: usize = 64;
 
-/// Logits `[rows, vocab]` of final hidden states `hn` `[rows, hidden]`.
-fn output_logits(model: &CausalLm, hn: &Tensor) -> Result<Tensor> {
+/// Logits of final hidden states `hn` `[rows, hidden]`, row-major `[rows, vocab]` on the host:
+/// the generation loop reads them there, and at batch 8 each copy of SmolLM2's 1.5 MB of logits
+/// (tensor to vector and back, then into rows) cost about as much as sampling all eight rows.
+fn output_logits(model: &CausalLm, hn: &Tensor) -> Result<Vec<f32>> {
     let rows = hn.dim(0)?;
     match (&model.lm_head_blocks, model.lm_head.dense()) {
         (Some(blocks), Some(dense)) if on_blocks(blocks, rows) => {
-            let first = blocks.times(hn)?;
-            rescore_leaders(&first, hn, dense, RESCORED_LOGITS)
+            let mut logits = blocks.times_host(hn)?;
+            rescore_leaders(&mut logits, hn, dense, RESCORED_LOGITS)?;
+            Ok(logits)
         }
-        _ => frozen_times(hn, &model.lm_head),
+        _ => Ok(frozen_times(hn, &model.lm_head)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?),
     }
 }
 
-/// `approx` `[rows, vocab]` with each row's `k` largest entries replaced by the exact `hn · w_i`.
-/// On the CPU in F32 the rows run on candle's pool, each leader a dot product with its row of
-/// `w`: at batch 8 the per-row candle ops (a row gather and a matmul each) took ~1.3 ms of a step
-/// on one thread (SmolLM2, 2 threads).
-fn rescore_leaders(approx: &Tensor, hn: &Tensor, w: &Tensor, k: usize) -> Result<Tensor> {
-    let (rows, vocab) = approx.dims2()?;
-    let mut logits = approx
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
+/// `logits` (`[rows, vocab]`, row-major) with each row's `k` largest entries replaced by the
+/// exact `hn · w_i`. On the CPU in F32 the rows run on candle's pool, each leader a dot product
+/// with its row of `w`: at batch 8 the per-row candle ops (a row gather and a matmul each) took
+/// ~1.3 ms of a step on one thread (SmolLM2, 2 threads).
+fn rescore_leaders(logits: &mut [f32], hn: &Tensor, w: &Tensor, k: usize) -> Result<()> {
+    let rows = hn.dim(0)?;
+    let vocab = logits.len() / rows.max(1);
     let dev = hn.device();
     if crate::fused::supported(hn) && crate::fused::supported(w) {
         let (hn, w) = (hn.contiguous()?, w.contiguous()?);
@@ -230,10 +233,11 @@ fn rescore_leaders(approx: &Tensor, hn: &Tensor, w: &Tensor, k: usize) -> Result
         let (hs, ws) = (hv.slice("rescore hn")?, wv.slice("rescore w")?);
         let hidden = hn.dim(1)?;
         let found: Vec<OnceLock<Vec<(u32, f32)>>> = (0..rows).map(|_| OnceLock::new()).collect();
+        let first: &[f32] = logits;
         candle_core::utils::barrier_pool().execute_chunked(rows, |range| {
             for r in range {
                 let h = &hs[r * hidden..(r + 1) * hidden];
-                let exact = leaders(&logits[r * vocab..(r + 1) * vocab], k)
+                let exact = leaders(&first[r * vocab..(r + 1) * vocab], k)
                     .into_iter()
                     .map(|i| {
                         let wi = &ws[i as usize * hidden..(i as usize + 1) * hidden];
@@ -264,7 +268,7 @@ fn rescore_leaders(approx: &Tensor, hn: &Tensor, w: &Tensor, k: usize) -> Result
             }
         }
     }
-    Ok(Tensor::from_vec(logits, (rows, vocab), dev)?)
+    Ok(())
 }
 
 /// Ids of the `k` largest values in descending order, ties to the smaller id, NaN never (the
@@ -425,8 +429,18 @@ fn fused_attention(model: &CausalLm) -> bool {
 impl CausalLm {
     /// Run the next columns `input_ids` (`[b, s]`, u32; padding columns first when the cache
     /// is empty) through the model, appending their keys and values to `cache`. Returns the
-    /// logits of the last column, `[b, vocab]` in F32. No autograd graph is recorded.
+    /// logits of the last column, `[b, vocab]` in F32 on the model's device. No autograd graph is
+    /// recorded.
     pub fn forward_cached(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let logits = self.forward_cached_host(input_ids, cache)?;
+        let b = input_ids.dim(0)?;
+        let vocab = logits.len() / b.max(1);
+        Ok(Tensor::from_vec(logits, (b, vocab), self.device())?)
+    }
+
+    /// [`Self::forward_cached`] with the logits row-major in host memory, where the generation
+    /// loop samples from them.
+    pub fn forward_cached_host(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Vec<f32>> {
         let c = &self.config;
         let (b, s) = input_ids.dims2()?;
         if s == 0 {
@@ -507,7 +521,7 @@ impl CausalLm {
         cache.advance(s);
         let last = x.narrow(1, s - 1, 1)?.squeeze(1)?.contiguous()?;
         let hn = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
-        Ok(output_logits(self, &hn)?.to_dtype(DType::F32)?)
+        output_logits(self, &hn)
     }
 }
 
@@ -561,7 +575,9 @@ mod tests {
             .map(|i| ((i * 7 % 11) as f32 - 5.5) * 1e-3)
             .collect();
         let approx = (&exact + Tensor::from_vec(noise, (2, vocab), &dev)?)?;
-        let out = rescore_leaders(&approx, &hn, &w, 5)?.to_vec2::<f32>()?;
+        let mut out = approx.flatten_all()?.to_vec1::<f32>()?;
+        rescore_leaders(&mut out, &hn, &w, 5)?;
+        let out: Vec<&[f32]> = out.chunks_exact(vocab).collect();
         let (exact, approx) = (exact.to_vec2::<f32>()?, approx.to_vec2::<f32>()?);
         for r in 0..2 {
             let mut order: Vec<usize> = (0..vocab).collect();

@@ -313,13 +313,13 @@ impl<'a> Generator<'a> {
         let capacity = width + opts.max_new_tokens;
         let mut cache = KvCache::new(self.model, pad, capacity)?;
         let input = Tensor::from_vec(ids, (prompts.len(), width), dev)?;
-        let mut logits = self.model.forward_cached(&input, &mut cache)?;
+        let mut logits = self.model.forward_cached_host(&input, &mut cache)?;
         // Row r of the batch decodes prompt active[r].
         let mut active: Vec<usize> = (0..prompts.len()).collect();
         loop {
-            let rows: Vec<Vec<f32>> = logits.to_vec2()?;
+            let vocab = logits.len() / active.len();
             let mut next = Vec::with_capacity(active.len());
-            for (row, &i) in rows.into_iter().zip(&active) {
+            for (row, &i) in logits.chunks_exact_mut(vocab).zip(&active) {
                 let token = self.step(i, row, opts, &mut seqs[i], processor)?;
                 next.push(token);
             }
@@ -335,7 +335,7 @@ impl<'a> Generator<'a> {
                 next = keep.iter().map(|&r| next[r]).collect();
             }
             let input = Tensor::from_vec(next, (active.len(), 1), dev)?;
-            logits = self.model.forward_cached(&input, &mut cache)?;
+            logits = self.model.forward_cached_host(&input, &mut cache)?;
         }
     }
 
@@ -343,7 +343,7 @@ impl<'a> Generator<'a> {
     fn step(
         &self,
         i: usize,
-        mut row: Vec<f32>,
+        row: &mut [f32],
         opts: &GenOptions,
         seq: &mut Seq,
         processor: &mut Option<&mut dyn LogitsProcessor>,
@@ -357,12 +357,12 @@ impl<'a> Generator<'a> {
                     *v = f32::NEG_INFINITY;
                 }
             }
-            p.observe(i, &row)?;
+            p.observe(i, row)?;
         }
-        opts.sampling.penalize(&mut row, &seq.tokens);
+        opts.sampling.penalize(row, &seq.tokens);
         let token = opts
             .sampling
-            .pick(&row, &mut seq.rng)
+            .pick(row, &mut seq.rng)
             .with_context(|| format!("prompt {}", i + 1))?;
         if let Some(p) = processor.as_deref_mut() {
             p.accept(i, token)?;
