@@ -239,10 +239,7 @@ fn rescore_leaders(logits: &mut [f32], hn: &Tensor, w: &Tensor, k: usize) -> Res
                 let h = &hs[r * hidden..(r + 1) * hidden];
                 let exact = leaders(&first[r * vocab..(r + 1) * vocab], k)
                     .into_iter()
-                    .map(|i| {
-                        let wi = &ws[i as usize * hidden..(i as usize + 1) * hidden];
-                        (i, wi.iter().zip(h).map(|(a, b)| a * b).sum())
-                    })
+                    .map(|i| (i, dot(&ws[i as usize * hidden..][..hidden], h)))
                     .collect();
                 let _ = found[r].set(exact);
             }
@@ -269,6 +266,27 @@ fn rescore_leaders(logits: &mut [f32], hn: &Tensor, w: &Tensor, k: usize) -> Res
         }
     }
     Ok(())
+}
+
+/// `a · b` summed in 16 lanes, then across them: a fixed order the compiler vectorizes. One running
+/// sum (the order `Iterator::sum` must keep) was 576 dependent additions per SmolLM2 logit, 1.2%
+/// of a batch-8 run in perf for the 512 logits rescored each step.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let mut acc = [0f32; LANES];
+    let (xs, ys) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = xs
+        .remainder()
+        .iter()
+        .zip(ys.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in xs.zip(ys) {
+        for ((s, x), y) in acc.iter_mut().zip(x).zip(y) {
+            *s += x * y;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Ids of the `k` largest values in descending order, ties to the smaller id, NaN never (the
@@ -565,7 +583,8 @@ mod tests {
     #[test]
     fn rescoring_replaces_each_rows_leaders_with_exact_logits() -> Result<()> {
         let dev = Device::Cpu;
-        let (vocab, hidden) = (40, 8);
+        // 40 values a row: two 16-lane chunks of `dot` and a tail.
+        let (vocab, hidden) = (40, 40);
         let wave = |n: usize, phase: f32| (0..n).map(move |i| (i as f32 * 0.37 + phase).sin());
         let w = Tensor::from_iter(wave(vocab * hidden, 0.0), &dev)?.reshape((vocab, hidden))?;
         let hn = Tensor::from_iter(wave(2 * hidden, 1.0), &dev)?.reshape((2, hidden))?;
