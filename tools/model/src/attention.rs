@@ -12,9 +12,9 @@
 //! `dk_r += dSᵀ q_r`, `dv += Pᵀ dO` (summed over the heads sharing `g`), and rope's gradient is
 //! the inverse rotation.
 
-use crate::fused::{CpuF32, softmax_row};
+use crate::fused::{CpuF32, f32_vec, softmax_row};
 use crate::matmul::{Mat, MatMut, Threads, gemm};
-use candle_core::{CpuStorage, DType, Device, Layout, Result, Shape, Tensor, bail};
+use candle_core::{CpuStorage, Device, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 use std::sync::{Arc, OnceLock};
 
@@ -81,13 +81,6 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, spec: &AttentionSpec) -> Re
     };
     q.contiguous()?
         .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
-}
-
-fn f32_vec(t: &Tensor) -> Result<Vec<f32>> {
-    t.to_dtype(DType::F32)?
-        .contiguous()?
-        .flatten_all()?
-        .to_vec1::<f32>()
 }
 
 #[derive(Clone, Copy)]

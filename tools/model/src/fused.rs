@@ -44,6 +44,14 @@ impl<'a> CpuF32<'a> {
     }
 }
 
+/// A tensor's values (any float dtype, any device) as an F32 row-major vector in host memory.
+pub(crate) fn f32_vec(t: &Tensor) -> Result<Vec<f32>> {
+    t.to_dtype(DType::F32)?
+        .contiguous()?
+        .flatten_all()?
+        .to_vec1::<f32>()
+}
+
 /// One attention row: `y = softmax(x·scale + mask)` over the first `visible` keys (causal rows
 /// pass `mask = None` and their visible count); entries past `visible` are left untouched, and a
 /// fully masked row becomes zeros rather than NaN.

@@ -118,11 +118,7 @@ impl InferBlocks {
             Self::Tiles(w) => crate::vnni::host_products(&[w.as_ref()], x)?
                 .pop()
                 .context("Q8_0 products: no output"),
-            Self::Candle(_) => Ok(self
-                .times(x)?
-                .to_dtype(DType::F32)?
-                .flatten_all()?
-                .to_vec1()?),
+            Self::Candle(_) => Ok(crate::fused::f32_vec(&self.times(x)?)?),
         }
     }
 

@@ -15,7 +15,7 @@
 #![allow(unsafe_code)]
 
 use anyhow::{Result, bail};
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
 /// Weight rows per tile: one 512-bit register of i32 sums.
 const ROWS: usize = 16;
@@ -192,8 +192,7 @@ pub fn tensor_products<const N: usize>(ws: [&PackedQ8; N], x: &Tensor) -> Result
 /// [`products`] on a `[rows, k]` tensor, the outputs left as F32 row-major vectors.
 pub fn host_products(ws: &[&PackedQ8], x: &Tensor) -> Result<Vec<Vec<f32>>> {
     let (rows, _) = x.dims2()?;
-    let xs = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-    products(ws, &xs, rows)
+    products(ws, &crate::fused::f32_vec(x)?, rows)
 }
 
 /// An output pointer handed to the pool's threads, which write disjoint parts of it.

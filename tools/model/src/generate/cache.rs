@@ -10,7 +10,7 @@
 
 use super::{attend, simd};
 use crate::frozen::Frozen;
-use crate::fused::CpuF32;
+use crate::fused::{CpuF32, f32_vec};
 use crate::lora::Linear;
 use crate::model::{CausalLm, InferBlocks};
 use anyhow::{Context, Result, bail};
@@ -212,10 +212,7 @@ fn output_logits(model: &CausalLm, hn: &Tensor) -> Result<Vec<f32>> {
             rescore_leaders(&mut logits, hn, dense, RESCORED_LOGITS)?;
             Ok(logits)
         }
-        _ => Ok(frozen_times(hn, &model.lm_head)?
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?),
+        _ => Ok(f32_vec(&frozen_times(hn, &model.lm_head)?)?),
     }
 }
 
