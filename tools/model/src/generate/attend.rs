@@ -7,7 +7,9 @@
 //! on candle's CPU pool (the one its quantized products use), with two products (the AVX-512
 //! kernels of [`super::simd`] for decoding's few new columns, single-threaded gemm calls for
 //! prefill) and the softmax rows in between, written straight into the `[b, s, heads·hd]`
-//! layout the output projection reads.
+//! layout the output projection reads. The queries come as the products give them and each item
+//! rotates its own (rope); the cache's new keys are rotated as they are written
+//! ([`write_head`]), so a layer has no candle ops between its products and this pass.
 
 use super::cache::visible;
 use super::simd;
@@ -32,12 +34,14 @@ pub(crate) struct Shape {
     pub hd: usize,
 }
 
-/// `q` `[b, nh, s, hd]` (rotated, contiguous); `k`, `v` the cache's buffers (f32 or f16)
-/// `[b, nkv, capacity, hd]` whose first `len + s` columns are filled; `pad[i]` the left padding
-/// of row `i`. Returns `[b, s, nh·hd]`. A real column sees the real columns up to itself; a
-/// padding column only itself, as in [`super::cache::KvCache`]'s mask.
+/// `q` `[b, s, nh·hd]` as the products give it (not yet rotated: each item rotates its own
+/// rows by `rope`); `k`, `v` the cache's buffers (f32 or f16) `[b, nkv, capacity, hd]` whose
+/// first `len + s` columns are filled; `pad[i]` the left padding of row `i`. Returns
+/// `[b, s, nh·hd]`. A real column sees the real columns up to itself; a padding column only
+/// itself, as in [`super::cache::KvCache`]'s mask.
 pub(crate) fn cached_attention(
     q: &Tensor,
+    rope: &Rope<'_>,
     k: &Tensor,
     v: &Tensor,
     pad: &[usize],
@@ -54,7 +58,7 @@ pub(crate) fn cached_attention(
     } = *sh;
     let t = len + s;
     let n_rep = nh / nkv;
-    if q.dims() != [b, nh, s, hd] || pad.len() != b || nh % nkv != 0 {
+    if q.dims() != [b, s, nh * hd] || pad.len() != b || nh % nkv != 0 {
         bail!(
             "cached attention: q {:?} for {b} rows, {nh} heads",
             q.dims()
@@ -86,14 +90,22 @@ pub(crate) fn cached_attention(
     let items: Vec<OnceLock<Result<Vec<f32>>>> = (0..b * nkv).map(|_| OnceLock::new()).collect();
     let one = |it: usize| -> Result<Vec<f32>> {
         let (bi, g) = (it / nkv, it % nkv);
-        let q_off = (bi * nh + g * n_rep) * s * hd;
-        let qs = &q_data[q_off..q_off + rows * hd];
+        // Query row j·s + i: head g·n_rep + j of column i.
+        let mut qs = vec![0f32; rows * hd];
+        for (r, out) in qs.chunks_exact_mut(hd).enumerate() {
+            let (h, col) = (g * n_rep + r / s, bi * s + r % s);
+            write_head(
+                &q_data[(col * nh + h) * hd..][..hd],
+                Some(rope.tables(col, hd)),
+                out,
+            );
+        }
         let k_off = kl.start_offset() + bi * kst[0] + g * kst[1];
         let v_off = vl.start_offset() + bi * vst[0] + g * vst[1];
         let (kr, vr) = (k_off..k_off + t * hd, v_off..v_off + t * hd);
         match cache {
-            Cached::F32(k, v) => item.attend(qs, &k[kr], &v[vr], pad[bi]),
-            Cached::F16(k, v) => item.attend(qs, &k[kr], &v[vr], pad[bi]),
+            Cached::F32(k, v) => item.attend(&qs, &k[kr], &v[vr], pad[bi]),
+            Cached::F16(k, v) => item.attend(&qs, &k[kr], &v[vr], pad[bi]),
         }
     };
     candle_core::utils::barrier_pool().execute_chunked(items.len(), |range| {
@@ -119,6 +131,53 @@ pub(crate) fn cached_attention(
         }
     }
     Ok(Tensor::from_vec(y, (b, s, nh * hd), q.device())?)
+}
+
+/// Rope's tables for one call's new columns: `cos`, `sin` `[b·s, hd/2]`, column `bi·s + i`
+/// (candle_nn's `rope`, halves rotated, not interleaved pairs).
+pub(crate) struct Rope<'a> {
+    pub cos: &'a [f32],
+    pub sin: &'a [f32],
+}
+
+impl Rope<'_> {
+    /// The tables of column `col` for heads of `hd` values.
+    pub(crate) fn tables(&self, col: usize, hd: usize) -> (&[f32], &[f32]) {
+        let half = hd / 2;
+        (
+            &self.cos[col * half..][..half],
+            &self.sin[col * half..][..half],
+        )
+    }
+}
+
+/// One head `x` written to `out` in `T`, rotated by its column's rope tables `rot` where given,
+/// with candle_nn's `rope` arithmetic (no fused multiply-add), so the cached path gives the
+/// uncached one's bits.
+pub(crate) fn write_head<T: simd::CacheValue>(
+    x: &[f32],
+    rot: Option<(&[f32], &[f32])>,
+    out: &mut [T],
+) {
+    if simd::write_head_supported(x.len()) {
+        return simd::write_head(x, rot, out);
+    }
+    let half = x.len() / 2;
+    match rot {
+        None => {
+            for (o, &v) in out.iter_mut().zip(x) {
+                *o = T::from_f32(v);
+            }
+        }
+        Some((cos, sin)) => {
+            let (x1, x2) = x.split_at(half);
+            let (o1, o2) = out.split_at_mut(half);
+            for i in 0..half {
+                o1[i] = T::from_f32(x1[i] * cos[i] - x2[i] * sin[i]);
+                o2[i] = T::from_f32(x1[i] * sin[i] + x2[i] * cos[i]);
+            }
+        }
+    }
 }
 
 /// The cache's keys and values, f32 or f16 (see [`super::cache::KvCache::new`]).
@@ -194,5 +253,61 @@ impl Item {
             )?,
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Each head written to the cache (f32 and f16, 16-lane and scalar head sizes) holds the bits
+    /// of candle_nn's `rope` followed by candle's dtype conversion, and unrotated values the
+    /// conversion's bits alone.
+    #[test]
+    fn written_heads_hold_candles_rope_bits() -> Result<()> {
+        for hd in [16, 32, 64, 128] {
+            let half = hd / 2;
+            let x: Vec<f32> = (0..hd).map(|i| ((i as f32) * 0.37).sin() * 3.0).collect();
+            let angles: Vec<f32> = (0..half).map(|i| 11.0 / 1.7f32.powi(i as i32)).collect();
+            let cos: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
+            let sin: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
+            let dev = Device::Cpu;
+            let want = candle_nn::rotary_emb::rope(
+                &Tensor::from_slice(&x, (1, 1, 1, hd), &dev)?,
+                &Tensor::from_slice(&cos, (1, half), &dev)?,
+                &Tensor::from_slice(&sin, (1, half), &dev)?,
+            )?;
+            let rope = Rope {
+                cos: &cos,
+                sin: &sin,
+            };
+            for (rot, want) in [
+                (Some(rope.tables(0, hd)), want),
+                (None, Tensor::from_slice(&x, (1, 1, 1, hd), &dev)?),
+            ] {
+                let want32 = want.flatten_all()?.to_vec1::<f32>()?;
+                let want16 = want.to_dtype(DType::F16)?.flatten_all()?.to_vec1::<f16>()?;
+                let mut got32 = vec![0f32; hd];
+                write_head(&x, rot, &mut got32);
+                let mut got16 = vec![f16::ZERO; hd];
+                write_head(&x, rot, &mut got16);
+                let bits32 = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                let bits16 = |v: &[f16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits32(&got32),
+                    bits32(&want32),
+                    "hd {hd} f32 {}",
+                    rot.is_some()
+                );
+                assert_eq!(
+                    bits16(&got16),
+                    bits16(&want16),
+                    "hd {hd} f16 {}",
+                    rot.is_some()
+                );
+            }
+        }
+        Ok(())
     }
 }

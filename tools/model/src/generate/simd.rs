@@ -23,6 +23,9 @@ const MAX_HEAD: usize = 128;
 /// A value type of the KV cache: f32, or f16 where the weights are blocks (see
 /// [`super::cache::KvCache`]).
 pub(super) trait CacheValue: Copy + Default + Into<f32> {
+    /// `v` rounded to this type (to nearest, as candle's `to_dtype`).
+    fn from_f32(v: f32) -> Self;
+
     /// The values as f32, for gemm (prefill).
     fn as_f32(values: &[Self]) -> std::borrow::Cow<'_, [f32]> {
         values
@@ -38,9 +41,20 @@ pub(super) trait CacheValue: Copy + Default + Into<f32> {
     /// AVX-512F; `p` valid for 16 values.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load(p: *const Self) -> __m512;
+
+    /// 16 values stored at `p`, rounded as [`Self::from_f32`] rounds them.
+    ///
+    /// # Safety
+    /// AVX-512F; `p` valid for writing 16 values.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn store(p: *mut Self, v: __m512);
 }
 
 impl CacheValue for f32 {
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+
     fn as_f32(values: &[Self]) -> std::borrow::Cow<'_, [f32]> {
         values.into()
     }
@@ -51,14 +65,36 @@ impl CacheValue for f32 {
         // SAFETY: the caller's.
         unsafe { _mm512_loadu_ps(p) }
     }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn store(p: *mut Self, v: __m512) {
+        // SAFETY: the caller's.
+        unsafe { _mm512_storeu_ps(p, v) }
+    }
 }
 
 impl CacheValue for half::f16 {
+    fn from_f32(v: f32) -> Self {
+        half::f16::from_f32(v)
+    }
+
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn load(p: *const Self) -> __m512 {
         // SAFETY: the caller's (`vcvtph2ps` on 512 bits is AVX-512F).
         unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn store(p: *mut Self, v: __m512) {
+        // Round to nearest even, as `half::f16::from_f32` (whose F16C path is this instruction).
+        // SAFETY: the caller's.
+        unsafe {
+            let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+            _mm256_storeu_si256(p.cast(), h)
+        }
     }
 }
 
@@ -73,6 +109,74 @@ pub(super) fn supported(hd: usize) -> bool {
         let _ = hd;
         false
     }
+}
+
+/// Whether [`write_head`] takes heads of `hd` values (whole registers per half).
+pub(super) fn write_head_supported(hd: usize) -> bool {
+    supported(hd) && hd.is_multiple_of(2 * LANES)
+}
+
+/// One head `x` written to `out` in the cache's type, rotated by its column's rope tables
+/// `(cos, sin)` (one value per pair of halves) where given: the scalar loop of
+/// [`super::attend::write_head`] on 16 lanes, the same operations in the same order.
+pub(super) fn write_head<T: CacheValue>(x: &[f32], rot: Option<(&[f32], &[f32])>, out: &mut [T]) {
+    let half = x.len() / 2;
+    assert!(
+        write_head_supported(x.len())
+            && out.len() == x.len()
+            && rot.is_none_or(|(c, s)| c.len() == half && s.len() == half)
+    );
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `write_head_supported` checked the CPU and that the halves are whole registers.
+    unsafe {
+        write_head_simd(x, rot, out)
+    }
+}
+
+/// # Safety
+/// AVX-512F; as [`write_head`]'s assertion.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn write_head_simd<T: CacheValue>(x: &[f32], rot: Option<(&[f32], &[f32])>, out: &mut [T]) {
+    let half = x.len() / 2;
+    let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
+    // SAFETY (all blocks): offsets below x.len() in whole registers; tables of `half` values.
+    match rot {
+        None => {
+            for at in (0..x.len()).step_by(LANES) {
+                unsafe { T::store(op.add(at), _mm512_loadu_ps(xp.add(at))) };
+            }
+        }
+        Some((cos, sin)) => {
+            for at in (0..half).step_by(LANES) {
+                unsafe {
+                    let (x1, x2) = (
+                        _mm512_loadu_ps(xp.add(at)),
+                        _mm512_loadu_ps(xp.add(half + at)),
+                    );
+                    let c = _mm512_loadu_ps(cos.as_ptr().add(at));
+                    let s = _mm512_loadu_ps(sin.as_ptr().add(at));
+                    let o1 = _mm512_sub_ps(_mm512_mul_ps(x1, c), _mm512_mul_ps(x2, s));
+                    let o2 = _mm512_add_ps(_mm512_mul_ps(x1, s), _mm512_mul_ps(x2, c));
+                    T::store(op.add(at), o1);
+                    T::store(op.add(half + at), o2);
+                }
+            }
+        }
+    }
+}
+
+/// Asks for the cache lines of `values` ahead of writing them: each decoding step writes one
+/// new column of every layer's cache, whose lines are cold (at batch 8 waiting for them was half
+/// of the cache writes' time).
+pub(super) fn prefetch<T>(values: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in (0..size_of_val(values)).step_by(64) {
+        // SAFETY: SSE is part of x86_64; a prefetch reads nothing the program sees.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(values.as_ptr().cast::<i8>().wrapping_add(line)) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = values;
 }
 
 /// `out[r·t + j] = q_r · k_j` for the `rows` rows of `q` (`[rows, hd]`) and the `t` rows of `k`
