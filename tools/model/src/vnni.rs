@@ -21,10 +21,15 @@ use candle_core::Tensor;
 const ROWS: usize = 16;
 /// Columns per tile: a Q8_0 block.
 const COLS: usize = 32;
-/// Tiles ahead of the one in use whose cache lines are requested: the hardware prefetcher alone
-/// left the loads waiting (examples/bench_vnni: time was the sum of streaming and arithmetic),
-/// and 16 tiles ahead beat 4 and 32 for 8 rows there.
-const PREFETCH_TILES: usize = 16;
+/// Tiles ahead of the one in use whose cache lines are requested, into L2 far ahead and into
+/// L1 near: the hardware prefetcher alone left the loads waiting (examples/bench_vnni: time was
+/// the sum of streaming and arithmetic), and one distance into L1 (16 tiles, which beat 4 and
+/// 32 there) held each line in a fill buffer for the whole trip from memory. SmolLM2,
+/// bench_generate, 2 threads, medians of 4 alternations, decode tok/s batch 1 / batch 8: L1 at
+/// 16 171 / 676; L1 at 4 and L2 at 32 182 / 723 (2 and 32: 179 / 720; 4 and 24: 178 / 726;
+/// 4 and 48: 182 / 714; 8 and 32: 175 / 713); none 160 / 609.
+const PREFETCH_L1_TILES: usize = 4;
+const PREFETCH_L2_TILES: usize = 32;
 /// Runs of consecutive strips per thread in [`products`].
 const RUNS_PER_THREAD: usize = 2;
 /// Input rows that share a tile read (registers: an integer and an f32 sum per row).
@@ -302,11 +307,17 @@ unsafe fn pass<const M: usize>(tiles: &[Tile], a: &Quantized, r0: usize, dst: *m
     let kb = tiles.len();
     let mut acc = [_mm512_setzero_ps(); M];
     for (b, tile) in tiles.iter().enumerate() {
-        let ahead = (tile as *const Tile)
-            .wrapping_add(PREFETCH_TILES)
-            .cast::<i8>();
+        let (near, far) = (
+            (tile as *const Tile)
+                .wrapping_add(PREFETCH_L1_TILES)
+                .cast::<i8>(),
+            (tile as *const Tile)
+                .wrapping_add(PREFETCH_L2_TILES)
+                .cast::<i8>(),
+        );
         for line in 0..size_of::<Tile>() / 64 {
-            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line * 64));
+            _mm_prefetch::<_MM_HINT_T0>(near.wrapping_add(line * 64));
+            _mm_prefetch::<_MM_HINT_T1>(far.wrapping_add(line * 64));
         }
         // Several integer sums per row (column groups g, g + chains, ...), so that a row's
         // `vpdpbusd`s are not one chain of 8 dependent instructions: out-of-order execution did
