@@ -171,12 +171,26 @@ unsafe fn write_head_simd<T: CacheValue>(x: &[f32], rot: Option<(&[f32], &[f32])
 /// of the cache writes' time).
 pub(super) fn prefetch<T>(values: &[T]) {
     #[cfg(target_arch = "x86_64")]
-    for line in (0..size_of_val(values)).step_by(64) {
-        // SAFETY: SSE is part of x86_64; a prefetch reads nothing the program sees.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(values.as_ptr().cast::<i8>().wrapping_add(line)) };
-    }
+    prefetch_lines::<_MM_HINT_T0, T>(values);
     #[cfg(not(target_arch = "x86_64"))]
     let _ = values;
+}
+
+/// Asks for the cache lines of `values` into L2 only: an item's values while its scores read
+/// the keys (into L1 the requests would hold the fill buffers the keys' loads wait for).
+pub(super) fn prefetch_l2<T>(values: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    prefetch_lines::<_MM_HINT_T1, T>(values);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = values;
+}
+
+#[cfg(target_arch = "x86_64")]
+fn prefetch_lines<const HINT: i32, T>(values: &[T]) {
+    for line in (0..size_of_val(values)).step_by(64) {
+        // SAFETY: SSE is part of x86_64; a prefetch reads nothing the program sees.
+        unsafe { _mm_prefetch::<HINT>(values.as_ptr().cast::<i8>().wrapping_add(line)) };
+    }
 }
 
 /// `out[r·t + j] = q_r · k_j` for the `rows` rows of `q` (`[rows, hd]`) and the `t` rows of `k`
