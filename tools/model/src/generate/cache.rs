@@ -345,10 +345,16 @@ fn rescore_leaders(logits: &mut [f32], hn: &Tensor, w: &Tensor, k: usize) -> Res
         candle_core::utils::barrier_pool().execute_chunked(rows, |range| {
             for r in range {
                 let h = &hs[r * hidden..(r + 1) * hidden];
-                let exact = leaders(&first[r * vocab..(r + 1) * vocab], k)
-                    .into_iter()
-                    .map(|i| (i, dot(&ws[i as usize * hidden..][..hidden], h)))
-                    .collect();
+                let ids = leaders(&first[r * vocab..(r + 1) * vocab], k);
+                let row = |i: u32| &ws[i as usize * hidden..][..hidden];
+                // All the leaders' rows requested into L2 first, so that they arrive together
+                // rather than one row's latency after another: rescoring went from ~0.37 to
+                // ~0.30 ms of a batch-8 step (SmolLM2, timers, 3 runs); one row at a time a few
+                // leaders ahead gave nothing.
+                for &i in &ids {
+                    simd::prefetch_l2(row(i));
+                }
+                let exact = ids.into_iter().map(|i| (i, dot(row(i), h))).collect();
                 let _ = found[r].set(exact);
             }
         });
