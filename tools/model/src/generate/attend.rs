@@ -135,6 +135,7 @@ pub(crate) fn cached_attention(
 
 /// Rope's tables for one call's new columns: `cos`, `sin` `[b·s, hd/2]`, column `bi·s + i`
 /// (candle_nn's `rope`, halves rotated, not interleaved pairs).
+#[derive(Default)]
 pub(crate) struct Rope<'a> {
     pub cos: &'a [f32],
     pub sin: &'a [f32],

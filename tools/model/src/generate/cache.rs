@@ -603,18 +603,14 @@ impl CausalLm {
         } else {
             Some(cache.mask(s, dtype, &dev)?)
         };
-        // The fused path reads the tables on the host (CPU F32 there).
-        let (cos_host, sin_host) = match mask {
-            None => (Some(CpuF32::new(&cos)), Some(CpuF32::new(&sin))),
-            Some(_) => (None, None),
-        };
-        let rope = attend::Rope {
-            cos: cos_host
-                .as_ref()
-                .map_or(Ok(&[][..]), |c| c.slice("rope cos"))?,
-            sin: sin_host
-                .as_ref()
-                .map_or(Ok(&[][..]), |c| c.slice("rope sin"))?,
+        // The fused path reads the tables on the host (it runs on the CPU in F32).
+        let (cos_host, sin_host) = (CpuF32::new(&cos), CpuF32::new(&sin));
+        let rope = match mask {
+            None => attend::Rope {
+                cos: cos_host.slice("rope cos")?,
+                sin: sin_host.slice("rope sin")?,
+            },
+            Some(_) => attend::Rope::default(),
         };
         let scale = 1.0 / (hd as f64).sqrt();
         let eps = c.rms_norm_eps as f32;
