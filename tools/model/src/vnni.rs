@@ -30,8 +30,6 @@ const COLS: usize = 32;
 /// 4 and 48: 182 / 714; 8 and 32: 175 / 713); none 160 / 609.
 const PREFETCH_L1_TILES: usize = 4;
 const PREFETCH_L2_TILES: usize = 32;
-/// Runs of consecutive strips per thread in [`products`].
-const RUNS_PER_THREAD: usize = 2;
 /// Input rows that share a tile read (registers: an integer and an f32 sum per row).
 const MAX_ROWS_PER_PASS: usize = 8;
 /// Integer sums per row at most ([`pass`]), and the registers they may take in all.
@@ -159,17 +157,23 @@ pub fn products(ws: &[&PackedQ8], x: &[f32], m: usize) -> Result<Vec<Vec<f32>>> 
         total += w.n / ROWS;
     }
     let dsts: Vec<SendPtr> = outs.iter_mut().map(|o| SendPtr(o.as_mut_ptr())).collect();
-    // A few long runs of consecutive strips per thread rather than candle's default of ~8 grabs
-    // per thread: each run is one sequential stream of tiles, which the prefetchers (ours and
-    // the hardware's) keep ahead of; more, shorter runs restart them more often. SmolLM2, 2
-    // threads, bench_generate, decode tok/s (medians of 4 alternations): ~8 runs a thread 173
-    // (batch 1) and 661 (batch 8); 4 runs 183 / 683; 2 runs 189 / 696; 1 run 188 / 691; one
-    // strip at a time, threads alternating, 124 / 539. This code against ~8 runs, 8
-    // alternations: 174 -> 183 and 685 -> 705.
+    // Runs of consecutive strips, long first and then shorter (each a half-thread's share of
+    // what is left), rather than candle's ~8 equal grabs per thread: each run is one sequential
+    // stream of tiles, which the prefetchers (ours and the hardware's) keep ahead of, and the
+    // short ones at the end let the threads finish together. SmolLM2, 2 threads,
+    // bench_generate, decode tok/s (medians of 4 alternations), equal runs per thread: ~8 runs
+    // 173 (batch 1) and 661 (batch 8); 4 runs 183 / 683; 2 runs 189 / 696; 1 run 188 / 691;
+    // one strip at a time, threads alternating, 124 / 539. These decreasing runs against 2
+    // equal runs a thread, two rounds of 5 alternations: 196 / 734 vs 196 / 707, then
+    // 171 / 694 vs 179 / 693.
     let pool = candle_core::utils::barrier_pool();
-    let runs = total.min((pool.n_workers() + 1) * RUNS_PER_THREAD);
-    pool.execute_chunked(runs, |group| {
-        for item in group.start * total / runs..group.end * total / runs {
+    let threads = pool.n_workers() + 1;
+    let mut bounds = vec![0];
+    while let Some(&at) = bounds.last().filter(|&&at| at < total) {
+        bounds.push(at + ((total - at) / (2 * threads)).max(1));
+    }
+    pool.execute_chunked(bounds.len() - 1, |group| {
+        for item in bounds[group.start]..bounds[group.end] {
             let wi = first.partition_point(|&f| f <= item) - 1;
             let (w, strip) = (ws[wi], item - first[wi]);
             let kb = k / COLS;
