@@ -219,13 +219,6 @@ impl Item {
         let mut scores = vec![0f32; rows * t];
         // gemm reads f32: an f16 cache's item converted once (prefill only).
         let dense = (!direct).then(|| (T::as_f32(ks), T::as_f32(vs)));
-        if direct {
-            // The values stream in while the scores read the keys. SmolLM2, bench_generate
-            // 64 64 1 8, 2 threads, three A/B runs of 4-6 alternations: batch 8 decode +1 to
-            // +3.5% (medians 711 -> 730 tok/s in one), batch 1 unchanged within the noise. The
-            // next item's keys and values as well: no gain.
-            simd::prefetch_l2(vs);
-        }
         match &dense {
             None => simd::scores(qs, ks, hd, &mut scores),
             Some((kf, _)) => gemm(

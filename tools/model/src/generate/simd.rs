@@ -177,8 +177,7 @@ pub(super) fn prefetch<T>(values: &[T]) {
 }
 
 /// Asks for the cache lines of `values` into L2 only (into L1 the requests would hold the fill
-/// buffers that the loads in between wait for): an attention item's values while its scores
-/// read the keys, the rows of the logits to rescore.
+/// buffers that the loads in between wait for): the rows of the logits to rescore.
 pub(super) fn prefetch_l2<T>(values: &[T]) {
     #[cfg(target_arch = "x86_64")]
     prefetch_lines::<_MM_HINT_T1, T>(values);
