@@ -100,13 +100,22 @@ impl KvCache {
     /// Write `k`, `v` (`[b, kv_heads, s, head_dim]`) of `layer` at the current end; returns
     /// all keys and values so far. [`Self::advance`] moves the end once all layers are done.
     fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        let s = k.dim(2)?;
-        let (kc, vc) = self
-            .layers
-            .get(layer)
-            .with_context(|| format!("kv cache has no layer {layer}"))?;
+        let (kc, vc) = self.buffers(layer)?;
         kc.slice_set(&k.to_dtype(kc.dtype())?.contiguous()?, 2, self.len)?;
         vc.slice_set(&v.to_dtype(vc.dtype())?.contiguous()?, 2, self.len)?;
+        self.so_far(layer, k.dim(2)?)
+    }
+
+    /// `layer`'s key and value buffers.
+    fn buffers(&self, layer: usize) -> Result<&(Tensor, Tensor)> {
+        self.layers
+            .get(layer)
+            .with_context(|| format!("kv cache has no layer {layer}"))
+    }
+
+    /// `layer`'s keys and values up to the `s` columns just written at the current end.
+    fn so_far(&self, layer: usize, s: usize) -> Result<(Tensor, Tensor)> {
+        let (kc, vc) = self.buffers(layer)?;
         Ok((
             kc.narrow(2, 0, self.len + s)?,
             vc.narrow(2, 0, self.len + s)?,
@@ -124,11 +133,7 @@ impl KvCache {
         v: &Tensor,
         rope: &attend::Rope<'_>,
     ) -> Result<(Tensor, Tensor)> {
-        let s = k.dim(1)?;
-        let (kc, vc) = self
-            .layers
-            .get(layer)
-            .with_context(|| format!("kv cache has no layer {layer}"))?;
+        let (kc, vc) = self.buffers(layer)?;
         let at = self.len;
         kc.inplace_op2(
             k,
@@ -138,15 +143,13 @@ impl KvCache {
             },
         )?;
         vc.inplace_op2(v, &WriteColumns { at, rope: None })?;
-        Ok((kc.narrow(2, 0, at + s)?, vc.narrow(2, 0, at + s)?))
+        self.so_far(layer, k.dim(1)?)
     }
 
     /// Requests the lines that [`Self::append_rotated`] will write for `layer`'s next column,
     /// so that they arrive while the layer's first products run.
     fn prefetch_column(&self, layer: usize) -> Result<()> {
-        let Some((kc, vc)) = self.layers.get(layer) else {
-            return Ok(());
-        };
+        let (kc, vc) = self.buffers(layer)?;
         for t in [kc, vc] {
             let (guard, l) = t.storage_and_layout();
             let (b, nkv, capacity, hd) = l.shape().dims4()?;
@@ -219,9 +222,9 @@ struct WriteColumns<'a> {
 }
 
 impl WriteColumns<'_> {
-    fn write<T: simd::CacheValue>(&self, dst: &mut [T], src: &[f32], dims: [usize; 4]) {
-        let [b, nkv, capacity, hd] = dims;
-        let s = src.len() / (b * nkv * hd);
+    /// `src` holds `s` new columns of each row; `dst` is `[b, nkv, capacity, hd]`.
+    fn write<T: simd::CacheValue>(&self, dst: &mut [T], src: &[f32], s: usize, dims: [usize; 3]) {
+        let [nkv, capacity, hd] = dims;
         for (col, heads) in src.chunks_exact(nkv * hd).enumerate() {
             let (bi, i) = (col / s, col % s);
             for (h, x) in heads.chunks_exact(hd).enumerate() {
@@ -259,10 +262,10 @@ impl candle_core::InplaceOp2 for WriteColumns<'_> {
                 self.at
             );
         }
-        let dims = [b, nkv, capacity, hd];
+        let dims = [nkv, capacity, hd];
         match dst {
-            CpuStorage::F16(d) => self.write(&mut d[start..end], src, dims),
-            CpuStorage::F32(d) => self.write(&mut d[start..end], src, dims),
+            CpuStorage::F16(d) => self.write(&mut d[start..end], src, s, dims),
+            CpuStorage::F32(d) => self.write(&mut d[start..end], src, s, dims),
             _ => candle_core::bail!("kv cache write: the cache is neither f16 nor f32"),
         }
         Ok(())
@@ -605,12 +608,13 @@ impl CausalLm {
         };
         // The fused path reads the tables on the host (it runs on the CPU in F32).
         let (cos_host, sin_host) = (CpuF32::new(&cos), CpuF32::new(&sin));
-        let rope = match mask {
-            None => attend::Rope {
+        let rope = if fused {
+            attend::Rope {
                 cos: cos_host.slice("rope cos")?,
                 sin: sin_host.slice("rope sin")?,
-            },
-            Some(_) => attend::Rope::default(),
+            }
+        } else {
+            attend::Rope::default()
         };
         let scale = 1.0 / (hd as f64).sqrt();
         let eps = c.rms_norm_eps as f32;
@@ -618,7 +622,7 @@ impl CausalLm {
 
         let mut x = self.embed(&input_ids.detach())?;
         for (li, l) in self.layers.iter().enumerate() {
-            if mask.is_none() {
+            if fused {
                 cache.prefetch_column(li)?;
             }
             let hn = candle_nn::ops::rms_norm(&x.contiguous()?, &l.input_norm, eps)?;
