@@ -121,10 +121,37 @@ impl PackedQ8 {
 
 /// Input rows rounded to 8 bits per 32-value block: the values four to a word (the unit
 /// `vpdpbusd` broadcasts), and per block its step `d` and `-128 · Σ q` for the weights' offset.
+/// Stored by pass ([`MAX_ROWS_PER_PASS`] rows, fewer in the last), then block, then word, then
+/// row: what a pass reads for one tile is contiguous, at fixed offsets from one pointer.
+/// Row-major, each row's words needed a pointer of its own, more than the registers hold at 8
+/// rows (the loop reloaded them from the stack).
 struct Quantized {
-    k: usize,
+    m: usize,
+    /// Blocks per row.
+    kb: usize,
     words: Vec<i32>,
+    /// `(d, -128 · Σ q)`.
     blocks: Vec<(f32, i32)>,
+}
+
+impl Quantized {
+    /// Rows before row `r`'s pass, and the rows in that pass.
+    fn pass(&self, r: usize) -> (usize, usize) {
+        let first = r - r % MAX_ROWS_PER_PASS;
+        (first, (self.m - first).min(MAX_ROWS_PER_PASS))
+    }
+
+    /// Index in `blocks` of row `r`'s block `b`.
+    fn block(&self, r: usize, b: usize) -> usize {
+        let (first, rows) = self.pass(r);
+        first * self.kb + b * rows + (r - first)
+    }
+
+    /// Index in `words` of word `g` of row `r`'s block `b`.
+    fn word(&self, r: usize, b: usize, g: usize) -> usize {
+        let (first, rows) = self.pass(r);
+        (first * self.kb + b * rows) * (COLS / 4) + g * rows + (r - first)
+    }
 }
 
 /// `x W_i^T` for each matrix `W_i` (all `[n_i, k]`) and the `[m, k]` row-major `x`: the input
@@ -224,23 +251,28 @@ unsafe impl Sync for SendPtr {}
 
 /// Rows of `x` rounded per 32-value block to `d · q`, `q` in -127..=127, `d` = largest |value| / 127.
 fn quantize(x: &[f32], m: usize, k: usize) -> Quantized {
+    let kb = k / COLS;
     let mut a = Quantized {
-        k,
+        m,
+        kb,
         words: vec![0; m * k / 4],
-        blocks: vec![(0.0, 0); m * k / COLS],
+        blocks: vec![(0.0, 0); m * kb],
     };
-    for ((block, words), out) in x
-        .chunks_exact(COLS)
-        .zip(a.words.chunks_exact_mut(COLS / 4))
-        .zip(&mut a.blocks)
-    {
+    let mut words = [0i32; COLS / 4];
+    for (i, block) in x.chunks_exact(COLS).enumerate() {
+        let (r, b) = (i / kb, i % kb);
+        let at = a.block(r, b);
         #[cfg(target_arch = "x86_64")]
         {
             // SAFETY: `products` checked the CPU; both slices hold 32 values.
-            *out = unsafe { quantize_block(block, words) };
+            a.blocks[at] = unsafe { quantize_block(block, &mut words) };
         }
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = (block, words, out);
+        let _ = (block, at);
+        for (g, &w) in words.iter().enumerate() {
+            let at = a.word(r, b, g);
+            a.words[at] = w;
+        }
     }
     a
 }
@@ -308,7 +340,7 @@ unsafe fn strip_times(tiles: &[Tile], a: &Quantized, m: usize, dst: *mut f32, ld
 #[inline]
 unsafe fn pass<const M: usize>(tiles: &[Tile], a: &Quantized, r0: usize, dst: *mut f32, ld: usize) {
     use std::arch::x86_64::*;
-    let kb = tiles.len();
+    debug_assert!(a.pass(r0) == (r0, M) && tiles.len() == a.kb);
     let mut acc = [_mm512_setzero_ps(); M];
     for (b, tile) in tiles.iter().enumerate() {
         let (near, far) = (
@@ -330,26 +362,33 @@ unsafe fn pass<const M: usize>(tiles: &[Tile], a: &Quantized, r0: usize, dst: *m
         let chains = (CHAINS_REGISTERS / M).clamp(1, MAX_CHAINS);
         // The first chain starts at minus the input block's offset term, which saves a
         // subtraction per row and tile.
+        // SAFETY: rows r0..r0 + M exist (the caller's), the pass of M rows from r0, and
+        // b < kb: the pass's entries for block b, M per word and per block.
+        let (words, blocks) = unsafe {
+            (
+                a.words.as_ptr().add(a.word(r0, b, 0)),
+                a.blocks.as_ptr().add(a.block(r0, b)),
+            )
+        };
         let mut sums = [[_mm512_setzero_si512(); M]; MAX_CHAINS];
         for (i, sum) in sums[0].iter_mut().enumerate() {
-            // SAFETY: as below: block b of row r0 + i.
-            let offset = unsafe { a.blocks.get_unchecked((r0 + i) * kb + b).1 };
-            *sum = _mm512_set1_epi32(offset);
+            // SAFETY: as above, i < M.
+            *sum = _mm512_set1_epi32(unsafe { (*blocks.add(i)).1 });
         }
         for g in 0..COLS / 4 {
             // SAFETY: a tile holds 8 groups of 64 bytes, 64-aligned.
             let w = unsafe { _mm512_load_si512(tile.qs.as_ptr().add(g * 64).cast()) };
             let sum = &mut sums[g % chains];
             for (i, sum) in sum.iter_mut().enumerate() {
-                // SAFETY: rows r0..r0 + M of k values exist (the caller's), b < k / 32, g < 8.
-                let x = unsafe { *a.words.get_unchecked(((r0 + i) * a.k + b * COLS) / 4 + g) };
+                // SAFETY: as above, g < COLS / 4 and i < M.
+                let x = unsafe { *words.add(g * M + i) };
                 *sum = _mm512_dpbusd_epi32(*sum, w, _mm512_set1_epi32(x));
             }
         }
         let dw = unsafe { _mm512_load_ps(tile.d.as_ptr()) };
         for i in 0..M {
-            // SAFETY: as above: block b of row r0 + i.
-            let d = unsafe { a.blocks.get_unchecked((r0 + i) * kb + b).0 };
+            // SAFETY: as above.
+            let d = unsafe { (*blocks.add(i)).0 };
             let sum = sums[1..chains]
                 .iter()
                 .fold(sums[0][i], |s, c| _mm512_add_epi32(s, c[i]));
@@ -394,16 +433,19 @@ mod tests {
             let x: Vec<f32> = wave(m * k, 0.11).map(|v| v * 3.0 - 0.5).collect();
             // The reference rounds the input exactly as `quantize` does.
             let a = quantize(&x, m, k);
-            let qs: Vec<i8> = a
-                .words
-                .iter()
-                .flat_map(|w| w.to_le_bytes())
-                .map(|b| b as i8)
+            // Row-major: value c of row r.
+            let qs: Vec<i8> = (0..m * k)
+                .map(|i| {
+                    let (r, c) = (i / k, i % k);
+                    let word = a.words[a.word(r, c / COLS, c % COLS / 4)];
+                    word.to_le_bytes()[c % 4] as i8
+                })
                 .collect();
+            let step = |i: usize| a.blocks[a.block(i / k, i % k / COLS)].0;
             let xr: Vec<f32> = qs
                 .iter()
                 .enumerate()
-                .map(|(i, &q)| q as f32 * a.blocks[i / COLS].0)
+                .map(|(i, &q)| q as f32 * step(i))
                 .collect();
             let ws: Vec<&PackedQ8> = mats.iter().map(|(p, _)| p).collect();
             let outs = products(&ws, &x, m)?;
@@ -421,7 +463,7 @@ mod tests {
             }
             // Rounding to 8 bits per block stays within half a step of each value.
             for (i, (&q, &v)) in qs.iter().zip(&x).enumerate() {
-                let d = a.blocks[i / COLS].0;
+                let d = step(i);
                 assert!((q as f32 * d - v).abs() <= d * 0.5 + 1e-6);
             }
         }
