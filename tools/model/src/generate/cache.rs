@@ -617,7 +617,7 @@ impl CausalLm {
             attend::Rope::default()
         };
         let scale = 1.0 / (hd as f64).sqrt();
-        let eps = c.rms_norm_eps as f32;
+        let eps = c.rms_norm_eps;
         let t = cache.len + s;
 
         let mut x = self.embed(&input_ids.detach())?;
@@ -625,7 +625,7 @@ impl CausalLm {
             if fused {
                 cache.prefetch_column(li)?;
             }
-            let hn = candle_nn::ops::rms_norm(&x.contiguous()?, &l.input_norm, eps)?;
+            let hn = crate::ops::rms_norm(&x, &l.input_norm, eps)?;
             let [q, k, v] = infer_linears([&l.q, &l.k, &l.v], &hn)?;
             let y = match &mask {
                 None => {
@@ -662,13 +662,13 @@ impl CausalLm {
                 }
             };
             x = (x + infer_linear(&l.o, &y)?)?;
-            let hn = candle_nn::ops::rms_norm(&x.contiguous()?, &l.post_norm, eps)?;
+            let hn = crate::ops::rms_norm(&x, &l.post_norm, eps)?;
             let [g, u] = infer_linears([&l.gate, &l.up], &hn)?;
             x = (x + infer_linear(&l.down, &gated(&g, &u, c.hidden_act)?)?)?;
         }
         cache.advance(s);
         let last = x.narrow(1, s - 1, 1)?.squeeze(1)?.contiguous()?;
-        let hn = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
+        let hn = crate::ops::rms_norm(&last, &self.norm, eps)?;
         output_logits(self, &hn)
     }
 }
