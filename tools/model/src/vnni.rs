@@ -259,19 +259,20 @@ fn quantize(x: &[f32], m: usize, k: usize) -> Quantized {
         blocks: vec![(0.0, 0); m * kb],
     };
     let mut words = [0i32; COLS / 4];
-    for (i, block) in x.chunks_exact(COLS).enumerate() {
-        let (r, b) = (i / kb, i % kb);
-        let at = a.block(r, b);
-        #[cfg(target_arch = "x86_64")]
-        {
-            // SAFETY: `products` checked the CPU; both slices hold 32 values.
-            a.blocks[at] = unsafe { quantize_block(block, &mut words) };
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (block, at);
-        for (g, &w) in words.iter().enumerate() {
-            let at = a.word(r, b, g);
-            a.words[at] = w;
+    for (r, row) in x.chunks_exact(k).enumerate() {
+        // Block b of this row is at `at + b · rows`, its word g at `word + (b · 8 + g) · rows`.
+        let (at, word, rows) = (a.block(r, 0), a.word(r, 0, 0), a.pass(r).1);
+        for (b, block) in row.chunks_exact(COLS).enumerate() {
+            #[cfg(target_arch = "x86_64")]
+            {
+                // SAFETY: `products` checked the CPU; both slices hold 32 values.
+                a.blocks[at + b * rows] = unsafe { quantize_block(block, &mut words) };
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = block;
+            for (g, &w) in words.iter().enumerate() {
+                a.words[word + (b * COLS / 4 + g) * rows] = w;
+            }
         }
     }
     a
