@@ -14,6 +14,7 @@
 
 #![allow(unsafe_code)]
 
+use crate::generate::simd;
 use anyhow::{Result, bail};
 use candle_core::Tensor;
 
@@ -194,11 +195,7 @@ pub fn products(ws: &[&PackedQ8], x: &[f32], m: usize) -> Result<Vec<Vec<f32>>> 
     // equal runs a thread, two rounds of 5 alternations: 196 / 734 vs 196 / 707, then
     // 171 / 694 vs 179 / 693.
     let pool = candle_core::utils::barrier_pool();
-    let threads = pool.n_workers() + 1;
-    let mut bounds = vec![0];
-    while let Some(&at) = bounds.last().filter(|&&at| at < total) {
-        bounds.push(at + ((total - at) / (2 * threads)).max(1));
-    }
+    let bounds = runs(total);
     pool.execute_chunked(bounds.len() - 1, |group| {
         for item in bounds[group.start]..bounds[group.end] {
             let wi = first.partition_point(|&f| f <= item) - 1;
@@ -221,6 +218,73 @@ pub fn products(ws: &[&PackedQ8], x: &[f32], m: usize) -> Result<Vec<Vec<f32>>> 
         unsafe { out.set_len(m * w.n) };
     }
     Ok(outs)
+}
+
+/// Bounds of the runs of consecutive work items that [`products`] hands out for `total` items:
+/// each run half a thread's share of what is left.
+fn runs(total: usize) -> Vec<usize> {
+    let threads = candle_core::utils::barrier_pool().n_workers() + 1;
+    let mut bounds = vec![0];
+    while let Some(&at) = bounds.last().filter(|&&at| at < total) {
+        bounds.push(at + ((total - at) / (2 * threads)).max(1));
+    }
+    bounds
+}
+
+/// `silu(x G^T) · (x U^T)`, the gated hidden state of a SiLU MLP, for the `[m, k]` row-major `x`
+/// and `[n, k]` matrices `G` and `U`: `[m, n]` row-major. A work item multiplies a strip of
+/// both and gates its 16 columns of every row at once, while they are in registers' reach,
+/// rather than the products writing both `[m, n]` outputs for a separate pass to read back
+/// (half of them from the other core's cache). The same values as [`products`] then
+/// [`simd::silu_gate`]. `None` where the CPU lacks the vector exponential's instructions.
+pub fn gated_products(g: &PackedQ8, u: &PackedQ8, x: &[f32], m: usize) -> Result<Option<Vec<f32>>> {
+    let (n, k) = (g.n, g.k);
+    if u.n != n || u.k != k || x.len() != m * k {
+        bail!(
+            "gated Q8_0 products: input {}x{k} for {g:?} and {u:?}",
+            x.len() / k.max(1)
+        );
+    }
+    if !available() || !simd::supported(16) {
+        return Ok(None);
+    }
+    let a = quantize(x, m, k);
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    let dst = SendPtr(out.as_mut_ptr());
+    let strips = n / ROWS;
+    let bounds = runs(strips);
+    let kb = k / COLS;
+    candle_core::utils::barrier_pool().execute_chunked(bounds.len() - 1, |group| {
+        // The whole wrapper, not its raw pointer field (closures capture fields).
+        let dst = &dst;
+        let (mut gs, mut us, mut hs) = (
+            vec![0f32; m * ROWS],
+            vec![0f32; m * ROWS],
+            vec![0f32; m * ROWS],
+        );
+        for strip in bounds[group.start]..bounds[group.end] {
+            let tiles = strip * kb..(strip + 1) * kb;
+            // SAFETY: the buffers hold m rows of 16 (ld 16); the CPU was checked.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                strip_times(&g.tiles[tiles.clone()], &a, m, gs.as_mut_ptr(), ROWS);
+                strip_times(&u.tiles[tiles], &a, m, us.as_mut_ptr(), ROWS);
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = tiles;
+            simd::silu_gate(&gs, &us, &mut hs);
+            for (r, h) in hs.chunks_exact(ROWS).enumerate() {
+                // SAFETY: strip `strip` writes only columns 16·strip.. of each row, so work
+                // items never touch the same values; `out` holds m·n.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(h.as_ptr(), dst.0.add(r * n + strip * ROWS), ROWS)
+                };
+            }
+        }
+    });
+    // SAFETY: the strips cover all n columns of the m rows, and every work item ran.
+    unsafe { out.set_len(m * n) };
+    Ok(Some(out))
 }
 
 /// [`products`] on a `[rows, k]` tensor (any float dtype, on the CPU): `[rows, n_i]` tensors
@@ -467,6 +531,35 @@ mod tests {
                 let d = step(i);
                 assert!((q as f32 * d - v).abs() <= d * 0.5 + 1e-6);
             }
+        }
+        Ok(())
+    }
+
+    /// The gated products equal the two products gated afterwards, to the bit, for one pass,
+    /// a partial one and more than one.
+    #[test]
+    fn gated_products_equal_products_then_the_gate() -> Result<()> {
+        if !available() || !simd::supported(16) {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+            return Ok(());
+        }
+        let dev = Device::Cpu;
+        let (n, k) = (48, 64);
+        let pack = |f: f32| -> Result<PackedQ8> {
+            let w = Tensor::from_iter((0..n * k).map(|i| (i as f32 * f).sin()), &dev)?;
+            let q = QTensor::quantize(&w.reshape((n, k))?, GgmlDType::Q8_0)?;
+            PackedQ8::from_q8_0(&q.data()?, n, k)
+        };
+        let (g, u) = (pack(0.31)?, pack(0.77)?);
+        for m in [1, 3, 8, 11] {
+            let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.13).cos() * 2.0).collect();
+            let Some(got) = gated_products(&g, &u, &x, m)? else {
+                bail!("gated products declined on a CPU that has the instructions");
+            };
+            let ys = products(&[&g, &u], &x, m)?;
+            let mut want = vec![0f32; m * n];
+            simd::silu_gate(&ys[0], &ys[1], &mut want);
+            assert_eq!(got, want, "{m} rows");
         }
         Ok(())
     }

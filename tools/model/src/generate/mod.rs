@@ -26,9 +26,10 @@
 mod attend;
 pub mod cache;
 pub mod sampling;
-mod simd;
+pub(crate) mod simd;
 
 pub use cache::KvCache;
+
 pub use sampling::{Sampling, find_stop};
 
 use crate::chat::{ChatMessage, ChatTemplate, TokenizerConfig};

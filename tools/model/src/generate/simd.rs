@@ -99,7 +99,7 @@ impl CacheValue for half::f16 {
 }
 
 /// Whether [`scores`] and [`weighted_values`] run for heads of `hd` values on this CPU.
-pub(super) fn supported(hd: usize) -> bool {
+pub(crate) fn supported(hd: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         matches!(hd, 16 | 32 | 64 | 128) && std::arch::is_x86_feature_detected!("avx512f")
@@ -326,7 +326,7 @@ fn exp(x: __m512) -> __m512 {
 
 /// `out = silu(g) · u = g / (1 + e^-g) · u`, candle's SiLU formula, for slices of one length.
 /// Panics unless [`supported`] for some size.
-pub(super) fn silu_gate(g: &[f32], u: &[f32], out: &mut [f32]) {
+pub(crate) fn silu_gate(g: &[f32], u: &[f32], out: &mut [f32]) {
     assert!(g.len() == u.len() && g.len() == out.len() && supported(16));
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `supported` checked the CPU.
