@@ -85,6 +85,9 @@ pub struct CausalLm {
     /// The output matrix's blocks for decoding ([`Self::quantize_for_inference`]); the logits
     /// they give are re-scored exactly on `lm_head` where it matters (see `generate::cache`).
     pub(crate) lm_head_blocks: Option<InferBlocks>,
+    /// Whether `lm_head_blocks` are the file's own Q8_0 blocks, so that they hold `lm_head`'s
+    /// dense values exactly (re-encoded Q4_1/Q5 blocks do not).
+    pub(crate) lm_head_blocks_exact: bool,
     pub(crate) inv_freq: Tensor,
     dtype: DType,
     device: Device,
@@ -332,6 +335,7 @@ impl CausalLm {
             norm,
             lm_head,
             lm_head_blocks: None,
+            lm_head_blocks_exact: false,
             inv_freq,
             dtype: vb.dtype(),
             device: vb.device().clone(),
@@ -413,7 +417,8 @@ impl CausalLm {
     /// Decoding on the output blocks alone (activations rounded to 8 bits too) was fast but
     /// not exact enough: SmolLM2 no longer answered "What is the capital of France?" with
     /// Paris. So the logits they give are a first pass, and the leading ones are computed again
-    /// on the dense weight (`generate::cache`). (That question's first token is a near tie even
+    /// on the dense weight (`generate::cache`; its rows read from the tiles where those are the
+    /// file's own Q8_0 blocks, which hold it exactly). (That question's first token is a near tie even
     /// on f32 weights, 0.08 logits; activations rounded per 32 values can still flip it.)
     pub fn quantize_for_inference(
         &mut self,
@@ -444,6 +449,7 @@ impl CausalLm {
             None => None,
         };
         if let (Some(qt), Some(dense)) = (head, self.lm_head.dense()) {
+            self.lm_head_blocks_exact = qt.dtype() == candle_core::quantized::GgmlDType::Q8_0;
             self.lm_head_blocks = checked("lm_head", qt, dense.dims2()?)?;
         }
         Ok(n)

@@ -118,6 +118,27 @@ impl PackedQ8 {
     pub fn dims(&self) -> (usize, usize) {
         (self.n, self.k)
     }
+
+    /// Row `i` of the matrix in `out` (`k` values): each weight times its block's step, which
+    /// is candle's dequantization of the Q8_0 blocks the tiles were packed from, to the bit.
+    pub fn row(&self, i: usize, out: &mut [f32]) {
+        assert!(
+            i < self.n && out.len() == self.k,
+            "Q8_0 tiles: row {i} of {self:?}"
+        );
+        let kb = self.k / COLS;
+        let (strip, r) = (i / ROWS, i % ROWS);
+        let tiles = &self.tiles[strip * kb..(strip + 1) * kb];
+        for (tile, out) in tiles.iter().zip(out.chunks_exact_mut(COLS)) {
+            let d = tile.d[r];
+            for (g, out) in out.chunks_exact_mut(4).enumerate() {
+                let at = (g * ROWS + r) * 4;
+                for (o, &q) in out.iter_mut().zip(&tile.qs[at..at + 4]) {
+                    *o = (i32::from(q) - 128) as f32 * d;
+                }
+            }
+        }
+    }
 }
 
 /// Input rows rounded to 8 bits per 32-value block: the values four to a word (the unit
@@ -531,6 +552,23 @@ mod tests {
                 let d = step(i);
                 assert!((q as f32 * d - v).abs() <= d * 0.5 + 1e-6);
             }
+        }
+        Ok(())
+    }
+
+    /// A row read back from the tiles is candle's dequantization of the same blocks, to the bit.
+    #[test]
+    fn rows_read_from_tiles_equal_candles_dequantization() -> Result<()> {
+        let dev = Device::Cpu;
+        let (n, k) = (48, 96);
+        let w = Tensor::from_iter((0..n * k).map(|i| (i as f32 * 0.29).sin() * 3.0), &dev)?;
+        let q = QTensor::quantize(&w.reshape((n, k))?, GgmlDType::Q8_0)?;
+        let packed = PackedQ8::from_q8_0(&q.data()?, n, k)?;
+        let dense = q.dequantize(&dev)?.to_vec2::<f32>()?;
+        let mut row = vec![0f32; k];
+        for (i, want) in dense.iter().enumerate() {
+            packed.row(i, &mut row);
+            assert_eq!(&row, want, "row {i}");
         }
         Ok(())
     }

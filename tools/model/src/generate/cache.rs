@@ -323,7 +323,11 @@ fn output_logits(model: &CausalLm, hn: &Tensor) -> Result<Vec<f32>> {
     match (&model.lm_head_blocks, model.lm_head.dense()) {
         (Some(blocks), Some(dense)) if on_blocks(blocks, rows) => {
             let mut logits = blocks.times_host(hn)?;
-            rescore_leaders(&mut logits, hn, dense, RESCORED_LOGITS)?;
+            let tiles = match blocks {
+                InferBlocks::Tiles(t) if model.lm_head_blocks_exact => Some(t.as_ref()),
+                _ => None,
+            };
+            rescore_leaders(&mut logits, hn, dense, tiles, RESCORED_LOGITS)?;
             Ok(logits)
         }
         _ => Ok(f32_vec(&frozen_times(hn, &model.lm_head)?)?),
@@ -331,10 +335,17 @@ fn output_logits(model: &CausalLm, hn: &Tensor) -> Result<Vec<f32>> {
 }
 
 /// `logits` (`[rows, vocab]`, row-major) with each row's `k` largest entries replaced by the
-/// exact `hn · w_i`. On the CPU in F32 the rows run on candle's pool, each leader a dot product
+/// exact `hn · w_i`, `w` the dense output matrix, or `tiles` where given (they must hold `w`'s
+/// values exactly). On the CPU in F32 the rows run on candle's pool, each leader a dot product
 /// with its row of `w`: at batch 8 the per-row candle ops (a row gather and a matmul each) took
 /// ~1.3 ms of a step on one thread (SmolLM2, 2 threads).
-fn rescore_leaders(logits: &mut [f32], hn: &Tensor, w: &Tensor, k: usize) -> Result<()> {
+fn rescore_leaders(
+    logits: &mut [f32],
+    hn: &Tensor,
+    w: &Tensor,
+    tiles: Option<&crate::vnni::PackedQ8>,
+    k: usize,
+) -> Result<()> {
     let rows = hn.dim(0)?;
     let vocab = logits.len() / rows.max(1);
     let dev = hn.device();
@@ -343,21 +354,24 @@ fn rescore_leaders(logits: &mut [f32], hn: &Tensor, w: &Tensor, k: usize) -> Res
         let (hv, wv) = (CpuF32::new(&hn), CpuF32::new(&w));
         let (hs, ws) = (hv.slice("rescore hn")?, wv.slice("rescore w")?);
         let hidden = hn.dim(1)?;
+        let source = match tiles {
+            Some(t) => ExactRows::Tiles(t),
+            None => ExactRows::Dense(ws, hidden),
+        };
         let found: Vec<OnceLock<Vec<(u32, f32)>>> = (0..rows).map(|_| OnceLock::new()).collect();
         let first: &[f32] = logits;
         candle_core::utils::barrier_pool().execute_chunked(rows, |range| {
+            let mut buf = vec![0f32; hidden];
             for r in range {
                 let h = &hs[r * hidden..(r + 1) * hidden];
                 let ids = leaders(&first[r * vocab..(r + 1) * vocab], k);
-                let row = |i: u32| &ws[i as usize * hidden..][..hidden];
-                // All the leaders' rows requested into L2 first, so that they arrive together
-                // rather than one row's latency after another: rescoring went from ~0.37 to
-                // ~0.30 ms of a batch-8 step (SmolLM2, timers, 3 runs); one row at a time a few
-                // leaders ahead gave nothing.
                 for &i in &ids {
-                    simd::prefetch_l2(row(i));
+                    source.prefetch(i);
                 }
-                let exact = ids.into_iter().map(|i| (i, dot(row(i), h))).collect();
+                let exact = ids
+                    .into_iter()
+                    .map(|i| (i, dot(source.row(i, &mut buf), h)))
+                    .collect();
                 let _ = found[r].set(exact);
             }
         });
@@ -383,6 +397,40 @@ fn rescore_leaders(logits: &mut [f32], hn: &Tensor, w: &Tensor, k: usize) -> Res
         }
     }
     Ok(())
+}
+
+/// Where [`rescore_leaders`] reads the output matrix's exact rows on the CPU.
+enum ExactRows<'a> {
+    /// The dense matrix, `[vocab, hidden]` row-major.
+    Dense(&'a [f32], usize),
+    /// The tiles the first pass just streamed: a leader's row is gathered from its strip's
+    /// tiles (10 KB, in cache) rather than read from the dense matrix (2.3 KB, but cold: nothing
+    /// else reads it). SmolLM2, 2 threads, timers: the dense rows took from 0.2 to 1 ms of a step
+    /// at batch 1 and from 0.6 to 2.8 ms at batch 8, run to run.
+    Tiles(&'a crate::vnni::PackedQ8),
+}
+
+impl ExactRows<'_> {
+    /// Asks for row `i` ahead of [`Self::row`]. The dense rows are all requested into L2 first,
+    /// so that they arrive together rather than one row's latency after another: rescoring went
+    /// from ~0.37 to ~0.30 ms of a batch-8 step (SmolLM2, timers, 3 runs); one row at a time a
+    /// few leaders ahead gave nothing.
+    fn prefetch(&self, i: u32) {
+        if let Self::Dense(ws, hidden) = self {
+            simd::prefetch_l2(&ws[i as usize * hidden..][..*hidden]);
+        }
+    }
+
+    /// Row `i`, from the matrix or written into `buf` (`hidden` values).
+    fn row<'b>(&'b self, i: u32, buf: &'b mut [f32]) -> &'b [f32] {
+        match self {
+            Self::Dense(ws, hidden) => &ws[i as usize * hidden..][..*hidden],
+            Self::Tiles(t) => {
+                t.row(i as usize, buf);
+                buf
+            }
+        }
+    }
 }
 
 /// `a · b` summed in 16 lanes, then across them: a fixed order the compiler vectorizes. One running
@@ -786,6 +834,30 @@ mod tests {
         Ok(())
     }
 
+    /// Rescoring on tiles that hold the dense matrix's values gives the dense rescoring's bits.
+    #[test]
+    fn rescoring_on_exact_tiles_equals_the_dense_rows() -> Result<()> {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        if !crate::vnni::available() {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+            return Ok(());
+        }
+        let dev = Device::Cpu;
+        let (vocab, hidden) = (48, 64);
+        let wave = |n: usize, phase: f32| (0..n).map(move |i| (i as f32 * 0.37 + phase).sin());
+        let w = Tensor::from_iter(wave(vocab * hidden, 0.0), &dev)?.reshape((vocab, hidden))?;
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0)?;
+        let tiles = crate::vnni::PackedQ8::from_q8_0(&q.data()?, vocab, hidden)?;
+        let dense = q.dequantize(&dev)?;
+        let hn = Tensor::from_iter(wave(3 * hidden, 1.0), &dev)?.reshape((3, hidden))?;
+        let first: Vec<f32> = wave(3 * vocab, 2.0).collect();
+        let (mut on_dense, mut on_tiles) = (first.clone(), first);
+        rescore_leaders(&mut on_dense, &hn, &dense, None, 7)?;
+        rescore_leaders(&mut on_tiles, &hn, &dense, Some(&tiles), 7)?;
+        assert_eq!(on_dense, on_tiles);
+        Ok(())
+    }
+
     /// The k leaders of each row get the exact product; every other entry keeps the first pass.
     #[test]
     fn rescoring_replaces_each_rows_leaders_with_exact_logits() -> Result<()> {
@@ -802,7 +874,7 @@ mod tests {
             .collect();
         let approx = (&exact + Tensor::from_vec(noise, (2, vocab), &dev)?)?;
         let mut out = approx.flatten_all()?.to_vec1::<f32>()?;
-        rescore_leaders(&mut out, &hn, &w, 5)?;
+        rescore_leaders(&mut out, &hn, &w, None, 5)?;
         let out: Vec<&[f32]> = out.chunks_exact(vocab).collect();
         let (exact, approx) = (exact.to_vec2::<f32>()?, approx.to_vec2::<f32>()?);
         for r in 0..2 {
