@@ -388,7 +388,6 @@ mod tests {
         assert!((y[0] + y[1] - 1.0).abs() < 1e-6 && y[2] == 7.0);
     }
 
-    /// The one-pass kernel equals the candle-op formula it replaces (ops::rms_norm's backward).
     /// The fused norm gives candle_nn's values to the bit: a single row, a whole group of rows
     /// summed side by side, a group and a remainder, and enough rows for the parallel path.
     #[test]
@@ -406,6 +405,7 @@ mod tests {
         Ok(())
     }
 
+    /// The one-pass kernel equals the candle-op formula it replaces (ops::rms_norm's backward).
     #[test]
     fn rms_norm_backward_matches_autograd() -> Result<()> {
         let x = Var::from_tensor(&rand(&[3, 5, 64], 7)?)?;

@@ -206,18 +206,8 @@ pub fn products(ws: &[&PackedQ8], x: &[f32], m: usize) -> Result<Vec<Vec<f32>>> 
         total += w.n / ROWS;
     }
     let dsts: Vec<SendPtr> = outs.iter_mut().map(|o| SendPtr(o.as_mut_ptr())).collect();
-    // Runs of consecutive strips, long first and then shorter (each a half-thread's share of
-    // what is left), rather than candle's ~8 equal grabs per thread: each run is one sequential
-    // stream of tiles, which the prefetchers (ours and the hardware's) keep ahead of, and the
-    // short ones at the end let the threads finish together. SmolLM2, 2 threads,
-    // bench_generate, decode tok/s (medians of 4 alternations), equal runs per thread: ~8 runs
-    // 173 (batch 1) and 661 (batch 8); 4 runs 183 / 683; 2 runs 189 / 696; 1 run 188 / 691;
-    // one strip at a time, threads alternating, 124 / 539. These decreasing runs against 2
-    // equal runs a thread, two rounds of 5 alternations: 196 / 734 vs 196 / 707, then
-    // 171 / 694 vs 179 / 693.
-    let pool = candle_core::utils::barrier_pool();
     let bounds = runs(total);
-    pool.execute_chunked(bounds.len() - 1, |group| {
+    candle_core::utils::barrier_pool().execute_chunked(bounds.len() - 1, |group| {
         for item in bounds[group.start]..bounds[group.end] {
             let wi = first.partition_point(|&f| f <= item) - 1;
             let (w, strip) = (ws[wi], item - first[wi]);
@@ -241,8 +231,15 @@ pub fn products(ws: &[&PackedQ8], x: &[f32], m: usize) -> Result<Vec<Vec<f32>>> 
     Ok(outs)
 }
 
-/// Bounds of the runs of consecutive work items that [`products`] hands out for `total` items:
-/// each run half a thread's share of what is left.
+/// Bounds of the runs of consecutive strips that [`products`] and [`gated_products`] hand out
+/// for `total` strips: long first and then shorter, each half a thread's share of what is left,
+/// rather than candle's ~8 equal grabs per thread. Each run is one sequential stream of tiles,
+/// which the prefetchers (ours and the hardware's) keep ahead of, and the short ones at the end
+/// let the threads finish together. SmolLM2, 2 threads, bench_generate, decode tok/s (medians of
+/// 4 alternations), equal runs per thread: ~8 runs 173 (batch 1) and 661 (batch 8); 4 runs
+/// 183 / 683; 2 runs 189 / 696; 1 run 188 / 691; one strip at a time, threads alternating,
+/// 124 / 539. These decreasing runs against 2 equal runs a thread, two rounds of 5
+/// alternations: 196 / 734 vs 196 / 707, then 171 / 694 vs 179 / 693.
 fn runs(total: usize) -> Vec<usize> {
     let threads = candle_core::utils::barrier_pool().n_workers() + 1;
     let mut bounds = vec![0];

@@ -528,11 +528,7 @@ fn infer_linears<const N: usize>(lins: [&Linear; N], x: &Tensor) -> Result<[Tens
             let d = x2.matmul(&a.t()?)?.matmul(&b.t()?)?;
             y = (y + (d * l.scale)?)?;
         }
-        let mut dims = x.dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = y.dim(1)?;
-        }
-        out.push(y.reshape(dims)?);
+        out.push(y.reshape(with_last_dim(x, y.dim(1)?))?);
     }
     out.try_into()
         .map_err(|_| anyhow::anyhow!("infer_linears: output count"))
@@ -597,16 +593,24 @@ fn gated_tiles(
     {
         return Ok(None);
     }
-    let (rows, k) = (x.elem_count() / x.dim(D::Minus1)?, x.dim(D::Minus1)?);
-    let xs = f32_vec(&x.reshape((rows, k))?)?;
-    let Some(h) = crate::vnni::gated_products(g, u, &xs, rows)? else {
+    let rows = x.elem_count() / x.dim(D::Minus1)?;
+    let Some(h) = crate::vnni::gated_products(g, u, &f32_vec(x)?, rows)? else {
         return Ok(None);
     };
+    Ok(Some(Tensor::from_vec(
+        h,
+        with_last_dim(x, g.dims().0),
+        x.device(),
+    )?))
+}
+
+/// `x`'s shape with its last dimension `n`: a layer's output shape for its input `x`.
+fn with_last_dim(x: &Tensor, n: usize) -> Vec<usize> {
     let mut dims = x.dims().to_vec();
     if let Some(last) = dims.last_mut() {
-        *last = g.dims().0;
+        *last = n;
     }
-    Ok(Some(Tensor::from_vec(h, dims, x.device())?))
+    dims
 }
 
 /// `act(g) · u`, the MLP's gated hidden state. SiLU on the CPU in F32 is one pass on candle's

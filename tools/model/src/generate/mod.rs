@@ -29,7 +29,6 @@ pub mod sampling;
 pub(crate) mod simd;
 
 pub use cache::KvCache;
-
 pub use sampling::{Sampling, find_stop};
 
 use crate::chat::{ChatMessage, ChatTemplate, TokenizerConfig};
